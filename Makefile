@@ -1,0 +1,45 @@
+# `make run` and `make test` set everything up themselves on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint proto bench clean db-stop
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Start the embedded PostgreSQL (unless DATABASE_URL is set), the MTA stub and the delivery service.
+run: $(STAMP)
+	$(PY) -m tools.run_pair
+
+## Run the whole suite against a real PostgreSQL (embedded unless DATABASE_URL is set).
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Regenerate the committed code of the protos.
+proto: $(STAMP)
+	PYTHON=$(PY) tools/gen_protos.sh
+
+## ruff, mypy, and a check that the generated code matches the protos.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	PYTHON=$(PY) tools/gen_protos.sh
+	git diff --exit-code -- protos || (echo "generated code is stale: run make proto and commit" && exit 1)
+	test -z "$$(git status --porcelain -- protos)" || (git status --porcelain -- protos; echo "untracked generated code: run make proto and commit"; exit 1)
+
+## Benchmarks (not part of make test).
+bench: $(STAMP)
+	$(PY) -m bench
+
+## Stop the embedded PostgreSQL under ./.data.
+db-stop: $(STAMP)
+	$(PY) -m tools.embedded_pg stop
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
