@@ -1,0 +1,204 @@
+"""Feedback from the MTA, turned into sending-log statuses: SPEC.md's table, in both modes.
+
+A message's fate is the strongest outcome reported for it so far. Outcomes only
+move up (none < soft bounced < delivered < expired < hard bounced), so applying
+the same event twice, or events in any order, ends in the same fate.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class FeedbackMode(enum.StrEnum):
+    WITHOUT_EFS = "WITHOUT_EFS"
+    EFS = "EFS"
+
+
+class Outcome(enum.IntEnum):
+    NONE = 0
+    SOFT_BOUNCED = 1
+    DELIVERED = 2
+    EXPIRED = 3
+    HARD_BOUNCED = 4
+
+
+class Status(enum.IntEnum):
+    """Sending-log statuses; the values are delivery.v1.SendingStatus's."""
+
+    QUEUED = 1
+    PENDING = 2
+    SENT = 3
+    FAILED = 4
+
+
+class FailureType(enum.IntEnum):
+    """The values are delivery.v1.FailureType's."""
+
+    NONE = 0
+    HARD = 1
+    SOFT = 2
+
+
+class EventKind(enum.IntEnum):
+    """The values are mta.v1.EventKind's."""
+
+    DELIVERED = 1
+    HARD_BOUNCE = 2
+    SOFT_BOUNCE = 3
+    EXPIRED = 4
+    OPENED = 5
+    CLICKED = 6
+
+
+# delivery.v1.FailureReason: 1-5 are the MTA's bounce reasons, same numbers; 6 is expiry.
+REASON_EXPIRED = 6
+
+_OUTCOME_OF_KIND = {
+    EventKind.DELIVERED: Outcome.DELIVERED,
+    EventKind.HARD_BOUNCE: Outcome.HARD_BOUNCED,
+    EventKind.SOFT_BOUNCE: Outcome.SOFT_BOUNCED,
+    EventKind.EXPIRED: Outcome.EXPIRED,
+}
+
+
+def outcome_of(kind: EventKind) -> Outcome | None:
+    """The outcome an event reports; None for opens and clicks."""
+    return _OUTCOME_OF_KIND.get(kind)
+
+
+def status_of(mode: FeedbackMode, relayed: bool, outcome: Outcome) -> Status:
+    """The sending-log status of a message (SPEC.md's table)."""
+    if outcome is Outcome.NONE and not relayed:
+        return Status.QUEUED
+    if outcome in (Outcome.HARD_BOUNCED, Outcome.EXPIRED):
+        return Status.FAILED
+    if mode is FeedbackMode.WITHOUT_EFS:
+        # Sent from the relay on; a soft bounce is retried and changes nothing yet.
+        return Status.SENT
+    if outcome is Outcome.DELIVERED:
+        return Status.SENT
+    if outcome is Outcome.SOFT_BOUNCED:
+        return Status.FAILED
+    return Status.PENDING
+
+
+def failure_type_of(mode: FeedbackMode, outcome: Outcome) -> FailureType:
+    if outcome is Outcome.HARD_BOUNCED:
+        return FailureType.HARD
+    if outcome is Outcome.EXPIRED or (
+        outcome is Outcome.SOFT_BOUNCED and mode is FeedbackMode.EFS
+    ):
+        return FailureType.SOFT
+    return FailureType.NONE
+
+
+def failure_reason_of(mode: FeedbackMode, outcome: Outcome, bounce_reason: int) -> int:
+    if failure_type_of(mode, outcome) is FailureType.NONE:
+        return 0
+    if outcome is Outcome.EXPIRED:
+        return REASON_EXPIRED
+    return bounce_reason
+
+
+def expiry_outcome(mode: FeedbackMode, relayed: bool, outcome: Outcome) -> Outcome:
+    """The fate of a message when its validity ends: every message then has a final status.
+
+    A soft-bounced message was never delivered: it expired. With EFS a message
+    never reported is not known delivered, so it expires too; without EFS it
+    stays sent. A message never relayed expires.
+    """
+    if outcome is Outcome.SOFT_BOUNCED or not relayed:
+        return Outcome.EXPIRED
+    if outcome is Outcome.NONE and mode is FeedbackMode.EFS:
+        return Outcome.EXPIRED
+    return outcome
+
+
+@dataclass
+class MessageState:
+    """What the sending log holds of one message, as feedback is folded into it."""
+
+    message_id: int
+    delivery_id: int
+    mode: FeedbackMode
+    relayed: bool
+    outcome: Outcome
+    bounce_reason: int
+    opened: bool
+    clicked: bool
+
+    def row(self) -> tuple[int, int, int, int, int, bool, bool]:
+        """The sending log's new columns: message_id, status, outcome, type, reason, opened, clicked."""
+        return (
+            self.message_id,
+            status_of(self.mode, self.relayed, self.outcome),
+            self.outcome,
+            failure_type_of(self.mode, self.outcome),
+            failure_reason_of(self.mode, self.outcome, self.bounce_reason),
+            self.opened,
+            self.clicked,
+        )
+
+
+COUNTER_NAMES = (
+    "relayed",
+    "delivered",
+    "soft_bounced",
+    "hard_bounced",
+    "expired",
+    "opened",
+    "clicked",
+)
+
+_BUCKET_OF_OUTCOME = {
+    Outcome.SOFT_BOUNCED: "soft_bounced",
+    Outcome.DELIVERED: "delivered",
+    Outcome.EXPIRED: "expired",
+    Outcome.HARD_BOUNCED: "hard_bounced",
+}
+
+
+def apply_event(
+    message: MessageState, kind: EventKind, reason: int, deltas: dict[str, int]
+) -> bool:
+    """Folds one event into a message; adds the counter changes to deltas.
+
+    Returns whether the message changed. `deltas` maps COUNTER_NAMES to increments.
+    """
+    changed = False
+    if not message.relayed:
+        # Feedback can overtake the relay acknowledgement: the MTA holds the message.
+        message.relayed = True
+        deltas["relayed"] += 1
+        changed = True
+    if kind is EventKind.OPENED or kind is EventKind.CLICKED:
+        if not message.opened:
+            message.opened = True
+            deltas["opened"] += 1
+            changed = True
+        if kind is EventKind.CLICKED and not message.clicked:
+            message.clicked = True
+            deltas["clicked"] += 1
+            changed = True
+        return changed
+    new = outcome_of(kind)
+    if new is None or new <= message.outcome:
+        return changed
+    move_outcome(message, new, deltas)
+    if new in (Outcome.SOFT_BOUNCED, Outcome.HARD_BOUNCED):
+        message.bounce_reason = reason
+    return True
+
+
+def move_outcome(message: MessageState, new: Outcome, deltas: dict[str, int]) -> None:
+    old_bucket = _BUCKET_OF_OUTCOME.get(message.outcome)
+    if old_bucket:
+        deltas[old_bucket] -= 1
+    deltas[_BUCKET_OF_OUTCOME[new]] += 1
+    message.outcome = new
+
+
+def empty_deltas() -> dict[str, int]:
+    return dict.fromkeys(COUNTER_NAMES, 0)

@@ -1,0 +1,49 @@
+"""The schema manager: applies the numbered SQL files of sql/migrations in order, once each."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+# Any fixed number works: it only has to be the same in every process of the service.
+_LOCK_KEY = 0x6D6967726174
+
+
+def available() -> list[tuple[str, str]]:
+    """The migrations shipped with the package, as (version, sql), in order."""
+    folder = resources.files("delivery_service") / "sql" / "migrations"
+    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    return [(f.name.removesuffix(".sql"), f.read_text(encoding="utf-8")) for f in files]
+
+
+def apply(conninfo: str) -> list[str]:
+    """Applies the migrations the database lacks; returns their versions.
+
+    Safe to call from several processes at once: an advisory lock serialises them.
+    """
+    applied: list[str] = []
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, apply_time timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for version, sql in available():
+                if version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql.encode())
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version) VALUES (%s)", (version,)
+                    )
+                log.info("applied migration %s", version)
+                applied.append(version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    return applied

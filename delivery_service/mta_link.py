@@ -1,0 +1,191 @@
+"""The one bidirectional stream to the MTA: relay batches out, feedback in.
+
+The link reconnects by itself. A relay batch is done only once the MTA has
+acknowledged it; if the stream breaks first, the batch fails with LinkDown and
+the relay sends it again (the MTA deduplicates by message id). Feedback is
+acknowledged only after it is committed; what was not acknowledged when a
+stream breaks, the MTA sends again on the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import grpc
+from mta.v1 import mta_service_pb2 as mta
+from mta.v1 import mta_service_pb2_grpc as mta_grpc
+
+log = logging.getLogger(__name__)
+
+FeedbackHandler = Callable[[list[mta.FeedbackEvent]], Awaitable[None]]
+
+
+class LinkDown(Exception):
+    """The stream broke before the MTA acknowledged a batch."""
+
+
+class _Stream:
+    """One open Exchange call, with the relay batches waiting for their acks."""
+
+    def __init__(self, call: grpc.aio.StreamStreamCall[mta.ExchangeRequest, mta.ExchangeResponse]):
+        self.call = call
+        self.write_lock = asyncio.Lock()
+        self.next_seq = 1
+        self.pending: dict[int, asyncio.Future[mta.RelayAck]] = {}
+        self.closed = False
+
+    async def write(self, request: mta.ExchangeRequest) -> None:
+        # grpc.aio allows one write at a time per call.
+        async with self.write_lock:
+            if self.closed:
+                raise LinkDown("the stream to the MTA is closed")
+            try:
+                await self.call.write(request)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+                raise LinkDown(f"writing to the MTA failed: {exc}") from exc
+
+    def fail(self, reason: str) -> None:
+        self.closed = True
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(LinkDown(reason))
+        self.pending.clear()
+
+
+class MtaLink:
+    def __init__(
+        self,
+        address: str,
+        on_feedback: FeedbackHandler,
+        *,
+        client_id: str = "delivery-service",
+        ingest_concurrency: int = 4,
+        reconnect_max_delay: float = 2.0,
+    ) -> None:
+        self.address = address
+        self.on_feedback = on_feedback
+        self.client_id = client_id
+        self.reconnect_max_delay = reconnect_max_delay
+        self._ingest_slots = asyncio.Semaphore(ingest_concurrency)
+        self._stream: _Stream | None = None
+        self._connected = asyncio.Event()
+        self._stopping = False
+        self._ingests: set[asyncio.Task[None]] = set()
+        self.reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._stream is not None and not self._stream.closed
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def relay(self, messages: list[mta.Message]) -> mta.RelayAck:
+        """Sends one batch; returns the MTA's acknowledgement, or raises LinkDown."""
+        stream = self._stream
+        if stream is None or stream.closed:
+            raise LinkDown("not connected to the MTA")
+        seq = stream.next_seq
+        stream.next_seq += 1
+        future: asyncio.Future[mta.RelayAck] = asyncio.get_running_loop().create_future()
+        stream.pending[seq] = future
+        await stream.write(
+            mta.ExchangeRequest(relay=mta.RelayBatch(seq=seq, messages=messages))
+        )
+        return await future
+
+    async def run(self) -> None:
+        """Keeps a stream open until stop(); reconnects with backoff."""
+        delay = 0.05
+        while not self._stopping:
+            try:
+                async with grpc.aio.insecure_channel(
+                    self.address,
+                    options=[
+                        ("grpc.max_receive_message_length", 64 << 20),
+                        ("grpc.max_send_message_length", 64 << 20),
+                        ("grpc.keepalive_time_ms", 10_000),
+                    ],
+                ) as channel:
+                    stub = mta_grpc.MtaServiceStub(channel)
+                    await self._serve(stub)
+                    delay = 0.05
+            except (grpc.aio.AioRpcError, LinkDown) as exc:
+                if self._stopping:
+                    break
+                log.warning("MTA stream lost: %s", _describe(exc))
+            if self._stopping:
+                break
+            self.reconnects += 1
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.reconnect_max_delay)
+
+    async def _serve(self, stub: mta_grpc.MtaServiceStub) -> None:
+        call = stub.Exchange()
+        stream = _Stream(call)
+        try:
+            await stream.write(mta.ExchangeRequest(hello=mta.Hello(client_id=self.client_id)))
+            self._stream = stream
+            self._connected.set()
+            log.info("connected to the MTA at %s", self.address)
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    raise LinkDown("the MTA closed the stream")
+                kind = response.WhichOneof("kind")
+                if kind == "relay_ack":
+                    future = stream.pending.pop(response.relay_ack.seq, None)
+                    if future is not None and not future.done():
+                        future.set_result(response.relay_ack)
+                elif kind == "feedback":
+                    await self._ingest_slots.acquire()
+                    task = asyncio.create_task(self._ingest(stream, response.feedback))
+                    self._ingests.add(task)
+                    task.add_done_callback(self._ingests.discard)
+        finally:
+            self._connected.clear()
+            stream.fail("the stream to the MTA broke")
+            if self._stream is stream:
+                self._stream = None
+            call.cancel()
+
+    async def _ingest(self, stream: _Stream, batch: mta.FeedbackBatch) -> None:
+        try:
+            delay = 0.05
+            while not stream.closed:
+                try:
+                    await self.on_feedback(list(batch.events))
+                    break
+                except Exception as exc:  # the database may be restarting: try again
+                    log.warning("feedback batch %d not applied yet: %s", batch.seq, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+            else:
+                return  # the MTA sends these events again on the next stream
+            # Acknowledged on the stream that carried it: a seq means nothing on another.
+            with contextlib.suppress(LinkDown):
+                await stream.write(mta.ExchangeRequest(ack=mta.FeedbackAck(seq=batch.seq)))
+        finally:
+            self._ingest_slots.release()
+
+    async def stop(self) -> None:
+        """Stops reconnecting, lets committed feedback be acknowledged, closes the stream."""
+        self._stopping = True
+        if self._ingests:
+            await asyncio.wait(set(self._ingests), timeout=5)
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(LinkDown):
+                async with stream.write_lock:
+                    await stream.call.done_writing()
+            stream.call.cancel()
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)

@@ -1,0 +1,108 @@
+"""Relaying the messages of SENDING deliveries to the MTA, in acknowledged batches.
+
+The sending logs are streamed from the database in message order, a batch at a
+time, so a delivery is never held in memory. A message is marked relayed only
+after the MTA acknowledged it; after a crash or a broken stream, whatever was
+not marked is relayed again and the MTA deduplicates it by message id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from google.protobuf import timestamp_pb2
+from mta.v1 import mta_service_pb2 as mta
+
+from delivery_service import store
+from delivery_service.domain import feedback as fb
+from delivery_service.mta_link import LinkDown, MtaLink
+
+log = logging.getLogger(__name__)
+
+
+class Relayer:
+    def __init__(
+        self, db: store.Store, link: MtaLink, *, batch_size: int = 1000, window: int = 4
+    ) -> None:
+        self.db = db
+        self.link = link
+        self.batch_size = batch_size
+        # Batches in flight per delivery: keeps the stream busy while acks travel.
+        self.window = window
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self.relayed = 0
+
+    async def pick_up(self) -> None:
+        """Starts relaying every SENDING delivery this process is not relaying yet."""
+        for delivery_id in await self.db.sending_deliveries():
+            task = self._tasks.get(delivery_id)
+            if task is None or task.done():
+                self._tasks[delivery_id] = asyncio.create_task(
+                    self._relay(delivery_id), name=f"relay-{delivery_id}"
+                )
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._tasks.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _relay(self, delivery_id: int) -> None:
+        try:
+            async with self.db.relay_lease(delivery_id) as mine:
+                if mine:
+                    await self._relay_leased(delivery_id)
+        except (LinkDown, store.Unavailable) as exc:
+            # pick_up starts it again on its next round.
+            log.warning("relay of delivery %d interrupted: %s", delivery_id, exc)
+
+    async def _relay_leased(self, delivery_id: int) -> None:
+        delivery = await self.db.get_delivery(delivery_id)
+        mode = fb.FeedbackMode(delivery["feedback_mode"])
+        expire_time = timestamp_pb2.Timestamp()
+        expire_time.FromDatetime(delivery["validity_end_time"])
+        await self.link.wait_connected()
+        in_flight: set[asyncio.Task[None]] = set()
+        after = 0
+        try:
+            while True:
+                batch = await self.db.queued_messages(delivery_id, after, self.batch_size)
+                if not batch:
+                    break
+                after = batch[-1].message_id
+                messages = [
+                    mta.Message(
+                        message_id=m.message_id,
+                        delivery_id=delivery_id,
+                        email=m.email,
+                        subject=delivery["subject"],
+                        body=delivery["body"],
+                        links=delivery["links"],
+                        expire_time=expire_time,
+                    )
+                    for m in batch
+                ]
+                while len(in_flight) >= self.window:
+                    done, in_flight = await asyncio.wait(
+                        in_flight, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in done:
+                        task.result()  # a broken stream ends this round
+                in_flight.add(asyncio.create_task(self._send(delivery_id, mode, messages)))
+            for task in asyncio.as_completed(in_flight):
+                await task
+            in_flight = set()
+        finally:
+            for task in in_flight:
+                task.cancel()
+        if await self.db.finish_sending(delivery_id):
+            log.info("delivery %d: every message relayed", delivery_id)
+
+    async def _send(self, delivery_id: int, mode: fb.FeedbackMode, batch: list[mta.Message]) -> None:
+        await self.link.relay(batch)
+        self.relayed += await self.db.mark_relayed(
+            delivery_id, mode, [m.message_id for m in batch]
+        )

@@ -1,0 +1,252 @@
+"""Checks of incoming requests: each error names the field at fault."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from delivery.v1 import delivery_service_pb2 as pb
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from delivery_service import store
+from delivery_service.domain import addresses, lifecycle
+from delivery_service.domain import feedback as fb
+
+T = TypeVar("T")
+
+MAX_LABEL = 200
+MAX_SUBJECT = 998
+MAX_BODY = 1 << 20
+MAX_LINKS = 100
+MAX_LINK = 2048
+MAX_RECIPIENTS = 100_000
+MAX_PROFILES = 10_000
+MAX_ID = 200
+MAX_SEGMENTS = 20
+MAX_SEGMENT = 100
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+MIN_VALIDITY = dt.timedelta(seconds=1)
+MAX_VALIDITY = dt.timedelta(days=30)
+MIN_INTERVAL = dt.timedelta(seconds=1)
+MAX_INTERVAL = dt.timedelta(days=366)
+
+FEEDBACK_MODES = {
+    pb.FEEDBACK_MODE_WITHOUT_EFS: fb.FeedbackMode.WITHOUT_EFS,
+    pb.FEEDBACK_MODE_EFS: fb.FeedbackMode.EFS,
+}
+APPROVAL_STEPS = {
+    pb.APPROVAL_STEP_TARGET: lifecycle.ApprovalStep.TARGET,
+    pb.APPROVAL_STEP_CONTENT: lifecycle.ApprovalStep.CONTENT,
+}
+STATES = {
+    pb.STATE_DRAFT: lifecycle.State.DRAFT,
+    pb.STATE_PREPARED: lifecycle.State.PREPARED,
+    pb.STATE_APPROVED: lifecycle.State.APPROVED,
+    pb.STATE_SENDING: lifecycle.State.SENDING,
+    pb.STATE_SENT: lifecycle.State.SENT,
+    pb.STATE_FINISHED: lifecycle.State.FINISHED,
+    pb.STATE_STOPPED: lifecycle.State.STOPPED,
+}
+
+
+class Invalid(Exception):
+    """A request field is wrong (INVALID_ARGUMENT)."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field = field
+        self.description = description
+
+
+def text(field: str, value: str, limit: int, *, required: bool = True) -> str:
+    if required and not value.strip():
+        raise Invalid(field, "required")
+    if len(value) > limit:
+        raise Invalid(field, f"must be at most {limit} characters")
+    if "\x00" in value:
+        raise Invalid(field, "must not contain NUL characters")
+    return value
+
+
+def positive_id(field: str, value: int) -> int:
+    if value <= 0:
+        raise Invalid(field, "required: a positive id")
+    return value
+
+
+def email(field: str, value: str) -> str:
+    problem = addresses.malformation(value)
+    if problem:
+        raise Invalid(field, problem)
+    return value
+
+
+def duration(
+    field: str, value: duration_pb2.Duration, low: dt.timedelta, high: dt.timedelta
+) -> dt.timedelta:
+    if value.seconds == 0 and value.nanos == 0:
+        raise Invalid(field, "required")
+    if not -315_576_000_000 <= value.seconds <= 315_576_000_000 or abs(value.nanos) >= 10**9:
+        raise Invalid(field, "is not a valid duration")
+    period = dt.timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+    if not low <= period <= high:
+        raise Invalid(field, f"must be between {low} and {high}")
+    return period
+
+
+def timestamp(field: str, value: timestamp_pb2.Timestamp) -> dt.datetime:
+    # Timestamp's own range: years 1 to 9999.
+    if not -62_135_596_800 <= value.seconds <= 253_402_300_799 or not 0 <= value.nanos < 10**9:
+        raise Invalid(field, "is not a valid timestamp")
+    return value.ToDatetime(tzinfo=dt.UTC)
+
+
+def enum_value(field: str, value: int, values: dict[int, T]) -> T:
+    if value not in values:
+        raise Invalid(field, "required: one of " + ", ".join(str(k) for k in sorted(values)))
+    return values[value]
+
+
+def page_size(field: str, value: int) -> int:
+    if value < 0:
+        raise Invalid(field, "must not be negative")
+    if value > MAX_PAGE_SIZE:
+        raise Invalid(field, f"must be at most {MAX_PAGE_SIZE}")
+    return value or DEFAULT_PAGE_SIZE
+
+
+def encode_page_token(position: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{position}".encode()).decode()
+
+
+def page_token(field: str, token: str, first: int) -> int:
+    """The keyset position a page token carries; `first` for an empty token."""
+    if not token:
+        return first
+    try:
+        version, _, position = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if version != "v1":
+            raise ValueError(version)
+        value = int(position)
+        if not 0 <= value < 2**63:
+            raise ValueError(position)
+        return value
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Invalid(field, "is not a token this service issued") from None
+
+
+def content(field: str, value: pb.Content) -> tuple[str, str, list[str]]:
+    subject = text(f"{field}.subject", value.subject, MAX_SUBJECT)
+    if any(c in subject for c in "\r\n"):
+        raise Invalid(f"{field}.subject", "must be one line")
+    body = text(f"{field}.body", value.body, MAX_BODY)
+    if len(value.links) > MAX_LINKS:
+        raise Invalid(f"{field}.links", f"must have at most {MAX_LINKS} links")
+    for i, link in enumerate(value.links):
+        text(f"{field}.links[{i}]", link, MAX_LINK)
+        parts = urlsplit(link)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise Invalid(f"{field}.links[{i}]", "must be an http or https URL")
+    return subject, body, list(value.links)
+
+
+def target(field: str, value: pb.Target) -> tuple[str | None, list[store.Recipient]]:
+    kind = value.WhichOneof("target")
+    if kind == "segment":
+        return text(f"{field}.segment", value.segment, MAX_SEGMENT), []
+    if kind is None:
+        raise Invalid(field, "required: recipients or segment")
+    items = value.recipients.recipients
+    if not items:
+        raise Invalid(f"{field}.recipients", "must name at least one recipient")
+    if len(items) > MAX_RECIPIENTS:
+        raise Invalid(f"{field}.recipients", f"must have at most {MAX_RECIPIENTS} recipients")
+    recipients = []
+    for i, r in enumerate(items):
+        name = f"{field}.recipients.recipients[{i}]"
+        which = r.WhichOneof("recipient")
+        if which == "profile_id":
+            recipients.append(
+                store.Recipient(text(f"{name}.profile_id", r.profile_id, MAX_ID), None)
+            )
+        elif which == "email":
+            recipients.append(store.Recipient(None, email(f"{name}.email", r.email)))
+        else:
+            raise Invalid(name, "required: profile_id or email")
+    return None, recipients
+
+
+def approval_steps(field: str, values: list[int]) -> list[lifecycle.ApprovalStep]:
+    steps: list[lifecycle.ApprovalStep] = []
+    for i, v in enumerate(values):
+        step = enum_value(f"{field}[{i}]", v, APPROVAL_STEPS)
+        if step in steps:
+            raise Invalid(f"{field}[{i}]", f"{step} is named twice")
+        steps.append(step)
+    return steps
+
+
+def new_delivery(
+    label: str,
+    content_value: pb.Content,
+    target_value: pb.Target,
+    validity_value: duration_pb2.Duration,
+    mode: int,
+    approvals: list[int],
+    request_id: str,
+    has_content: bool,
+    has_target: bool,
+) -> store.NewDelivery:
+    """The shared part of CreateDelivery and CreateRecurringDelivery."""
+    if not has_content:
+        raise Invalid("content", "required")
+    if not has_target:
+        raise Invalid("target", "required")
+    subject, body, links = content("content", content_value)
+    segment, recipients = target("target", target_value)
+    return store.NewDelivery(
+        label=text("label", label, MAX_LABEL),
+        subject=subject,
+        body=body,
+        links=links,
+        feedback_mode=enum_value("feedback_mode", mode, FEEDBACK_MODES),
+        validity_period=duration("validity_period", validity_value, MIN_VALIDITY, MAX_VALIDITY),
+        required_approvals=approval_steps("required_approvals", approvals),
+        segment=segment,
+        recipients=recipients,
+        request_id=text("request_id", request_id, MAX_ID, required=False) or None,
+    )
+
+
+def profiles(values: list[pb.Profile]) -> list[dict[str, object]]:
+    if not values:
+        raise Invalid("profiles", "must have at least one profile")
+    if len(values) > MAX_PROFILES:
+        raise Invalid("profiles", f"must have at most {MAX_PROFILES} profiles")
+    seen: set[str] = set()
+    out: list[dict[str, object]] = []
+    for i, p in enumerate(values):
+        name = f"profiles[{i}]"
+        profile_id = text(f"{name}.profile_id", p.profile_id, MAX_ID)
+        if profile_id in seen:
+            raise Invalid(f"{name}.profile_id", f"{profile_id!r} is named twice")
+        seen.add(profile_id)
+        if p.email:
+            email(f"{name}.email", p.email)
+        if len(p.segments) > MAX_SEGMENTS:
+            raise Invalid(f"{name}.segments", f"must have at most {MAX_SEGMENTS} segments")
+        for j, segment in enumerate(p.segments):
+            text(f"{name}.segments[{j}]", segment, MAX_SEGMENT)
+        out.append(
+            {
+                "profile_id": profile_id,
+                "email": p.email,
+                "quarantined": p.quarantined,
+                "segments": list(p.segments),
+            }
+        )
+    return out
