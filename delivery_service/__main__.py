@@ -1,4 +1,4 @@
-"""`python -m delivery_service` serves; `python -m delivery_service create-operator` adds an operator."""
+"""`python -m delivery_service` serves; `... create-operator NAME --role ROLE` adds an operator."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ class _JsonFormatter(logging.Formatter):
 def setup_logging(level: str, as_json: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        _JsonFormatter() if as_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _JsonFormatter()
+        if as_json
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     logging.basicConfig(level=level, handlers=[handler], force=True)
 

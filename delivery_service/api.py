@@ -76,7 +76,9 @@ def _mapped(exc: Exception) -> grpc.Status | None:
 
 
 def _errors(
-    method: Callable[[Any, Request, grpc.aio.ServicerContext[Request, Response]], Awaitable[Response]],
+    method: Callable[
+        [Any, Request, grpc.aio.ServicerContext[Request, Response]], Awaitable[Response]
+    ],
 ) -> Callable[[Any, Request, grpc.aio.ServicerContext[Request, Response]], Awaitable[Response]]:
     """Turns the service's errors into gRPC statuses (unary methods)."""
 
@@ -196,8 +198,10 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
     def __init__(self, db: store.Store) -> None:
         self.db = db
 
-    async def _operator(self, context: grpc.aio.ServicerContext[Any, Any], role: lifecycle.Role) -> str:
-        token = auth.bearer_token(context.invocation_metadata())  # type: ignore[arg-type]
+    async def _operator(
+        self, context: grpc.aio.ServicerContext[Any, Any], role: lifecycle.Role
+    ) -> str:
+        token = auth.bearer_token(context.invocation_metadata())
         return await auth.require(self.db, token, role)
 
     @_errors
@@ -295,7 +299,8 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
             limit=limit,
         )
         return pb.ListDeliveriesResponse(
-            deliveries=[delivery_pb(r) for r in rows], next_page_token=_next_token(rows, "id", limit)
+            deliveries=[delivery_pb(r) for r in rows],
+            next_page_token=_next_token(rows, "id", limit),
         )
 
     async def WatchDeployment(

@@ -45,4 +45,3 @@ class FeedbackIngest:
         self.applied += result.applied
         self.duplicates += result.duplicates
         self.unknown += result.unknown
-

@@ -16,7 +16,7 @@ _LOCK_KEY = 0x6D6967726174
 def available() -> list[tuple[str, str]]:
     """The migrations shipped with the package, as (version, sql), in order."""
     folder = resources.files("delivery_service") / "sql" / "migrations"
-    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [(f.name.removesuffix(".sql"), f.read_text(encoding="utf-8")) for f in files]
 
 
@@ -39,9 +39,7 @@ def apply(conninfo: str) -> list[str]:
                     continue
                 with conn.transaction():
                     conn.execute(sql.encode())
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version) VALUES (%s)", (version,)
-                    )
+                    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
                 log.info("applied migration %s", version)
                 applied.append(version)
         finally:

@@ -93,9 +93,7 @@ class MtaLink:
         stream.next_seq += 1
         future: asyncio.Future[mta.RelayAck] = asyncio.get_running_loop().create_future()
         stream.pending[seq] = future
-        await stream.write(
-            mta.ExchangeRequest(relay=mta.RelayBatch(seq=seq, messages=messages))
-        )
+        await stream.write(mta.ExchangeRequest(relay=mta.RelayBatch(seq=seq, messages=messages)))
         return await future
 
     async def run(self) -> None:

@@ -92,8 +92,7 @@ class Relayer:
                     for task in done:
                         task.result()  # a broken stream ends this round
                 in_flight.add(asyncio.create_task(self._send(delivery_id, mode, messages)))
-            for task in asyncio.as_completed(in_flight):
-                await task
+            await asyncio.gather(*in_flight)
             in_flight = set()
         finally:
             for task in in_flight:
@@ -101,8 +100,8 @@ class Relayer:
         if await self.db.finish_sending(delivery_id):
             log.info("delivery %d: every message relayed", delivery_id)
 
-    async def _send(self, delivery_id: int, mode: fb.FeedbackMode, batch: list[mta.Message]) -> None:
+    async def _send(
+        self, delivery_id: int, mode: fb.FeedbackMode, batch: list[mta.Message]
+    ) -> None:
         await self.link.relay(batch)
-        self.relayed += await self.db.mark_relayed(
-            delivery_id, mode, [m.message_id for m in batch]
-        )
+        self.relayed += await self.db.mark_relayed(delivery_id, mode, [m.message_id for m in batch])

@@ -559,7 +559,8 @@ class Store:
             known = [
                 e
                 for e in events
-                if e.message_id in messages and messages[e.message_id][0].delivery_id == e.delivery_id
+                if e.message_id in messages
+                and messages[e.message_id][0].delivery_id == e.delivery_id
             ]
             new_ids = await self._insert_events(conn, known)
             deltas: dict[int, dict[str, int]] = {}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from typing import TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from delivery.v1 import delivery_service_pb2 as pb
@@ -105,7 +106,7 @@ def timestamp(field: str, value: timestamp_pb2.Timestamp) -> dt.datetime:
     return value.ToDatetime(tzinfo=dt.UTC)
 
 
-def enum_value(field: str, value: int, values: dict[int, T]) -> T:
+def enum_value(field: str, value: int, values: Mapping[Any, T]) -> T:
     if value not in values:
         raise Invalid(field, "required: one of " + ", ".join(str(k) for k in sorted(values)))
     return values[value]

@@ -87,9 +87,7 @@ def status_of(mode: FeedbackMode, relayed: bool, outcome: Outcome) -> Status:
 def failure_type_of(mode: FeedbackMode, outcome: Outcome) -> FailureType:
     if outcome is Outcome.HARD_BOUNCED:
         return FailureType.HARD
-    if outcome is Outcome.EXPIRED or (
-        outcome is Outcome.SOFT_BOUNCED and mode is FeedbackMode.EFS
-    ):
+    if outcome is Outcome.EXPIRED or (outcome is Outcome.SOFT_BOUNCED and mode is FeedbackMode.EFS):
         return FailureType.SOFT
     return FailureType.NONE
 
@@ -130,7 +128,7 @@ class MessageState:
     clicked: bool
 
     def row(self) -> tuple[int, int, int, int, int, bool, bool]:
-        """The sending log's new columns: message_id, status, outcome, type, reason, opened, clicked."""
+        """The sending log's columns: id, status, outcome, failure type and reason, opened, clicked."""
         return (
             self.message_id,
             status_of(self.mode, self.relayed, self.outcome),

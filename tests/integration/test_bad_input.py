@@ -1,0 +1,206 @@
+"""Every RPC refuses bad input with the right status, a message naming the field, and no write."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from delivery.v1 import delivery_service_pb2 as pb
+from google.protobuf import duration_pb2, timestamp_pb2
+from grpc_status import rpc_status
+
+from tests.integration import flows
+from tests.integration.conftest import Pair
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+
+TABLES = [
+    "operators", "profiles", "targets", "target_recipients", "deliveries", "recurring_deliveries",
+    "dropped_recipients", "sending_logs", "feedback_events", "delivery_counters",
+]  # fmt: skip
+
+
+def good() -> pb.CreateDeliveryRequest:
+    return flows.request(["a@example.com"])
+
+
+def with_(req: pb.CreateDeliveryRequest, change: Callable[[pb.CreateDeliveryRequest], Any]) -> Any:
+    change(req)
+    return req
+
+
+def _recipient_list(*emails: str) -> pb.Target:
+    return pb.Target(
+        recipients=pb.RecipientList(recipients=[pb.Recipient(email=e) for e in emails])
+    )
+
+
+# (name, rpc, request, expected code, text the message must contain)
+CASES: list[tuple[str, str, Any, grpc.StatusCode, str]] = [
+    ("empty create", "CreateDelivery", pb.CreateDeliveryRequest(), INVALID, "content"),
+    ("no label", "CreateDelivery", with_(good(), lambda r: setattr(r, "label", "")),
+     INVALID, "label"),
+    ("label too long", "CreateDelivery", with_(good(), lambda r: setattr(r, "label", "x" * 201)),
+     INVALID, "label"),
+    ("no subject", "CreateDelivery",
+     with_(good(), lambda r: setattr(r.content, "subject", "")), INVALID, "content.subject"),
+    ("body too big", "CreateDelivery",
+     with_(good(), lambda r: setattr(r.content, "body", "x" * (1 << 20 + 1))),
+     INVALID, "content.body"),
+    ("bad link", "CreateDelivery",
+     with_(good(), lambda r: r.content.links.append("javascript:alert(1)")),
+     INVALID, "content.links[1]"),
+    ("no target", "CreateDelivery", with_(good(), lambda r: r.ClearField("target")),
+     INVALID, "target"),
+    ("empty recipients", "CreateDelivery",
+     with_(good(), lambda r: r.target.CopyFrom(_recipient_list())), INVALID, "target.recipients"),
+    ("malformed address", "CreateDelivery",
+     with_(good(), lambda r: r.target.CopyFrom(_recipient_list("ok@example.com", "not an@"))),
+     INVALID, "target.recipients.recipients[1].email"),
+    ("empty address", "CreateDelivery",
+     with_(good(), lambda r: r.target.CopyFrom(_recipient_list(""))),
+     INVALID, "target.recipients.recipients[0].email"),
+    ("too many recipients", "CreateDelivery",
+     with_(good(), lambda r: r.target.CopyFrom(
+         _recipient_list(*(f"u{i}@example.com" for i in range(100_001))))),
+     INVALID, "target.recipients"),
+    ("no validity", "CreateDelivery", with_(good(), lambda r: r.ClearField("validity_period")),
+     INVALID, "validity_period"),
+    ("negative validity", "CreateDelivery",
+     with_(good(), lambda r: r.validity_period.CopyFrom(duration_pb2.Duration(seconds=-5))),
+     INVALID, "validity_period"),
+    ("validity too long", "CreateDelivery",
+     with_(good(), lambda r: r.validity_period.CopyFrom(duration_pb2.Duration(seconds=10**8))),
+     INVALID, "validity_period"),
+    ("no feedback mode", "CreateDelivery",
+     with_(good(), lambda r: setattr(r, "feedback_mode", 0)), INVALID, "feedback_mode"),
+    ("unknown feedback mode", "CreateDelivery",
+     with_(good(), lambda r: setattr(r, "feedback_mode", 99)), INVALID, "feedback_mode"),
+    ("unknown approval step", "CreateDelivery",
+     with_(good(), lambda r: r.required_approvals.append(7)), INVALID, "required_approvals[0]"),
+    ("NUL in label", "CreateDelivery", with_(good(), lambda r: setattr(r, "label", "a\x00b")),
+     INVALID, "label"),
+    ("prepare no id", "PrepareDelivery", pb.PrepareDeliveryRequest(), INVALID, "delivery_id"),
+    ("prepare unknown", "PrepareDelivery", pb.PrepareDeliveryRequest(delivery_id=999_999),
+     NOT_FOUND, "999999"),
+    ("approve unknown step", "ApproveDelivery", pb.ApproveDeliveryRequest(delivery_id=1, step=9),
+     INVALID, "step"),
+    ("approve unknown", "ApproveDelivery",
+     pb.ApproveDeliveryRequest(delivery_id=999_999, step=pb.APPROVAL_STEP_TARGET),
+     NOT_FOUND, "999999"),
+    ("confirm negative id", "ConfirmSend", pb.ConfirmSendRequest(delivery_id=-1),
+     INVALID, "delivery_id"),
+    ("confirm unknown", "ConfirmSend", pb.ConfirmSendRequest(delivery_id=999_999),
+     NOT_FOUND, "999999"),
+    ("stop unknown", "StopDelivery", pb.StopDeliveryRequest(delivery_id=999_999),
+     NOT_FOUND, "999999"),
+    ("get unknown", "GetDelivery", pb.GetDeliveryRequest(delivery_id=999_999),
+     NOT_FOUND, "999999"),
+    ("list negative page", "ListDeliveries", pb.ListDeliveriesRequest(page_size=-1),
+     INVALID, "page_size"),
+    ("list huge page", "ListDeliveries", pb.ListDeliveriesRequest(page_size=1001),
+     INVALID, "page_size"),
+    ("list bad token", "ListDeliveries", pb.ListDeliveriesRequest(page_token="garbage!"),
+     INVALID, "page_token"),
+    ("list unknown state", "ListDeliveries", pb.ListDeliveriesRequest(state=42),
+     INVALID, "state"),
+    ("kpis unknown", "GetKpis", pb.GetKpisRequest(delivery_id=999_999), NOT_FOUND, "999999"),
+    ("kpis no id", "GetKpis", pb.GetKpisRequest(), INVALID, "delivery_id"),
+    ("stats unknown", "ComputeStats", pb.ComputeStatsRequest(delivery_id=999_999),
+     NOT_FOUND, "999999"),
+    ("logs negative page", "ListSendingLogs",
+     pb.ListSendingLogsRequest(delivery_id=1, page_size=-5), INVALID, "page_size"),
+    ("logs unknown status", "ListSendingLogs",
+     pb.ListSendingLogsRequest(delivery_id=1, status=12), INVALID, "status"),
+    ("logs unknown delivery", "ListSendingLogs",
+     pb.ListSendingLogsRequest(delivery_id=999_999), NOT_FOUND, "999999"),
+    ("logs overflowing token", "ListSendingLogs",
+     pb.ListSendingLogsRequest(delivery_id=1, page_token="djE6OTk5OTk5OTk5OTk5OTk5OTk5OTk5"),
+     INVALID, "page_token"),
+    ("history empty", "GetProfileHistory", pb.GetProfileHistoryRequest(), INVALID, "profile"),
+    ("history unknown profile", "GetProfileHistory",
+     pb.GetProfileHistoryRequest(profile_id="nobody"), NOT_FOUND, "nobody"),
+    ("history malformed email", "GetProfileHistory",
+     pb.GetProfileHistoryRequest(email="no-at"), INVALID, "email"),
+    ("upsert empty", "UpsertProfiles", pb.UpsertProfilesRequest(), INVALID, "profiles"),
+    ("upsert no id", "UpsertProfiles",
+     pb.UpsertProfilesRequest(profiles=[pb.Profile(email="a@example.com")]),
+     INVALID, "profiles[0].profile_id"),
+    ("upsert malformed email", "UpsertProfiles",
+     pb.UpsertProfilesRequest(profiles=[pb.Profile(profile_id="p", email="nope")]),
+     INVALID, "profiles[0].email"),
+    ("upsert twice the same id", "UpsertProfiles",
+     pb.UpsertProfilesRequest(profiles=[pb.Profile(profile_id="p"), pb.Profile(profile_id="p")]),
+     INVALID, "profiles[1].profile_id"),
+    ("upsert too many", "UpsertProfiles",
+     pb.UpsertProfilesRequest(profiles=[pb.Profile(profile_id=f"p{i}") for i in range(10_001)]),
+     INVALID, "profiles"),
+    ("recurring no interval", "CreateRecurringDelivery",
+     pb.CreateRecurringDeliveryRequest(
+         label="r", content=good().content, target=good().target,
+         validity_period=duration_pb2.Duration(seconds=60), feedback_mode=1),
+     INVALID, "interval"),
+    ("recurring bad first time", "CreateRecurringDelivery",
+     pb.CreateRecurringDeliveryRequest(
+         label="r", content=good().content, target=good().target,
+         validity_period=duration_pb2.Duration(seconds=60), feedback_mode=1,
+         interval=duration_pb2.Duration(seconds=60),
+         first_occurrence_time=timestamp_pb2.Timestamp(seconds=-10**12)),
+     INVALID, "first_occurrence_time"),
+    ("recurring unknown", "GetRecurringDelivery",
+     pb.GetRecurringDeliveryRequest(recurring_delivery_id=999_999), NOT_FOUND, "999999"),
+]  # fmt: skip
+
+AUTHENTICATED = {"ApproveDelivery": "approver", "ConfirmSend": "sender", "StopDelivery": "sender"}
+
+
+def snapshot(pair: Pair) -> dict[str, int]:
+    return {t: pair.sql(f"SELECT count(*) FROM {t}")[0][0] for t in TABLES}
+
+
+@pytest.mark.parametrize(
+    ("name", "rpc", "request_", "code", "names"), CASES, ids=[c[0] for c in CASES]
+)
+async def test_refused(
+    pair: Pair, name: str, rpc: str, request_: Any, code: grpc.StatusCode, names: str
+) -> None:
+    before = snapshot(pair)
+    metadata = getattr(pair, AUTHENTICATED[rpc]) if rpc in AUTHENTICATED else None
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await getattr(pair.api, rpc)(request_, metadata=metadata, timeout=30)
+    assert err.value.code() == code, err.value.details()
+    assert names in (err.value.details() or "")
+    if code == INVALID:
+        status = rpc_status.from_call(err.value)  # type: ignore[arg-type]
+        assert status is not None and status.details, "a BadRequest detail names the field"
+    assert snapshot(pair) == before
+
+
+async def test_wrong_state_writes_nothing(pair: Pair) -> None:
+    delivery = await flows.send(pair, flows.request(["a@example.com"]))
+    await flows.wait_state(pair, delivery.id, pb.STATE_SENT)
+    before = snapshot(pair)
+    for rpc, req, who in [
+        ("PrepareDelivery", pb.PrepareDeliveryRequest(delivery_id=delivery.id), None),
+        ("ApproveDelivery",
+         pb.ApproveDeliveryRequest(delivery_id=delivery.id, step=pb.APPROVAL_STEP_TARGET),
+         pair.approver),
+    ]:  # fmt: skip
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await getattr(pair.api, rpc)(req, metadata=who, timeout=30)
+        assert err.value.code() == PRECONDITION
+        assert "SENT" in (err.value.details() or "") or "SENDING" in (err.value.details() or "")
+    assert snapshot(pair) == before
+    stopped = await pair.api.StopDelivery(
+        pb.StopDeliveryRequest(delivery_id=delivery.id), metadata=pair.sender
+    )
+    assert stopped.delivery.state == pb.STATE_STOPPED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await pair.api.ConfirmSend(
+            pb.ConfirmSendRequest(delivery_id=delivery.id), metadata=pair.sender
+        )
+    assert err.value.code() == PRECONDITION

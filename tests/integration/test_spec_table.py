@@ -1,0 +1,84 @@
+"""SPEC.md's table through the real pair: each row, in both feedback modes (12 cases).
+
+Each case sends one message to an address whose fate the stub documents, waits
+until the service has committed the event the row is about, then checks the
+sending-log status and the Delivered % / Bounces + errors % at that point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from delivery.v1 import delivery_service_pb2 as pb
+
+from tests.integration import flows
+from tests.integration.conftest import Pair
+
+SENT, PENDING, FAILED = pb.SENDING_STATUS_SENT, pb.SENDING_STATUS_PENDING, pb.SENDING_STATUS_FAILED
+
+
+@dataclass(frozen=True)
+class Row:
+    event: str
+    address: str
+    validity_seconds: int
+    # The event the row is about (a feedback_events kind), or None: wait for the relay,
+    # or "finished": wait for the end of the validity.
+    wait_for: int | str | None
+    # (status, Delivered %, Bounces + errors %) without EFS, then with EFS.
+    without_efs: tuple[int, float, float]
+    with_efs: tuple[int, float, float]
+
+
+ROWS = [
+    Row("relayed to the MTA", "delay-600000@example.com", 120, None,
+        (SENT, 100.0, 0.0), (PENDING, 0.0, 0.0)),
+    Row("delivery reported", "plain@example.com", 120, flows.DELIVERED,
+        (SENT, 100.0, 0.0), (SENT, 100.0, 0.0)),
+    Row("hard bounce", "hard-user-unknown@example.com", 120, flows.HARD_BOUNCE,
+        (FAILED, 0.0, 100.0), (FAILED, 0.0, 100.0)),
+    Row("soft bounce (then retried)", "soft-expire@example.com", 120, flows.SOFT_BOUNCE,
+        (SENT, 100.0, 0.0), (FAILED, 0.0, 100.0)),
+    Row("a retry succeeds before the validity ends", "soft-1@example.com", 120, flows.DELIVERED,
+        (SENT, 100.0, 0.0), (SENT, 100.0, 0.0)),
+    Row("retries fail until the validity ends", "soft-expire@example.com", 2, "finished",
+        (FAILED, 0.0, 100.0), (FAILED, 0.0, 100.0)),
+]  # fmt: skip
+
+MODES = {"without EFS": pb.FEEDBACK_MODE_WITHOUT_EFS, "with EFS": pb.FEEDBACK_MODE_EFS}
+
+
+@pytest.mark.parametrize("mode_name", list(MODES))
+@pytest.mark.parametrize("row", ROWS, ids=[r.event for r in ROWS])
+async def test_row(pair: Pair, row: Row, mode_name: str) -> None:
+    mode = MODES[mode_name]
+    delivery = await flows.send(
+        pair, flows.request([row.address], mode, validity_seconds=row.validity_seconds)
+    )
+    await flows.wait_relayed(pair, delivery.id)
+    (log,) = await flows.logs(pair, delivery.id)
+    if row.wait_for == "finished":
+        await flows.wait_state(pair, delivery.id, pb.STATE_FINISHED)
+    elif row.wait_for is not None:
+        assert isinstance(row.wait_for, int)
+        await flows.wait_event(pair, log.message_id, row.wait_for)
+
+    status, delivered, bounces = row.without_efs if mode_name == "without EFS" else row.with_efs
+    (log,) = await flows.logs(pair, delivery.id)
+    k = await flows.kpis(pair, delivery.id)
+    assert pb.SendingStatus.Name(log.status) == pb.SendingStatus.Name(status)
+    assert (k.delivered_percent, k.bounces_percent) == (delivered, bounces)
+    assert (k.to_deliver, k.sent) == (1, 1)
+    assert k.failed == (1 if status == FAILED else 0)
+    if status == FAILED:
+        hard = row.wait_for == flows.HARD_BOUNCE
+        assert log.failure_type == (pb.FAILURE_TYPE_HARD if hard else pb.FAILURE_TYPE_SOFT)
+        expected_reason = {
+            flows.HARD_BOUNCE: pb.FAILURE_REASON_USER_UNKNOWN,
+            flows.SOFT_BOUNCE: pb.FAILURE_REASON_MAILBOX_FULL,
+            "finished": pb.FAILURE_REASON_EXPIRED,
+        }[row.wait_for]  # type: ignore[index]
+        assert log.failure_reason == expected_reason
+    if row.wait_for == "finished":
+        assert k.final

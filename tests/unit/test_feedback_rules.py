@@ -1,0 +1,127 @@
+"""SPEC.md's table, row by row, on the domain rules alone."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from delivery_service.domain import feedback as fb
+from delivery_service.domain.feedback import EventKind, FeedbackMode, Outcome, Status
+from delivery_service.domain.kpis import Counters, compute
+
+WITHOUT = FeedbackMode.WITHOUT_EFS
+EFS = FeedbackMode.EFS
+
+
+def message(mode: FeedbackMode, relayed: bool = True) -> fb.MessageState:
+    return fb.MessageState(1, 1, mode, relayed, Outcome.NONE, 0, False, False)
+
+
+def run(mode: FeedbackMode, kinds: list[EventKind]) -> tuple[fb.MessageState, dict[str, int]]:
+    m = message(mode)
+    deltas = fb.empty_deltas()
+    deltas["relayed"] = 1
+    for kind in kinds:
+        fb.apply_event(m, kind, 2, deltas)
+    return m, deltas
+
+
+def percents(mode: FeedbackMode, deltas: dict[str, int]) -> tuple[float, float]:
+    k = compute(
+        mode,
+        1,
+        Counters(**deltas),
+        opened_at_stats=0,
+        clicked_at_stats=0,
+        stats_time=None,
+        final=False,
+    )
+    return k.delivered_percent, k.bounces_percent
+
+
+# (events so far, status without EFS, % without EFS, status with EFS, % with EFS)
+TABLE = [
+    ([], Status.SENT, (100.0, 0.0), Status.PENDING, (0.0, 0.0)),
+    ([EventKind.DELIVERED], Status.SENT, (100.0, 0.0), Status.SENT, (100.0, 0.0)),
+    ([EventKind.HARD_BOUNCE], Status.FAILED, (0.0, 100.0), Status.FAILED, (0.0, 100.0)),
+    ([EventKind.SOFT_BOUNCE], Status.SENT, (100.0, 0.0), Status.FAILED, (0.0, 100.0)),
+    (
+        [EventKind.SOFT_BOUNCE, EventKind.DELIVERED],
+        Status.SENT,
+        (100.0, 0.0),
+        Status.SENT,
+        (100.0, 0.0),
+    ),
+    (
+        [EventKind.SOFT_BOUNCE, EventKind.SOFT_BOUNCE, EventKind.EXPIRED],
+        Status.FAILED,
+        (0.0, 100.0),
+        Status.FAILED,
+        (0.0, 100.0),
+    ),
+]
+
+
+@pytest.mark.parametrize(("kinds", "status", "pct", "efs_status", "efs_pct"), TABLE)
+def test_spec_table(
+    kinds: list[EventKind],
+    status: Status,
+    pct: tuple[float, float],
+    efs_status: Status,
+    efs_pct: tuple[float, float],
+) -> None:
+    m, deltas = run(WITHOUT, kinds)
+    assert fb.status_of(WITHOUT, m.relayed, m.outcome) is status
+    assert percents(WITHOUT, deltas) == pct
+    m, deltas = run(EFS, kinds)
+    assert fb.status_of(EFS, m.relayed, m.outcome) is efs_status
+    assert percents(EFS, deltas) == efs_pct
+
+
+def test_queued_before_relay() -> None:
+    assert fb.status_of(EFS, False, Outcome.NONE) is Status.QUEUED
+    assert fb.status_of(WITHOUT, False, Outcome.NONE) is Status.QUEUED
+
+
+@pytest.mark.parametrize("mode", [WITHOUT, EFS])
+def test_any_order_and_duplicates_give_the_same_fate(mode: FeedbackMode) -> None:
+    events = [EventKind.SOFT_BOUNCE, EventKind.SOFT_BOUNCE, EventKind.DELIVERED, EventKind.OPENED]
+    results = set()
+    for order in itertools.permutations(events + events[:2]):
+        m, deltas = run(mode, list(order))
+        results.add((m.row(), tuple(sorted(deltas.items()))))
+    assert len(results) == 1
+
+
+def test_failure_details() -> None:
+    m, _ = run(EFS, [EventKind.SOFT_BOUNCE])
+    assert m.row()[3:5] == (fb.FailureType.SOFT, 2)
+    m, _ = run(WITHOUT, [EventKind.SOFT_BOUNCE])
+    assert m.row()[3:5] == (fb.FailureType.NONE, 0)
+    m, _ = run(WITHOUT, [EventKind.HARD_BOUNCE])
+    assert m.row()[3:5] == (fb.FailureType.HARD, 2)
+    m, _ = run(EFS, [EventKind.EXPIRED])
+    assert m.row()[3:5] == (fb.FailureType.SOFT, fb.REASON_EXPIRED)
+
+
+def test_expiry_gives_every_message_a_final_status() -> None:
+    assert fb.expiry_outcome(WITHOUT, True, Outcome.SOFT_BOUNCED) is Outcome.EXPIRED
+    assert fb.expiry_outcome(WITHOUT, True, Outcome.NONE) is Outcome.NONE  # stays SENT
+    assert fb.expiry_outcome(EFS, True, Outcome.NONE) is Outcome.EXPIRED
+    assert fb.expiry_outcome(EFS, False, Outcome.NONE) is Outcome.EXPIRED
+    assert fb.expiry_outcome(EFS, True, Outcome.DELIVERED) is Outcome.DELIVERED
+
+
+def test_opens_and_clicks_count_each_message_once() -> None:
+    m, deltas = run(EFS, [EventKind.CLICKED, EventKind.OPENED, EventKind.CLICKED])
+    assert (deltas["opened"], deltas["clicked"]) == (1, 1)
+    assert m.opened and m.clicked
+
+
+def test_feedback_before_relay_ack_counts_the_relay_once() -> None:
+    m = message(EFS, relayed=False)
+    deltas = fb.empty_deltas()
+    fb.apply_event(m, EventKind.DELIVERED, 0, deltas)
+    fb.apply_event(m, EventKind.OPENED, 0, deltas)
+    assert deltas["relayed"] == 1 and m.relayed
