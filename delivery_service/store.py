@@ -125,10 +125,11 @@ class Store:
     def __init__(self, conninfo: str, *, min_size: int = 2, max_size: int = 20) -> None:
         self.pool = AsyncConnectionPool(
             conninfo,
+            connection_class=psycopg.AsyncConnection[Row],
             min_size=min_size,
             max_size=max_size,
             open=False,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "row_factory": dict_row},
             # A connection broken by a database restart is replaced, not handed out.
             check=AsyncConnectionPool.check_connection,
             name="delivery",
@@ -144,8 +145,7 @@ class Store:
     async def _tx(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
         try:
             async with self.pool.connection() as conn, conn.transaction():
-                conn.row_factory = dict_row  # type: ignore[assignment]
-                yield conn  # type: ignore[misc]
+                yield conn
         except psycopg.OperationalError as exc:
             raise Unavailable(str(exc)) from exc
         except TimeoutError as exc:  # the pool had no connection in time
@@ -453,7 +453,7 @@ class Store:
             async with self.pool.connection() as conn:
                 cur = await conn.execute(_q("try_relay_lock"), {"delivery_id": delivery_id})
                 row = await cur.fetchone()
-                locked = bool(row and row[0])
+                locked = bool(row and row["locked"])
                 try:
                     yield locked
                 finally:
