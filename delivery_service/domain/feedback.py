@@ -128,7 +128,7 @@ class MessageState:
     clicked: bool
 
     def row(self) -> tuple[int, int, int, int, int, bool, bool]:
-        """The sending log's columns: id, status, outcome, failure type and reason, opened, clicked."""
+        """The sending log's columns: id, status, outcome, failure type, reason, opened, clicked."""
         return (
             self.message_id,
             status_of(self.mode, self.relayed, self.outcome),

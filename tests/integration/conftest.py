@@ -11,10 +11,10 @@ import psycopg
 import pytest
 from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from mta.v1 import mta_service_pb2_grpc as mta_grpc
-from tests.support.processes import ServerProcess
 
 from delivery_service import auth, store
 from delivery_service.domain.lifecycle import Role
+from tests.support.processes import ServerProcess
 
 
 @dataclass

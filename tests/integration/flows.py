@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from delivery.v1 import delivery_service_pb2 as pb
 from google.protobuf import duration_pb2
-from tests.support.processes import await_until
 
 from tests.integration.conftest import Pair
+from tests.support.processes import await_until
 
 TIMEOUT = 60.0
 

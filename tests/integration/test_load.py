@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from delivery.v1 import delivery_service_pb2 as pb
 from mta.v1 import mta_service_pb2 as mta
-from tests.support.processes import ServerProcess, await_until
 
 from tests.integration import flows
 from tests.integration.conftest import Pair, open_pair
+from tests.support.processes import ServerProcess, await_until
 
 N = 10_000
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from delivery.v1 import delivery_service_pb2 as pb
 from google.protobuf import duration_pb2
 from mta.v1 import mta_service_pb2 as mta
-from tests.support.processes import await_until
 
 from tests.integration import flows
 from tests.integration.conftest import Pair
+from tests.support.processes import await_until
 
 
 async def test_occurrence_waits_for_confirmation(pair: Pair) -> None:

@@ -67,7 +67,9 @@ async def test_row(pair: Pair, row: Row, mode_name: str) -> None:
     status, delivered, bounces = row.without_efs if mode_name == "without EFS" else row.with_efs
     (log,) = await flows.logs(pair, delivery.id)
     k = await flows.kpis(pair, delivery.id)
-    assert pb.SendingStatus.Name(log.status) == pb.SendingStatus.Name(status)
+    assert pb.SendingStatus.Name(log.status) == pb.SendingStatus.Name(
+        pb.SendingStatus.ValueType(status)
+    )
     assert (k.delivered_percent, k.bounces_percent) == (delivered, bounces)
     assert (k.to_deliver, k.sent) == (1, 1)
     assert k.failed == (1 if status == FAILED else 0)
@@ -78,7 +80,7 @@ async def test_row(pair: Pair, row: Row, mode_name: str) -> None:
             flows.HARD_BOUNCE: pb.FAILURE_REASON_USER_UNKNOWN,
             flows.SOFT_BOUNCE: pb.FAILURE_REASON_MAILBOX_FULL,
             "finished": pb.FAILURE_REASON_EXPIRED,
-        }[row.wait_for]  # type: ignore[index]
+        }[row.wait_for]
         assert log.failure_reason == expected_reason
     if row.wait_for == "finished":
         assert k.final

@@ -1,0 +1,336 @@
+"""How the stub decides each message's fate, and the timeline of events that follows.
+
+Pure Python: no gRPC, no I/O, no clock. Times are seconds since the epoch, passed in.
+Enum values match mta.v1 so the servicer converts them by value.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import NamedTuple
+
+MAX_SOFT_BOUNCES = 100
+DEFAULT_MAX_RETRIES = 3
+_INT32_MAX = 2**31 - 1
+_MASK64 = 2**64 - 1
+
+
+class EventKind(IntEnum):
+    """What a feedback event reports; values as in mta.v1.EventKind."""
+
+    DELIVERED = 1
+    HARD_BOUNCE = 2
+    SOFT_BOUNCE = 3
+    EXPIRED = 4
+    OPENED = 5
+    CLICKED = 6
+
+
+class BounceReason(IntEnum):
+    """Why a message bounced; values as in mta.v1.BounceReason."""
+
+    UNSPECIFIED = 0
+    USER_UNKNOWN = 1
+    MAILBOX_FULL = 2
+    INVALID_DOMAIN = 3
+    REFUSED = 4
+    UNREACHABLE = 5
+
+
+HARD_REASONS: tuple[BounceReason, ...] = (
+    BounceReason.USER_UNKNOWN,
+    BounceReason.MAILBOX_FULL,
+    BounceReason.INVALID_DOMAIN,
+    BounceReason.REFUSED,
+    BounceReason.UNREACHABLE,
+)
+_REASON_BY_NAME = {reason.name.lower().replace("_", "-"): reason for reason in HARD_REASONS}
+_FINAL_KINDS = frozenset({EventKind.DELIVERED, EventKind.HARD_BOUNCE, EventKind.EXPIRED})
+
+# Soft bounces of a message that bounces at every attempt until its validity ends.
+UNTIL_EXPIRY = -1
+NO_CLICK = -1
+
+_SOFT = re.compile(r"soft-([0-9]{1,3})")
+_CLICK = re.compile(r"click-([0-9]{1,10})")
+
+
+class ScenarioError(ValueError):
+    """A scenario setting out of range; str() names the field, e.g. "mix.seed: ..."."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"{field_name}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class Fate:
+    """What happens to one message: shared between messages (see make_fate)."""
+
+    hard_reason: BounceReason = BounceReason.UNSPECIFIED
+    soft_bounces: int = 0
+    opened: bool = False
+    click_link: int = NO_CLICK
+
+
+# Interned: a million messages share a handful of fates instead of owning one each.
+@functools.lru_cache(maxsize=4096)
+def make_fate(
+    hard_reason: BounceReason = BounceReason.UNSPECIFIED,
+    soft_bounces: int = 0,
+    opened: bool = False,
+    click_link: int = NO_CLICK,
+) -> Fate:
+    return Fate(hard_reason, soft_bounces, opened or click_link != NO_CLICK, click_link)
+
+
+@dataclass(frozen=True, slots=True)
+class Mix:
+    """A seeded mix of fates for addresses that match no pattern."""
+
+    seed: int = 0
+    hard_bounce_rate: float = 0.0
+    soft_then_delivered_rate: float = 0.0
+    soft_until_expiry_rate: float = 0.0
+    open_rate: float = 0.0
+    click_rate: float = 0.0
+    max_retries: int = DEFAULT_MAX_RETRIES
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """Faults injected into the feedback stream."""
+
+    duplicate_events: bool = False
+    reorder_window: int = 0
+    drop_stream_every: int = 0
+    max_delay_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Seconds between two attempts of a soft-bouncing message, and between engagements."""
+
+    retry_interval: float
+    engagement_delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """Everything SetScenario controls."""
+
+    timing: Timing
+    mix: Mix | None = None
+    faults: Faults = field(default_factory=Faults)
+
+
+def update_scenario(
+    current: Scenario,
+    mix: Mix | None,
+    faults: Faults,
+    retry_interval_ms: int,
+    engagement_delay_ms: int,
+) -> Scenario:
+    """The scenario after a SetScenario: mix and faults replaced, intervals kept when 0.
+
+    Raises ScenarioError naming the first bad field.
+    """
+    if mix is not None:
+        mix = _checked_mix(mix)
+    for name, value in (
+        ("faults.reorder_window", faults.reorder_window),
+        ("faults.drop_stream_every", faults.drop_stream_every),
+        ("faults.max_delay_ms", faults.max_delay_ms),
+        ("retry_interval_ms", retry_interval_ms),
+        ("engagement_delay_ms", engagement_delay_ms),
+    ):
+        if value < 0:
+            raise ScenarioError(name, "must not be negative")
+    timing = Timing(
+        retry_interval_ms / 1000 if retry_interval_ms else current.timing.retry_interval,
+        engagement_delay_ms / 1000 if engagement_delay_ms else current.timing.engagement_delay,
+    )
+    return Scenario(timing=timing, mix=mix, faults=faults)
+
+
+def _checked_mix(mix: Mix) -> Mix:
+    for name in (
+        "hard_bounce_rate",
+        "soft_then_delivered_rate",
+        "soft_until_expiry_rate",
+        "open_rate",
+        "click_rate",
+    ):
+        rate = getattr(mix, name)
+        # Written so that NaN fails too.
+        if not 0.0 <= rate <= 1.0:
+            raise ScenarioError(f"mix.{name}", "must be between 0 and 1")
+    failing = mix.hard_bounce_rate + mix.soft_then_delivered_rate + mix.soft_until_expiry_rate
+    if failing > 1.0 + 1e-9:
+        raise ScenarioError(
+            "mix.hard_bounce_rate",
+            "hard_bounce_rate + soft_then_delivered_rate + soft_until_expiry_rate"
+            " must be at most 1",
+        )
+    if mix.max_retries < 0:
+        raise ScenarioError("mix.max_retries", "must be at least 1 (0 means the default, 3)")
+    if mix.max_retries == 0:
+        return Mix(
+            mix.seed,
+            mix.hard_bounce_rate,
+            mix.soft_then_delivered_rate,
+            mix.soft_until_expiry_rate,
+            mix.open_rate,
+            mix.click_rate,
+            DEFAULT_MAX_RETRIES,
+        )
+    return mix
+
+
+def local_part(email: str) -> str:
+    """The part of an address that patterns match: before the '@', before any '+', lower case."""
+    local = email.rpartition("@")[0] if "@" in email else email
+    return local.partition("+")[0].lower()
+
+
+def pattern_fate(email: str) -> Fate | None:
+    """The fate a documented address pattern gives, or None when the address matches none."""
+    local = local_part(email)
+    if local == "hard":
+        return make_fate(hard_reason=BounceReason.USER_UNKNOWN)
+    if local.startswith("hard-"):
+        reason = _REASON_BY_NAME.get(local[len("hard-") :])
+        return None if reason is None else make_fate(hard_reason=reason)
+    if local == "soft-expire":
+        return make_fate(soft_bounces=UNTIL_EXPIRY)
+    if local == "open":
+        return make_fate(opened=True)
+    if match := _SOFT.fullmatch(local):
+        k = int(match[1])
+        return make_fate(soft_bounces=k) if 1 <= k <= MAX_SOFT_BOUNCES else None
+    if match := _CLICK.fullmatch(local):
+        link = int(match[1])
+        return make_fate(click_link=link) if link <= _INT32_MAX else None
+    return None
+
+
+def decide_fate(email: str, message_id: int, mix: Mix | None) -> Fate:
+    """A message's fate: its address pattern's, else the mix's draw, else delivered."""
+    fate = pattern_fate(email)
+    if fate is not None:
+        return fate
+    if mix is None:
+        return make_fate()
+    return mix_fate(mix, message_id)
+
+
+def mix_fate(mix: Mix, message_id: int) -> Fate:
+    """The mix's fate for a message: a function of (seed, message_id) alone, not arrival order."""
+    pick, detail, open_draw, click_draw = _uniforms(mix.seed, message_id, 4)
+    if pick < mix.hard_bounce_rate:
+        return make_fate(hard_reason=HARD_REASONS[int(detail * len(HARD_REASONS))])
+    pick -= mix.hard_bounce_rate
+    soft = 0
+    if pick < mix.soft_then_delivered_rate:
+        soft = 1 + int(detail * mix.max_retries)
+    elif pick - mix.soft_then_delivered_rate < mix.soft_until_expiry_rate:
+        return make_fate(soft_bounces=UNTIL_EXPIRY)
+    opened = open_draw < mix.open_rate
+    clicked = opened and click_draw < mix.click_rate
+    return make_fate(soft_bounces=soft, opened=opened, click_link=0 if clicked else NO_CLICK)
+
+
+def _uniforms(seed: int, message_id: int, count: int) -> list[float]:
+    """count floats in [0, 1) from a splitmix64 stream keyed by seed and message_id."""
+    state = _splitmix(seed & _MASK64) ^ (message_id & _MASK64)
+    draws = []
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & _MASK64
+        draws.append((_splitmix(state) >> 11) / 2**53)
+    return draws
+
+
+def _splitmix(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+class Step(NamedTuple):
+    """One event of a message's timeline: what, which attempt, and when (epoch seconds)."""
+
+    kind: EventKind
+    attempt: int
+    due: float
+
+
+def first_step(fate: Fate, now: float, expire_at: float) -> Step:
+    """The first attempt, right after acceptance; a message already expired is given up."""
+    if now > expire_at:
+        return Step(EventKind.EXPIRED, 1, expire_at)
+    if fate.hard_reason is not BounceReason.UNSPECIFIED:
+        return Step(EventKind.HARD_BOUNCE, 1, now)
+    if fate.soft_bounces != 0:
+        return Step(EventKind.SOFT_BOUNCE, 1, now)
+    return Step(EventKind.DELIVERED, 1, now)
+
+
+def next_step(fate: Fate, previous: Step, expire_at: float, timing: Timing) -> Step | None:
+    """The event after previous, or None when the message's timeline is over.
+
+    A retry that would fall after expire_at is given up instead: EXPIRED at
+    expire_at, carrying the number of the last attempt made.
+    """
+    kind = previous.kind
+    if kind is EventKind.SOFT_BOUNCE:
+        due = previous.due + timing.retry_interval
+        if due > expire_at:
+            return Step(EventKind.EXPIRED, previous.attempt, expire_at)
+        attempt = previous.attempt + 1
+        if fate.soft_bounces == UNTIL_EXPIRY or attempt <= fate.soft_bounces:
+            return Step(EventKind.SOFT_BOUNCE, attempt, due)
+        return Step(EventKind.DELIVERED, attempt, due)
+    if kind is EventKind.DELIVERED and fate.opened:
+        return Step(EventKind.OPENED, 1, previous.due + timing.engagement_delay)
+    if kind is EventKind.OPENED and fate.click_link != NO_CLICK:
+        return Step(EventKind.CLICKED, 1, previous.due + timing.engagement_delay)
+    return None
+
+
+def is_final(kind: EventKind) -> bool:
+    """Whether an event decides the message's fate (later events are engagement)."""
+    return kind in _FINAL_KINDS
+
+
+class Event(NamedTuple):
+    """A feedback event as the stub holds it until acknowledged."""
+
+    message_id: int
+    delivery_id: int
+    kind: EventKind
+    attempt: int
+    reason: BounceReason
+    link_index: int
+    event_time: float
+
+    @property
+    def event_id(self) -> str:
+        """Stable: the same event resent, or caused by a duplicate, carries the same id."""
+        return event_id(self.message_id, self.kind, self.attempt)
+
+
+def event_id(message_id: int, kind: EventKind, attempt: int) -> str:
+    return f"{message_id}:{kind.name}:{attempt}"
+
+
+def make_event(message_id: int, delivery_id: int, fate: Fate, step: Step) -> Event:
+    """The event a step reports, with the bounce reason or link its fate gives."""
+    reason = BounceReason.UNSPECIFIED
+    if step.kind is EventKind.HARD_BOUNCE:
+        reason = fate.hard_reason
+    elif step.kind is EventKind.SOFT_BOUNCE:
+        reason = BounceReason.MAILBOX_FULL
+    link = fate.click_link if step.kind is EventKind.CLICKED else 0
+    return Event(message_id, delivery_id, step.kind, step.attempt, reason, link, step.due)

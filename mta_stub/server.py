@@ -1,0 +1,291 @@
+"""The gRPC face of the stub: a thin servicer, health, reflection, and the server factory."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import NamedTuple
+
+import grpc
+from google.protobuf import timestamp_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from mta.v1 import mta_service_pb2, mta_service_pb2_grpc
+
+from mta_stub.config import Settings
+from mta_stub.engine import AckError, Batch, Engine, Relayed, Session
+from mta_stub.scenarios import BounceReason, EventKind, Faults, Mix, ScenarioError, Timing
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: str = mta_service_pb2.DESCRIPTOR.services_by_name["MtaService"].full_name
+MAX_RELAY_MESSAGES = 10_000
+# A full RelayBatch carries 10,000 bodies: far over gRPC's default 4 MiB.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# Responses waiting to be written on one stream; a slow reader holds back the feeding.
+_OUTGOING_LIMIT = 8
+
+# By name, so that a value that drifted from the proto fails at import.
+_KINDS = {kind: mta_service_pb2.EventKind.Value(f"EVENT_KIND_{kind.name}") for kind in EventKind}
+_REASONS = {
+    reason: mta_service_pb2.BounceReason.Value(f"BOUNCE_REASON_{reason.name}")
+    for reason in BounceReason
+}
+
+
+class BadRequest(ValueError):
+    """Bad input on the stream; str() names the field."""
+
+
+class _End(NamedTuple):
+    """Ends the response stream: OK when code is None, else with that status."""
+
+    code: grpc.StatusCode | None = None
+    details: str = ""
+
+
+_Outgoing = mta_service_pb2.ExchangeResponse | _End
+
+
+class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
+    """Validates and maps protos; the engine does the work."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def Exchange(
+        self,
+        request_iterator: AsyncIterator[mta_service_pb2.ExchangeRequest],
+        context: grpc.aio.ServicerContext[
+            mta_service_pb2.ExchangeRequest, mta_service_pb2.ExchangeResponse
+        ],
+    ) -> AsyncIterator[mta_service_pb2.ExchangeResponse]:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("kind") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be hello")
+            return
+        log.info("stream opened by %r", first.hello.client_id)
+        session = self._engine.open_session()
+        outgoing: asyncio.Queue[_Outgoing] = asyncio.Queue(_OUTGOING_LIMIT)
+        # One writer (this generator); reading and feeding run beside it.
+        tasks = [
+            asyncio.create_task(self._read(requests, session, outgoing)),
+            asyncio.create_task(self._feed(session, outgoing)),
+        ]
+        try:
+            while True:
+                item = await outgoing.get()
+                if isinstance(item, _End):
+                    if item.code is not None:
+                        await context.abort(item.code, item.details)
+                    return
+                yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            self._engine.close_session(session)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def SetScenario(
+        self,
+        request: mta_service_pb2.SetScenarioRequest,
+        context: grpc.aio.ServicerContext[
+            mta_service_pb2.SetScenarioRequest, mta_service_pb2.SetScenarioResponse
+        ],
+    ) -> mta_service_pb2.SetScenarioResponse:
+        mix = None
+        if request.HasField("mix"):
+            m = request.mix
+            mix = Mix(
+                seed=m.seed,
+                hard_bounce_rate=m.hard_bounce_rate,
+                soft_then_delivered_rate=m.soft_then_delivered_rate,
+                soft_until_expiry_rate=m.soft_until_expiry_rate,
+                open_rate=m.open_rate,
+                click_rate=m.click_rate,
+                max_retries=m.max_retries,
+            )
+        f = request.faults
+        faults = Faults(
+            duplicate_events=f.duplicate_events,
+            reorder_window=f.reorder_window,
+            drop_stream_every=f.drop_stream_every,
+            max_delay_ms=f.max_delay_ms,
+        )
+        try:
+            self._engine.set_scenario(
+                mix, faults, request.retry_interval_ms, request.engagement_delay_ms
+            )
+        except ScenarioError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return mta_service_pb2.SetScenarioResponse()
+
+    async def GetOutcomes(
+        self,
+        request: mta_service_pb2.GetOutcomesRequest,
+        context: grpc.aio.ServicerContext[
+            mta_service_pb2.GetOutcomesRequest, mta_service_pb2.GetOutcomesResponse
+        ],
+    ) -> mta_service_pb2.GetOutcomesResponse:
+        if request.delivery_id < 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "delivery_id: must not be negative"
+            )
+        outcomes = self._engine.outcomes(request.delivery_id)
+        return mta_service_pb2.GetOutcomesResponse(**dataclasses.asdict(outcomes))
+
+    async def _read(
+        self,
+        requests: AsyncIterator[mta_service_pb2.ExchangeRequest],
+        session: Session,
+        outgoing: asyncio.Queue[_Outgoing],
+    ) -> None:
+        try:
+            async for request in requests:
+                reply = self._handle(request, session)
+                if reply is not None:
+                    await outgoing.put(reply)
+        except BadRequest as exc:
+            log.info("stream ended on bad input: %s", exc)
+            await outgoing.put(_End(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+            return
+        # The client is done sending: nothing it could acknowledge is left to send.
+        await outgoing.put(_End())
+
+    def _handle(
+        self, request: mta_service_pb2.ExchangeRequest, session: Session
+    ) -> mta_service_pb2.ExchangeResponse | None:
+        kind = request.WhichOneof("kind")
+        if kind == "relay":
+            batch = request.relay
+            accepted, duplicates = self._engine.relay(_relayed(batch))
+            ack = mta_service_pb2.RelayAck(seq=batch.seq, accepted=accepted, duplicates=duplicates)
+            return mta_service_pb2.ExchangeResponse(relay_ack=ack)
+        if kind == "ack":
+            try:
+                session.ack(request.ack.seq)
+            except AckError as exc:
+                raise BadRequest(str(exc)) from exc
+            return None
+        if kind == "hello":
+            raise BadRequest("hello: only the first message of a stream may be a hello")
+        raise BadRequest("kind: one of hello, relay or ack is required")
+
+    async def _feed(self, session: Session, outgoing: asyncio.Queue[_Outgoing]) -> None:
+        while True:
+            batch = await session.next_batch()
+            if batch is None:
+                await outgoing.put(_End(grpc.StatusCode.UNAVAILABLE, "stream dropped (fault)"))
+                return
+            await outgoing.put(mta_service_pb2.ExchangeResponse(feedback=_feedback(batch)))
+
+
+def _relayed(batch: mta_service_pb2.RelayBatch) -> list[Relayed]:
+    """The batch's messages, all checked before any is held."""
+    count = len(batch.messages)
+    if not 1 <= count <= MAX_RELAY_MESSAGES:
+        raise BadRequest(f"relay.messages: must hold 1 to {MAX_RELAY_MESSAGES}, not {count}")
+    relayed = []
+    for index, message in enumerate(batch.messages):
+        if message.message_id <= 0:
+            raise BadRequest(f"relay.messages[{index}].message_id: must be positive")
+        if message.delivery_id <= 0:
+            raise BadRequest(f"relay.messages[{index}].delivery_id: must be positive")
+        if not message.email:
+            raise BadRequest(f"relay.messages[{index}].email: required")
+        if not message.HasField("expire_time"):
+            raise BadRequest(f"relay.messages[{index}].expire_time: required")
+        expire = message.expire_time
+        relayed.append(
+            Relayed(
+                message.message_id,
+                message.delivery_id,
+                message.email,
+                expire.seconds + expire.nanos / 1e9,
+            )
+        )
+    return relayed
+
+
+def _feedback(batch: Batch) -> mta_service_pb2.FeedbackBatch:
+    return mta_service_pb2.FeedbackBatch(
+        seq=batch.seq,
+        events=[
+            mta_service_pb2.FeedbackEvent(
+                event_id=event.event_id,
+                message_id=event.message_id,
+                delivery_id=event.delivery_id,
+                kind=_KINDS[event.kind],
+                reason=_REASONS[event.reason],
+                attempt=event.attempt,
+                link_index=event.link_index,
+                event_time=_timestamp(event.event_time),
+            )
+            for event in batch.events
+        ],
+    )
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    whole = math.floor(seconds)
+    nanos = min(int((seconds - whole) * 1e9), 999_999_999)
+    return timestamp_pb2.Timestamp(seconds=whole, nanos=nanos)
+
+
+class App:
+    """The stub as a service: start() serves, stop() shuts down gracefully."""
+
+    def __init__(
+        self, server: grpc.aio.Server, engine: Engine, health_servicer: health.aio.HealthServicer
+    ) -> None:
+        self.server = server
+        self.engine = engine
+        self._health = health_servicer
+
+    async def start(self) -> None:
+        """Starts serving, the scheduler, and reports SERVING."""
+        await self.server.start()
+        self.engine.start()
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None) -> None:
+        """Reports NOT_SERVING, lets calls finish for up to grace seconds, then stops."""
+        # Sets every service NOT_SERVING and keeps it so while the server drains.
+        await self._health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.engine.close()
+
+
+async def create_server(settings: Settings) -> tuple[grpc.aio.Server, int, App]:
+    """A bound, not yet started server; returns it, the port bound (for port 0), and the app."""
+    engine = Engine(Timing(settings.retry_interval_ms / 1000, settings.engagement_delay_ms / 1000))
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+    )
+    mta_service_pb2_grpc.add_MtaServiceServicer_to_server(MtaServicer(engine), server)
+    health_servicer = health.aio.HealthServicer()
+    # NOT_SERVING until start(): the aio servicer reports SERVING from the outset otherwise.
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    try:
+        port = server.add_insecure_port(settings.address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {settings.address}: {exc}") from exc
+    return server, port, App(server, engine, health_servicer)

@@ -1,0 +1,217 @@
+"""Fixtures of every suite: a real PostgreSQL, a fresh database per test, the servers as processes.
+
+PostgreSQL is `DATABASE_URL` when set, else the embedded server under ./.data/pg, which
+is left running for the next session (`make db-stop` stops it). The schema is applied
+once per session to a template database; each test gets a copy of it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.support.processes import (
+    ServerProcess,
+    StartDeliveryService,
+    StartMtaStub,
+)
+from tools import embedded_pg
+
+_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    # Kept so that process fixtures know at teardown whether to show their logs.
+    report = yield
+    item.stash.setdefault(_REPORTS, {})[report.when] = report
+    return report
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    reports = request.node.stash.get(_REPORTS, {})
+    return any(r.failed for r in reports.values())
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The server the suite runs against (its maintenance database)."""
+    return os.environ.get("DATABASE_URL", "").strip() or embedded_pg.start(
+        embedded_pg.DEFAULT_DATA_DIR
+    )
+
+
+def _admin(pg_url: str) -> psycopg.Connection[tuple[object, ...]]:
+    # CREATE/DROP DATABASE cannot run inside a transaction.
+    return psycopg.connect(pg_url, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_url: str) -> Iterator[str]:
+    """The name of a database holding the migrated schema, cloned by fresh_db_url."""
+    # Imported here: a service that does not import yet must not stop unit tests collecting.
+    from delivery_service import migrations
+
+    name = f"tmpl_{secrets.token_hex(4)}"
+    with _admin(pg_url) as conn:
+        # template0 and a fixed locale: the same text ordering on every server.
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C'").format(
+                sql.Identifier(name)
+            )
+        )
+    try:
+        migrations.apply(embedded_pg.make_url(pg_url, dbname=name))
+        with _admin(pg_url) as conn:
+            # No connections: no session (not even autovacuum) can be on the template when
+            # CREATE DATABASE copies it, which would make the copy fail.
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
+                    sql.Identifier(name)
+                )
+            )
+        yield name
+    finally:
+        with _admin(pg_url) as conn:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name))
+            )
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def fresh_db_url(pg_url: str, template_db: str) -> Iterator[str]:
+    """A postgresql:// URL of a new database with the schema, dropped after the test."""
+    name = f"t_{secrets.token_hex(6)}"
+    with _admin(pg_url) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template_db)
+            )
+        )
+    try:
+        yield embedded_pg.make_url(pg_url, dbname=name)
+    finally:
+        with _admin(pg_url) as conn:
+            # FORCE: a service the test left running must not keep the database alive.
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+class _Processes:
+    """The servers one fixture started: stopped at teardown, logs shown if the test failed."""
+
+    def __init__(self, request: pytest.FixtureRequest, log_dir: Path) -> None:
+        self.request = request
+        self.log_dir = log_dir
+        self.started: list[ServerProcess] = []
+
+    def start(
+        self, module: str, args: list[str], healthy: bool, startup_timeout: float
+    ) -> ServerProcess:
+        process = ServerProcess.start(
+            module, args, log_dir=self.log_dir, startup_timeout=startup_timeout
+        )
+        self.started.append(process)
+        if healthy:
+            process.wait_healthy(startup_timeout)
+        return process
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            process.terminate(timeout=10.0)
+        if _failed(self.request):
+            # Printed at teardown, so pytest shows it in the failed test's report.
+            for process in self.started:
+                print(f"\n===== {process!r}, log {process.log_path}\n{process.log_tail(60)}")
+
+
+@pytest.fixture
+def start_mta_stub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StartMtaStub]:
+    """Starts `python -m mta_stub` on a free port; every stub started is stopped after the test."""
+    processes = _Processes(request, tmp_path / "logs")
+
+    def start(*args: str, healthy: bool = True, startup_timeout: float = 30.0) -> ServerProcess:
+        return processes.start(
+            "mta_stub", ["--host", "127.0.0.1", "--port", "0", *args], healthy, startup_timeout
+        )
+
+    yield start
+    processes.stop_all()
+
+
+@pytest.fixture(scope="session")
+def shared_mta_stub(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One MTA stub for the session, quick retries and engagement, for tests that only read."""
+    processes = _Processes(request, tmp_path_factory.mktemp("shared_mta_stub"))
+    yield processes.start(
+        "mta_stub",
+        [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--retry-interval-ms",
+            "100",
+            "--engagement-delay-ms",
+            "50",
+        ],
+        healthy=True,
+        startup_timeout=30.0,
+    )
+    processes.stop_all()
+
+
+@pytest.fixture
+def start_delivery_service(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[StartDeliveryService]:
+    """Starts `python -m delivery_service` on a free port; all are stopped after the test.
+
+    Defaults: --stats-interval 1 --finalize-grace 1; later flags in `args` override them.
+    """
+    processes = _Processes(request, tmp_path / "logs")
+
+    def start(
+        database_url: str,
+        mta_address: str,
+        *args: str,
+        healthy: bool = True,
+        startup_timeout: float = 30.0,
+    ) -> ServerProcess:
+        return processes.start(
+            "delivery_service",
+            [
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--database-url",
+                database_url,
+                "--mta-address",
+                mta_address,
+                "--stats-interval",
+                "1",
+                "--finalize-grace",
+                "1",
+                *args,
+            ],
+            healthy,
+            startup_timeout,
+        )
+
+    yield start
+    processes.stop_all()

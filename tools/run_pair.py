@@ -1,0 +1,129 @@
+"""`make run`: PostgreSQL, the MTA stub and the delivery service, until Ctrl-C.
+
+PostgreSQL is DATABASE_URL when set, else the embedded server under ./.data/pg (left
+running afterwards; `make db-stop` stops it). Ports: DELIVERY_PORT (50051) and MTA_PORT
+(50052). The services' logs go to this terminal; other settings they read from the
+environment (LOG_LEVEL, STATS_INTERVAL_SECONDS, ...) pass through.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+import threading
+from types import FrameType
+
+import psycopg
+from psycopg import sql
+
+from tools import embedded_pg
+from tools.processes import ServerProcess, ServerProcessError
+
+HOST = "127.0.0.1"
+# Its own database on the embedded server, apart from the maintenance one and the tests'.
+DB_NAME = "delivery"
+STARTUP_TIMEOUT_S = 60.0
+# The delivery service drains its stream to the MTA on SIGTERM before it exits.
+STOP_TIMEOUT_S = 15.0
+
+
+def _banner(database_url: str, service: ServerProcess, stub: ServerProcess) -> str:
+    python = shlex.quote(os.path.relpath(sys.executable))
+    url = shlex.quote(database_url)
+    return f"""
+  delivery service  {service.address}   delivery.v1.DeliveryService  (pid {service.pid})
+  MTA stub          {stub.address}   mta.v1.MtaService            (pid {stub.pid})
+  DATABASE_URL      {database_url}
+
+  Create an operator who may confirm sends (the token is the last line printed):
+    {python} -m delivery_service create-operator alice --role start_deliveries \\
+        --database-url {url}
+
+  Talk to it with grpcurl (server reflection is on):
+    grpcurl -plaintext {service.address} list delivery.v1.DeliveryService
+    grpcurl -plaintext {service.address} grpc.health.v1.Health/Check
+    grpcurl -plaintext -H "authorization: Bearer $TOKEN" \\
+        -d '{{"delivery_id": 1}}' {service.address} delivery.v1.DeliveryService/ConfirmSend
+
+  Ctrl-C stops both services.
+"""
+
+
+def _embedded_database() -> str:
+    """The URL of the `delivery` database on the embedded server, created on first use."""
+    server_url = embedded_pg.start()
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB_NAME)))
+    return embedded_pg.make_url(server_url, dbname=DB_NAME)
+
+
+def main() -> int:
+    database_url = os.environ.get("DATABASE_URL", "").strip() or _embedded_database()
+    delivery_port = os.environ.get("DELIVERY_PORT", "50051")
+    mta_port = os.environ.get("MTA_PORT", "50052")
+    log_level = os.environ.get("LOG_LEVEL")
+    log_args = ["--log-level", log_level] if log_level else []
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    # Handlers first: a Ctrl-C during start-up must still stop what has started. The
+    # children run in their own process groups, so the signal reaches only this process.
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    started: list[ServerProcess] = []
+    try:
+        stub = ServerProcess.start(
+            "mta_stub",
+            ["--host", HOST, "--port", mta_port, *log_args],
+            startup_timeout=STARTUP_TIMEOUT_S,
+        )
+        started.append(stub)
+        stub.wait_healthy(STARTUP_TIMEOUT_S)
+        service = ServerProcess.start(
+            "delivery_service",
+            [
+                "--host",
+                HOST,
+                "--port",
+                delivery_port,
+                "--mta-address",
+                stub.address,
+                "--database-url",
+                database_url,
+                *log_args,
+            ],
+            startup_timeout=STARTUP_TIMEOUT_S,
+        )
+        started.append(service)
+        service.wait_healthy(STARTUP_TIMEOUT_S)
+        print(_banner(database_url, service, stub), flush=True)
+
+        # Wake up now and then to notice a child that died on its own.
+        while not stop.wait(0.5):
+            for process in started:
+                if not process.running:
+                    print(
+                        f"{process.name} exited with {process.returncode}; stopping",
+                        file=sys.stderr,
+                    )
+                    return 1
+        return 0
+    except (ServerProcessError, TimeoutError) as err:
+        print(f"start-up failed: {err}", file=sys.stderr)
+        return 1
+    finally:
+        # The delivery service first: it may still be relaying to the stub.
+        for process in reversed(started):
+            process.terminate(STOP_TIMEOUT_S)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
