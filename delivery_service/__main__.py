@@ -12,6 +12,7 @@ import sys
 
 from delivery_service import auth, config, migrations, store
 from delivery_service.domain.lifecycle import Role
+from delivery_service.observability import RequestIdFilter
 
 
 class _JsonFormatter(logging.Formatter):
@@ -20,8 +21,12 @@ class _JsonFormatter(logging.Formatter):
             "time": self.formatTime(record),
             "level": record.levelname,
             "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
             "message": record.getMessage(),
         }
+        for key in ("method", "code", "duration_ms"):
+            if hasattr(record, key):
+                line[key] = getattr(record, key)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line)
@@ -29,11 +34,9 @@ class _JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str, as_json: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _JsonFormatter()
-        if as_json
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.addFilter(RequestIdFilter())
+    text = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+    handler.setFormatter(_JsonFormatter() if as_json else logging.Formatter(text))
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 

@@ -7,7 +7,7 @@ import logging
 
 from mta.v1 import mta_service_pb2 as mta
 
-from delivery_service import store
+from delivery_service import observability, store
 from delivery_service.domain import feedback as fb
 
 log = logging.getLogger(__name__)
@@ -18,9 +18,6 @@ _KINDS = {int(k) for k in fb.EventKind}
 class FeedbackIngest:
     def __init__(self, db: store.Store) -> None:
         self.db = db
-        self.applied = 0
-        self.duplicates = 0
-        self.unknown = 0
 
     async def __call__(self, events: list[mta.FeedbackEvent]) -> None:
         batch = [
@@ -42,6 +39,7 @@ class FeedbackIngest:
         if not batch:
             return
         result = await self.db.apply_feedback(batch)
-        self.applied += result.applied
-        self.duplicates += result.duplicates
-        self.unknown += result.unknown
+        observability.BATCH_SIZE.labels("feedback").observe(len(batch))
+        observability.FEEDBACK_APPLIED.inc(result.applied)
+        observability.FEEDBACK_DEDUPLICATED.inc(result.duplicates)
+        observability.FEEDBACK_UNKNOWN.inc(result.unknown)

@@ -19,6 +19,8 @@ import grpc
 from mta.v1 import mta_service_pb2 as mta
 from mta.v1 import mta_service_pb2_grpc as mta_grpc
 
+from delivery_service import observability
+
 log = logging.getLogger(__name__)
 
 FeedbackHandler = Callable[[list[mta.FeedbackEvent]], Awaitable[None]]
@@ -75,7 +77,6 @@ class MtaLink:
         self._connected = asyncio.Event()
         self._stopping = False
         self._ingests: set[asyncio.Task[None]] = set()
-        self.reconnects = 0
 
     @property
     def connected(self) -> bool:
@@ -118,7 +119,7 @@ class MtaLink:
                 log.warning("MTA stream lost: %s", _describe(exc))
             if self._stopping:
                 break
-            self.reconnects += 1
+            observability.STREAM_RECONNECTS.inc()
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.reconnect_max_delay)
 

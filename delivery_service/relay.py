@@ -15,7 +15,7 @@ import logging
 from google.protobuf import timestamp_pb2
 from mta.v1 import mta_service_pb2 as mta
 
-from delivery_service import store
+from delivery_service import observability, store
 from delivery_service.domain import feedback as fb
 from delivery_service.mta_link import LinkDown, MtaLink
 
@@ -32,7 +32,6 @@ class Relayer:
         # Batches in flight per delivery: keeps the stream busy while acks travel.
         self.window = window
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self.relayed = 0
 
     async def pick_up(self) -> None:
         """Starts relaying every SENDING delivery this process is not relaying yet."""
@@ -104,4 +103,6 @@ class Relayer:
         self, delivery_id: int, mode: fb.FeedbackMode, batch: list[mta.Message]
     ) -> None:
         await self.link.relay(batch)
-        self.relayed += await self.db.mark_relayed(delivery_id, mode, [m.message_id for m in batch])
+        marked = await self.db.mark_relayed(delivery_id, mode, [m.message_id for m in batch])
+        observability.MESSAGES_RELAYED.inc(marked)
+        observability.BATCH_SIZE.labels("relay").observe(len(batch))

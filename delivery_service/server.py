@@ -7,12 +7,13 @@ import contextlib
 import logging
 
 import grpc
+import prometheus_client
 from delivery.v1 import delivery_service_pb2 as pb
 from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from delivery_service import migrations, store
+from delivery_service import migrations, observability, store
 from delivery_service.api import DeliveryServicer
 from delivery_service.config import Settings
 from delivery_service.feedback import FeedbackIngest
@@ -43,10 +44,11 @@ class App:
         )
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
+            interceptors=[observability.ObservabilityInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", 64 << 20),
                 ("grpc.max_send_message_length", 64 << 20),
-            ]
+            ],
         )
         pb_grpc.add_DeliveryServiceServicer_to_server(DeliveryServicer(self.db), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -61,6 +63,8 @@ class App:
         if applied:
             log.info("migrations applied: %s", ", ".join(applied))
         await self.db.open()
+        if self.settings.metrics_port:
+            self._serve_metrics()
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
         await self.server.start()
         self._tasks = [
@@ -70,6 +74,15 @@ class App:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
+
+    def _serve_metrics(self) -> None:
+        stats = self.db.pool.get_stats
+        gauge = observability.POOL_CONNECTIONS
+        gauge.labels("size").set_function(lambda: stats().get("pool_size", 0))
+        gauge.labels("idle").set_function(lambda: stats().get("pool_available", 0))
+        gauge.labels("waiting").set_function(lambda: stats().get("requests_waiting", 0))
+        prometheus_client.start_http_server(self.settings.metrics_port, self.settings.host)
+        log.info("metrics on http://%s:%d/metrics", self.settings.host, self.settings.metrics_port)
 
     async def stop(self) -> None:
         """Drains: NOT_SERVING first, then in-flight calls finish within the grace."""
