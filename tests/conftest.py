@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -89,9 +90,8 @@ def template_db(pg_url: str) -> Iterator[str]:
             )
 
 
-@pytest.fixture
-def fresh_db_url(pg_url: str, template_db: str) -> Iterator[str]:
-    """A postgresql:// URL of a new database with the schema, dropped after the test."""
+@contextmanager
+def _fresh_database(pg_url: str, template_db: str) -> Iterator[str]:
     name = f"t_{secrets.token_hex(6)}"
     with _admin(pg_url) as conn:
         conn.execute(
@@ -109,8 +109,26 @@ def fresh_db_url(pg_url: str, template_db: str) -> Iterator[str]:
             )
 
 
-class _Processes:
-    """The servers one fixture started: stopped at teardown, logs shown if the test failed."""
+@pytest.fixture
+def fresh_db_url(pg_url: str, template_db: str) -> Iterator[str]:
+    """A postgresql:// URL of a new database with the schema, dropped after the test."""
+    with _fresh_database(pg_url, template_db) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_db_url(pg_url: str, template_db: str) -> Iterator[str]:
+    """The same, shared by the tests of one module."""
+    with _fresh_database(pg_url, template_db) as url:
+        yield url
+
+
+_DELIVERY_DEFAULTS = ["--host", "127.0.0.1", "--port", "0", "--stats-interval", "1",
+                      "--finalize-grace", "1"]  # fmt: skip
+
+
+class Servers:
+    """The servers one fixture started: stopped at teardown, logs shown if a test failed."""
 
     def __init__(self, request: pytest.FixtureRequest, log_dir: Path) -> None:
         self.request = request
@@ -128,6 +146,40 @@ class _Processes:
             process.wait_healthy(startup_timeout)
         return process
 
+    def mta_stub(
+        self, *args: str, healthy: bool = True, startup_timeout: float = 30.0
+    ) -> ServerProcess:
+        """`python -m mta_stub` on a free port."""
+        return self.start(
+            "mta_stub", ["--host", "127.0.0.1", "--port", "0", *args], healthy, startup_timeout
+        )
+
+    def delivery_service(
+        self,
+        database_url: str,
+        mta_address: str,
+        *args: str,
+        healthy: bool = True,
+        startup_timeout: float = 30.0,
+    ) -> ServerProcess:
+        """`python -m delivery_service` on a free port.
+
+        Defaults: --stats-interval 1 --finalize-grace 1; later flags in `args` override them.
+        """
+        return self.start(
+            "delivery_service",
+            [
+                *_DELIVERY_DEFAULTS,
+                "--database-url",
+                database_url,
+                "--mta-address",
+                mta_address,
+                *args,
+            ],
+            healthy,
+            startup_timeout,
+        )
+
     def stop_all(self) -> None:
         for process in reversed(self.started):
             process.terminate(timeout=10.0)
@@ -138,17 +190,27 @@ class _Processes:
 
 
 @pytest.fixture
-def start_mta_stub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StartMtaStub]:
+def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Servers]:
+    """Starts servers for one test; all are stopped after it."""
+    started = Servers(request, tmp_path / "logs")
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_servers(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Servers]:
+    """Starts servers shared by the tests of one module."""
+    started = Servers(request, tmp_path_factory.mktemp("servers"))
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture
+def start_mta_stub(servers: Servers) -> StartMtaStub:
     """Starts `python -m mta_stub` on a free port; every stub started is stopped after the test."""
-    processes = _Processes(request, tmp_path / "logs")
-
-    def start(*args: str, healthy: bool = True, startup_timeout: float = 30.0) -> ServerProcess:
-        return processes.start(
-            "mta_stub", ["--host", "127.0.0.1", "--port", "0", *args], healthy, startup_timeout
-        )
-
-    yield start
-    processes.stop_all()
+    return servers.mta_stub
 
 
 @pytest.fixture(scope="session")
@@ -156,62 +218,12 @@ def shared_mta_stub(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     """One MTA stub for the session, quick retries and engagement, for tests that only read."""
-    processes = _Processes(request, tmp_path_factory.mktemp("shared_mta_stub"))
-    yield processes.start(
-        "mta_stub",
-        [
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--retry-interval-ms",
-            "100",
-            "--engagement-delay-ms",
-            "50",
-        ],
-        healthy=True,
-        startup_timeout=30.0,
-    )
-    processes.stop_all()
+    started = Servers(request, tmp_path_factory.mktemp("shared_mta_stub"))
+    yield started.mta_stub("--retry-interval-ms", "100", "--engagement-delay-ms", "50")
+    started.stop_all()
 
 
 @pytest.fixture
-def start_delivery_service(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[StartDeliveryService]:
-    """Starts `python -m delivery_service` on a free port; all are stopped after the test.
-
-    Defaults: --stats-interval 1 --finalize-grace 1; later flags in `args` override them.
-    """
-    processes = _Processes(request, tmp_path / "logs")
-
-    def start(
-        database_url: str,
-        mta_address: str,
-        *args: str,
-        healthy: bool = True,
-        startup_timeout: float = 30.0,
-    ) -> ServerProcess:
-        return processes.start(
-            "delivery_service",
-            [
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--database-url",
-                database_url,
-                "--mta-address",
-                mta_address,
-                "--stats-interval",
-                "1",
-                "--finalize-grace",
-                "1",
-                *args,
-            ],
-            healthy,
-            startup_timeout,
-        )
-
-    yield start
-    processes.stop_all()
+def start_delivery_service(servers: Servers) -> StartDeliveryService:
+    """Starts `python -m delivery_service` on a free port; all are stopped after the test."""
+    return servers.delivery_service

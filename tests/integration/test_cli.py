@@ -1,0 +1,506 @@
+"""The `campaign` CLI against the real pair: every command, in tables and in --json, and its errors.
+
+Most calls go through typer's CliRunner on the app (fast, in process); some run
+`python -m campaign_cli` as a subprocess, so the real entry point is covered too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from campaign_cli.app import app
+from campaign_cli.demo import demo
+from tests.support.processes import StartDeliveryService, StartMtaStub
+from tools import embedded_pg
+from tools.processes import REPO_ROOT, child_env
+
+# Wide enough that no table cell wraps; nothing from the caller's environment leaks in.
+ENV: dict[str, str | None] = {
+    "COLUMNS": "200",
+    "CAMPAIGN_ADDRESS": None,
+    "CAMPAIGN_TOKEN": None,
+    "DATABASE_URL": None,
+}
+RUNNER = CliRunner(env=ENV)
+BOTH_ROLES = ("--role", "start_deliveries", "--role", "approve_deliveries")
+
+
+def run(*args: str, code: int = 0) -> Result:
+    """`campaign *args` in process; checks the exit code and that no traceback shows."""
+    result = RUNNER.invoke(app, list(args), prog_name="campaign")
+    assert result.exit_code == code, (
+        f"campaign {shlex.join(args)} exited with {result.exit_code}, not {code}:\n"
+        f"{result.output}\n{result.exception!r}"
+    )
+    # Anything else than SystemExit is a bug that CliRunner caught.
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    return result
+
+
+def run_json(*args: str) -> Any:
+    return json.loads(run("--json", *args).stdout)
+
+
+def run_process(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m campaign_cli *args`: the real entry point, in a process of its own."""
+    environment = child_env({"COLUMNS": "200", **(env or {})})
+    for name in ("CAMPAIGN_ADDRESS", "CAMPAIGN_TOKEN", "DATABASE_URL"):
+        if name not in (env or {}):
+            environment.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "-m", "campaign_cli", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=REPO_ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+def assert_error(stderr: str, stdout: str, expected: str) -> None:
+    """Exactly one line, `error: ...`, on stderr; nothing on stdout."""
+    assert stderr.splitlines() == [expected], stderr
+    assert stdout == ""
+    assert "Traceback" not in stderr
+
+
+def row(output: str, *cells: str) -> None:
+    """Some line of `output` holds these cells in order, separated by spaces only."""
+    pattern = r"\s+".join(re.escape(c) for c in cells)
+    assert re.search(rf"(^|\s){pattern}(\s|$)", output, re.MULTILINE), (
+        f"no row {cells} in:\n{output}"
+    )
+
+
+@dataclass
+class CliPair:
+    """A running pair, and `campaign` options that reach it."""
+
+    address: str
+    mta_address: str
+    database_url: str
+    token: str
+
+    def with_token(self, *args: str) -> list[str]:
+        return ["--address", self.address, "--token", self.token, *args]
+
+
+def create_operator(database_url: str, name: str, *roles: str) -> str:
+    created = run_json("operators", "create", name, *roles, "--database-url", database_url)
+    token: str = created["token"]
+    return token
+
+
+@pytest.fixture
+def cli_pair(
+    fresh_db_url: str,
+    start_mta_stub: StartMtaStub,
+    start_delivery_service: StartDeliveryService,
+) -> CliPair:
+    # A stub of its own: message ids restart at 1 in every fresh database.
+    stub = start_mta_stub("--retry-interval-ms", "100", "--engagement-delay-ms", "50")
+    service = start_delivery_service(fresh_db_url, stub.address)
+    token = create_operator(fresh_db_url, "ops", *BOTH_ROLES)
+    return CliPair(service.address, stub.address, fresh_db_url, token)
+
+
+def write_csv(path: Path, *lines: str) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# --- operators -----------------------------------------------------------------------------
+
+
+def test_operators_create(fresh_db_url: str, tmp_path: Path) -> None:
+    table = run("operators", "create", "alice", *BOTH_ROLES, "--database-url", fresh_db_url)
+    lines = table.stdout.splitlines()
+    assert lines[0] == "Operator 'alice' created with roles start_deliveries, approve_deliveries."
+    assert re.fullmatch(r"[A-Za-z0-9_-]{40,}", lines[-1])
+
+    created = run_json("operators", "create", "bob", "--role", "approve_deliveries",
+                       "--database-url", fresh_db_url)  # fmt: skip
+    assert created["name"] == "bob"
+    assert created["roles"] == ["approve_deliveries"]
+    assert created["token"] != lines[-1]
+
+    # The real entry point, with the database from the environment.
+    again = run_process("operators", "create", "alice", env={"DATABASE_URL": fresh_db_url})
+    assert again.returncode == 1
+    assert_error(
+        again.stderr, again.stdout, "error: ALREADY_EXISTS: an operator named 'alice' already exists"
+    )
+
+    nowhere = embedded_pg.make_url(fresh_db_url, host=str(tmp_path))
+    down = run("operators", "create", "carol", "--database-url", nowhere, code=1)
+    assert down.stderr.startswith("error: UNAVAILABLE: cannot reach the database: ")
+    assert len(down.stderr.splitlines()) == 1
+
+    missing = run("operators", "create", "dave", code=2)
+    assert "--database-url" in missing.output
+
+
+# --- profiles ------------------------------------------------------------------------------
+
+
+def test_profiles_import(cli_pair: CliPair, tmp_path: Path) -> None:
+    people = write_csv(
+        tmp_path / "people.csv",
+        "profile_id,email,quarantined,segments",
+        *(f"p{i},person{i}@example.com,{'true' if i == 6 else ''},vip;news" for i in range(7)),
+    )
+    base = ["--address", cli_pair.address]
+
+    table = run(*base, "profiles", "import", str(people), "--chunk-size", "3")
+    assert table.stdout.strip() == "Imported 7 profiles from people.csv: 7 created, 0 updated."
+    again = run_json(*base, "profiles", "import", str(people))
+    assert again == {"file": str(people), "profiles": 7, "created": 0, "updated": 7}
+
+    # A bad row: the service refuses its chunk; the error names the file's line.
+    bad = write_csv(
+        tmp_path / "bad.csv",
+        "profile_id,email",
+        *(f"q{i},q{i}@example.com" for i in range(4)),
+        "q4,not an address",
+    )
+    refused = run(*base, "profiles", "import", str(bad), "--chunk-size", "3", code=1)
+    assert_error(
+        refused.stderr,
+        refused.stdout,
+        "error: INVALID_ARGUMENT: profiles[1].email: must not contain spaces or control "
+        "characters (bad.csv line 6; the 3 profiles before it were imported)",
+    )
+
+    headless = write_csv(tmp_path / "headless.csv", "id,mail", "x,x@example.com")
+    wrong = run(*base, "profiles", "import", str(headless), code=1)
+    assert_error(
+        wrong.stderr,
+        wrong.stdout,
+        "error: headless.csv: the header lacks profile_id, email "
+        "(columns: profile_id, email, quarantined, segments)",
+    )
+
+
+# --- a delivery in tables --------------------------------------------------------------------
+
+INLINE = [
+    "ann@example.com",
+    "open@example.com",
+    "click-0@example.com",
+    "hard-user-unknown@example.com",
+    "soft-1@example.com",
+    "ann@example.com",  # dropped: duplicate
+    "bad@localhost",  # dropped: invalid address
+]
+
+
+def test_delivery_in_tables(cli_pair: CliPair, tmp_path: Path) -> None:
+    body = tmp_path / "body.html"
+    body.write_text("<p>Hi <a href='https://example.com/a'>a</a></p>", encoding="utf-8")
+    recipients = tmp_path / "recipients.txt"
+    recipients.write_text("# the list\n" + "\n".join(INLINE[1:]) + "\n\n", encoding="utf-8")
+    api = cli_pair.with_token
+
+    created = run(*api("deliveries", "create", "--label", "Welcome [test]", "--subject", "Hi",
+                       "--body-file", str(body), "--link", "https://example.com/a",
+                       "--recipient", INLINE[0], "--recipients-file", str(recipients),
+                       "--validity", "2s", "--approval", "target", "--approval", "content"))  # fmt: skip
+    out = created.stdout
+    assert out.startswith("Delivery 1")
+    row(out, "Label", "Welcome [test]")
+    row(out, "State", "DRAFT")
+    row(out, "Feedback", "EFS")
+    row(out, "Validity", "2s")
+    row(out, "Approvals", "none (required: target, content)")
+
+    prepared = run(*api("deliveries", "prepare", "1")).stdout
+    row(prepared, "State", "PREPARED")
+    row(prepared, "Targeted", "7")
+    row(prepared, "To deliver", "5")
+    row(prepared, "Dropped", "2")
+    row(prepared, "duplicate", "1")
+    row(prepared, "invalid address", "1")
+    row(prepared, "bad@localhost", "invalid address")
+
+    approved = run(*api("deliveries", "approve", "1", "--step", "target", "--step", "content"))
+    row(approved.stdout, "State", "APPROVED")
+    row(approved.stdout, "Approvals", "target, content (required: target, content)")
+
+    confirmed = run(*api("deliveries", "confirm", "1")).stdout
+    row(confirmed, "State", "SENDING")
+    row(confirmed, "Confirmed by", "ops")
+
+    watched = run(*api("watch", "1")).stdout
+    assert watched.startswith("Delivery 1: Welcome [test]\n")
+    assert re.search(r"^FINISHED\s+\S+ 5/5 100%$", watched, re.MULTILINE), watched
+    row(watched, "delivered 4 · failed 1 · pending 0")
+    row(watched, "To deliver", "5")
+    row(watched, "Sent (relayed)", "5")
+    row(watched, "Delivered", "4", "80.00 %")
+    row(watched, "Bounces + errors", "1", "20.00 %")
+    row(watched, "Pending", "0")
+    row(watched, "Final", "yes")
+
+    recomputed = run(*api("stats", "compute", "1")).stdout
+    row(recomputed, "Opened", "2", "50.00 %")
+    row(recomputed, "Clicked", "1", "25.00 %")
+    assert recomputed.splitlines()[-1] == "Repaired counters: 0"
+    kpis = run(*api("kpis", "1")).stdout
+    assert kpis.startswith("KPIs of delivery 1")
+    row(kpis, "Delivered", "4", "80.00 %")
+    row(kpis, "Opened", "2", "50.00 %")
+    row(kpis, "Feedback", "EFS")
+
+    logs = run(*api("logs", "1")).stdout
+    row(logs, "1", "ann@example.com", "SENT")
+    row(logs, "4", "hard-user-unknown@example.com", "FAILED", "hard: user unknown")
+    row(logs, "yes", "yes")  # click-0: opened and clicked
+    assert logs.splitlines()[-1] == "Last page."
+    failed = run(*api("logs", "1", "--status", "failed")).stdout
+    assert "hard-user-unknown@example.com" in failed
+    assert "ann@example.com" not in failed
+
+    first = run(*api("logs", "1", "--page-size", "2")).stdout
+    match = re.search(r"^More: campaign logs 1 --page-token (\S+)$", first, re.MULTILINE)
+    assert match, first
+    second = run(*api("logs", "1", "--page-size", "2", "--page-token", match.group(1))).stdout
+    assert "click-0@example.com" in second and "ann@example.com" not in second
+    every = run(*api("logs", "1", "--page-size", "2", "--all")).stdout
+    assert all(email in every for email in INLINE[:5])
+    assert every.splitlines()[-1] == "Last page."
+
+    history = run(*api("history", "--email", "hard-user-unknown@example.com")).stdout
+    row(history, "1", "4", "hard-user-unknown@example.com", "FAILED", "hard: user unknown")
+
+    row(run(*api("deliveries", "get", "1")).stdout, "State", "FINISHED")
+
+    # A second delivery, stopped before it is prepared.
+    run(*api("deliveries", "create", "--label", "Later", "--subject", "S", "--body", "B",
+             "--recipient", "ann@example.com"))  # fmt: skip
+    stopped = run(*api("deliveries", "stop", "2")).stdout
+    assert stopped.startswith("Delivery 2")
+    row(stopped, "State", "STOPPED")
+
+    listed = run(*api("deliveries", "list")).stdout
+    row(listed, "2", "Later", "STOPPED", "EFS", "0")
+    row(listed, "1", "Welcome [test]", "FINISHED", "EFS", "5")
+    only = run(*api("deliveries", "list", "--state", "stopped")).stdout
+    assert "Later" in only and "Welcome" not in only
+    paged = run(*api("deliveries", "list", "--page-size", "1")).stdout
+    assert re.search(r"^More: campaign deliveries list --page-token \S+$", paged, re.MULTILINE)
+
+
+# --- a delivery in JSON ----------------------------------------------------------------------
+
+
+def test_delivery_in_json(cli_pair: CliPair, tmp_path: Path) -> None:
+    people = write_csv(
+        tmp_path / "people.csv",
+        "profile_id,email,quarantined,segments",
+        "p1,ann@example.com,,vip",
+        "p2,hard-user-unknown@example.com,,vip;news",
+        "p3,quiet@example.com,true,vip",
+        "p4,other@example.com,,news",
+    )
+    api = cli_pair.with_token
+    assert run_json(*api("profiles", "import", str(people)))["created"] == 4
+
+    created = run_json(*api("deliveries", "create", "--label", "VIP", "--subject", "Hi",
+                            "--body", "<p>Hi</p>", "--segment", "vip", "--validity", "2s",
+                            "--no-efs", "--approval", "content", "--request-id", "vip-1"))  # fmt: skip
+    delivery = created["delivery"]
+    assert delivery["id"] == 1
+    assert delivery["state"] == "DRAFT"
+    assert delivery["feedback_mode"] == "WITHOUT_EFS"
+    assert delivery["validity_period"] == 2.0
+    assert delivery["required_approvals"] == ["CONTENT"]
+    assert delivery["confirm_time"] is None
+    # The same request id: the same delivery back.
+    repeat = run_json(*api("deliveries", "create", "--label", "VIP", "--subject", "Hi",
+                           "--body", "<p>Hi</p>", "--segment", "vip", "--request-id", "vip-1"))  # fmt: skip
+    assert repeat["delivery"]["id"] == 1
+
+    prepared = run_json(*api("deliveries", "prepare", "1"))
+    assert prepared["delivery"]["state"] == "PREPARED"
+    assert (prepared["targeted"], prepared["to_deliver"]) == (3, 2)
+    assert prepared["dropped_by_reason"] == {"QUARANTINED": 1}
+    assert prepared["dropped"] == [{"recipient": {"profile_id": "p3"}, "reason": "QUARANTINED"}]
+
+    approved = run_json(*api("deliveries", "approve", "1", "--step", "content"))
+    assert approved["delivery"]["state"] == "APPROVED"
+    assert approved["delivery"]["approvals"] == ["CONTENT"]
+
+    lines = run("--json", *api("deliveries", "confirm", "1", "--watch")).stdout.splitlines()
+    confirmed, *updates = (json.loads(line) for line in lines)
+    assert confirmed["delivery"]["state"] == "SENDING"
+    assert confirmed["delivery"]["confirmed_by"] == "ops"
+    assert updates, "no update streamed"
+    last = updates[-1]
+    assert last["state"] == "FINISHED"
+    assert (last["to_deliver"], last["relayed"], last["percent"]) == (2, 2, 100.0)
+    assert last["kpis"]["final"] is True
+    assert all(u["state"] in ("SENDING", "SENT", "FINISHED") for u in updates)
+
+    # The real entry point, with address and token from the environment.
+    process = run_process(
+        "--json", "kpis", "1", env={"CAMPAIGN_ADDRESS": cli_pair.address}
+    )
+    assert process.returncode == 0, process.stderr
+    kpis = json.loads(process.stdout)["kpis"]
+    assert kpis["feedback_mode"] == "WITHOUT_EFS"
+    assert (kpis["to_deliver"], kpis["sent"], kpis["delivered"], kpis["failed"]) == (2, 2, 1, 1)
+    assert (kpis["delivered_percent"], kpis["bounces_percent"]) == (50.0, 50.0)
+    assert kpis["final"] is True
+
+    stats = run_json(*api("stats", "compute", "1"))
+    assert stats["repaired_counters"] == 0
+    assert stats["kpis"]["failed"] == 1
+    assert stats["kpis"]["stats_time"].endswith("Z")
+
+    logs = run_json(*api("logs", "1"))
+    assert [(log["profile_id"], log["status"]) for log in logs["sending_logs"]] == [
+        ("p1", "SENT"),
+        ("p2", "FAILED"),
+    ]
+    assert logs["next_page_token"] == ""
+    failed = run_json(*api("logs", "1", "--status", "failed"))["sending_logs"]
+    assert [(f["email"], f["failure_type"], f["failure_reason"]) for f in failed] == [
+        ("hard-user-unknown@example.com", "HARD", "USER_UNKNOWN")
+    ]
+    page = run_json(*api("logs", "1", "--page-size", "1"))
+    assert len(page["sending_logs"]) == 1 and page["next_page_token"]
+    rest = run_json(*api("logs", "1", "--page-size", "1", "--page-token", page["next_page_token"]))
+    assert rest["sending_logs"][0]["profile_id"] == "p2"
+    every = run_json(*api("logs", "1", "--page-size", "1", "--all"))
+    assert len(every["sending_logs"]) == 2 and every["next_page_token"] == ""
+
+    history = run_json(*api("history", "--profile-id", "p2"))["sending_logs"]
+    assert [(h["delivery_id"], h["status"]) for h in history] == [(1, "FAILED")]
+
+    got = run_json(*api("deliveries", "get", "1"))["delivery"]
+    assert got["state"] == "FINISHED"
+    assert got["validity_end_time"].endswith("Z")
+
+    run_json(*api("deliveries", "create", "--label", "Later", "--subject", "S", "--body", "B",
+                  "--segment", "news"))  # fmt: skip
+    stopped = run_json(*api("deliveries", "stop", "2"))
+    assert stopped["delivery"]["state"] == "STOPPED"
+
+    listed = run_json(*api("deliveries", "list"))
+    assert [(d["id"], d["state"]) for d in listed["deliveries"]] == [(2, "STOPPED"), (1, "FINISHED")]
+    finished = run_json(*api("deliveries", "list", "--state", "finished"))
+    assert [d["id"] for d in finished["deliveries"]] == [1]
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def test_errors_are_one_line(cli_pair: CliPair) -> None:
+    api = cli_pair.with_token
+    for command in (
+        ["deliveries", "get", "999"],
+        ["deliveries", "prepare", "999"],
+        ["kpis", "999"],
+        ["watch", "999"],
+        ["logs", "999"],
+        ["stats", "compute", "999"],
+    ):
+        result = run(*api(*command), code=1)
+        assert_error(result.stderr, result.stdout, "error: NOT_FOUND: delivery 999 does not exist")
+
+    run(*api("deliveries", "create", "--label", "L", "--subject", "S", "--body", "B",
+             "--recipient", "ann@example.com"))  # fmt: skip
+    early = run(*api("deliveries", "confirm", "1"), code=1)
+    assert early.stderr.startswith("error: FAILED_PRECONDITION: ")
+    run(*api("deliveries", "prepare", "1"))
+
+    # The real entry point, without a token.
+    anonymous = run_process("--address", cli_pair.address, "deliveries", "confirm", "1")
+    assert anonymous.returncode == 1
+    assert_error(
+        anonymous.stderr,
+        anonymous.stdout,
+        "error: UNAUTHENTICATED: an operator token is required: authorization: Bearer <token> "
+        "(pass --token or set CAMPAIGN_TOKEN)",
+    )
+    approver = create_operator(cli_pair.database_url, "approver", "--role", "approve_deliveries")
+    denied = run("--address", cli_pair.address, "--token", approver, "deliveries", "confirm", "1",
+                 code=1)  # fmt: skip
+    assert_error(
+        denied.stderr,
+        denied.stdout,
+        "error: PERMISSION_DENIED: operator 'approver' lacks the role start_deliveries",
+    )
+
+    invalid = run(*api("deliveries", "create", "--label", "L", "--subject", "S", "--body", "B",
+                       "--recipient", "a b@example.com"), code=1)  # fmt: skip
+    assert invalid.stderr.startswith("error: INVALID_ARGUMENT: target.recipients.recipients[0]")
+
+    # Usage errors are typer's: exit code 2.
+    assert "--validity" in run(*api("deliveries", "create", "--label", "L", "--subject", "S",
+                                    "--body", "B", "--recipient", "a@example.com",
+                                    "--validity", "soon"), code=2).output  # fmt: skip
+    run(*api("deliveries", "create", "--label", "L", "--subject", "S", "--body", "B"), code=2)
+    run(*api("history"), code=2)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_unreachable_service() -> None:
+    address = f"127.0.0.1:{_free_port()}"
+    expected = f"error: UNAVAILABLE: cannot reach the delivery service at {address}"
+    for command in (["kpis", "1"], ["watch", "1"], ["deliveries", "list"]):
+        result = run("--address", address, *command, code=1)
+        assert_error(result.stderr, result.stdout, expected)
+    process = run_process("--json", "deliveries", "get", "1", env={"CAMPAIGN_ADDRESS": address})
+    assert process.returncode == 1
+    assert_error(process.stderr, process.stdout, expected)
+
+
+# --- make demo -------------------------------------------------------------------------------
+
+
+def test_demo(cli_pair: CliPair) -> None:
+    result = RUNNER.invoke(
+        demo,
+        [
+            "--address", cli_pair.address,
+            "--mta-address", cli_pair.mta_address,
+            "--database-url", cli_pair.database_url,
+            "--recipients", "300",
+            "--validity", "2s",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    out = result.stdout
+    row(out, "Targeted", "315")
+    row(out, "To deliver", "300")
+    assert re.search(r"^FINISHED\s+\S+ 300/300 100%$", out, re.MULTILINE), out
+    row(out, "Sent (relayed)", "300")
+    row(out, "Final", "yes")
+    delivered = re.search(r"^\s*Delivered\s+(\d+)", out, re.MULTILINE)
+    failed = re.search(r"^\s*Bounces \+ errors\s+(\d+)", out, re.MULTILINE)
+    assert delivered and failed, out
+    # The seeded mix bounces some messages, and every message ends up counted once.
+    assert int(failed.group(1)) > 0
+    assert int(delivered.group(1)) + int(failed.group(1)) == 300

@@ -1,0 +1,476 @@
+"""The MTA stub as a real process, over a real loopback channel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+import grpc
+import pytest
+from google.protobuf import timestamp_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from mta.v1 import mta_service_pb2 as pb
+from mta.v1 import mta_service_pb2_grpc
+
+from mta_stub import scenarios
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE = "mta.v1.MtaService"
+RETRY_INTERVAL_MS = 50
+ENGAGEMENT_DELAY_MS = 20
+# Long enough for a slow machine; the stub itself answers in milliseconds.
+WAIT = 10.0
+HOUR = 3600.0
+
+
+@dataclass
+class Stub:
+    process: asyncio.subprocess.Process
+    address: str
+    log_path: Path
+
+    def log(self) -> str:
+        return read_log(self.log_path)
+
+
+def read_log(path: Path) -> str:
+    return path.read_text(errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def running_stub(log_path: Path) -> AsyncIterator[Stub]:
+    """Starts `python -m mta_stub` on a free port and waits until it reports SERVING."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MTA_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "protos")])
+    with log_path.open("wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "mta_stub",
+            "--port",
+            "0",
+            "--retry-interval-ms",
+            str(RETRY_INTERVAL_MS),
+            "--engagement-delay-ms",
+            str(ENGAGEMENT_DELAY_MS),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log_file,
+            cwd=REPO,
+            env=env,
+        )
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(WAIT):
+            line = (await process.stdout.readline()).decode()
+        match = re.fullmatch(r"listening on (.+):(\d+)\n", line)
+        assert match, f"unexpected first line {line!r}; log:\n{read_log(log_path)}"
+        stub = Stub(process, f"{match[1]}:{match[2]}", log_path)
+        await wait_serving(stub.address)
+        yield stub
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.communicate()
+
+
+async def wait_serving(address: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service=SERVICE)
+        async with asyncio.timeout(WAIT):
+            while True:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    response = await health.Check(request, timeout=1)
+                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                await asyncio.sleep(0.02)
+
+
+async def stop(stub: Stub) -> int:
+    """SIGTERM, then the exit code; fails if the stub takes more than a few seconds."""
+    stub.process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(5):
+        return await stub.process.wait()
+
+
+@pytest.fixture(scope="module")
+async def stub(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stub]:
+    async with running_stub(tmp_path_factory.mktemp("mta") / "stub.log") as running:
+        yield running
+        assert await stop(running) == 0, running.log()
+
+
+@pytest.fixture(scope="module")
+async def mta(stub: Stub) -> AsyncIterator[mta_service_pb2_grpc.MtaServiceAsyncStub]:
+    async with grpc.aio.insecure_channel(stub.address) as channel:
+        yield async_stub(channel)
+
+
+def async_stub(channel: grpc.aio.Channel) -> mta_service_pb2_grpc.MtaServiceAsyncStub:
+    # The async stub class exists for type checkers only (a string here), and without
+    # grpc's types the overloads cannot tell an aio channel from a sync one.
+    return cast(
+        "mta_service_pb2_grpc.MtaServiceAsyncStub", mta_service_pb2_grpc.MtaServiceStub(channel)
+    )
+
+
+def expire_in(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int((time.time() + seconds) * 1e9))
+    return stamp
+
+
+def message(
+    message_id: int, delivery_id: int, email: str, expire_after: float = HOUR
+) -> pb.Message:
+    return pb.Message(
+        message_id=message_id,
+        delivery_id=delivery_id,
+        email=email,
+        subject="Hello",
+        body="<p>Hi</p>",
+        links=["https://example.com/a", "https://example.com/b", "https://example.com/c"],
+        expire_time=expire_in(expire_after),
+    )
+
+
+@dataclass
+class Feed:
+    """The client's side of one Exchange stream."""
+
+    call: grpc.aio.StreamStreamCall[pb.ExchangeRequest, pb.ExchangeResponse]
+    ack: bool = True
+    events: list[pb.FeedbackEvent] = field(default_factory=list)
+    relay_acks: list[pb.RelayAck] = field(default_factory=list)
+    relay_seq: int = 0
+
+    @classmethod
+    async def open(cls, mta: mta_service_pb2_grpc.MtaServiceAsyncStub, *, ack: bool = True) -> Feed:
+        feed = cls(mta.Exchange(timeout=60), ack=ack)
+        await feed.call.write(pb.ExchangeRequest(hello=pb.Hello(client_id="integration-test")))
+        return feed
+
+    async def relay(self, messages: Sequence[pb.Message]) -> pb.RelayAck:
+        self.relay_seq += 1
+        seq = self.relay_seq
+        batch = pb.RelayBatch(seq=seq, messages=messages)
+        await self.call.write(pb.ExchangeRequest(relay=batch))
+        await self.read_until(lambda: any(a.seq == seq for a in self.relay_acks))
+        return next(a for a in self.relay_acks if a.seq == seq)
+
+    async def read_until(self, done: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WAIT):
+            while not done():
+                response = await self.call.read()
+                assert response is not grpc.aio.EOF, "the stub ended the stream"
+                assert isinstance(response, pb.ExchangeResponse)
+                if response.HasField("relay_ack"):
+                    self.relay_acks.append(response.relay_ack)
+                    continue
+                self.events.extend(response.feedback.events)
+                if self.ack:
+                    ack = pb.FeedbackAck(seq=response.feedback.seq)
+                    await self.call.write(pb.ExchangeRequest(ack=ack))
+
+    async def events_of(self, delivery_id: int, expected: Callable[[set[str]], bool]) -> None:
+        await self.read_until(lambda: expected(self.ids(delivery_id)))
+
+    def ids(self, delivery_id: int) -> set[str]:
+        return {e.event_id for e in self.events if e.delivery_id == delivery_id}
+
+    def of(self, message_id: int) -> list[pb.FeedbackEvent]:
+        return [e for e in self.events if e.message_id == message_id]
+
+    async def close(self) -> None:
+        """Half-closes; the stub then ends the stream with OK."""
+        await self.call.done_writing()
+        async with asyncio.timeout(WAIT):
+            while await self.call.read() is not grpc.aio.EOF:
+                pass
+            assert await self.call.code() == grpc.StatusCode.OK
+
+
+async def outcomes_when(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+    delivery_id: int,
+    settled: Callable[[pb.GetOutcomesResponse], bool],
+) -> pb.GetOutcomesResponse:
+    """Polls GetOutcomes until settled: acks are applied after they are written."""
+    request = pb.GetOutcomesRequest(delivery_id=delivery_id)
+    async with asyncio.timeout(WAIT):
+        while True:
+            outcomes = await mta.GetOutcomes(request, timeout=5)
+            if settled(outcomes):
+                return outcomes
+            await asyncio.sleep(0.01)
+
+
+def all_acked(outcomes: pb.GetOutcomesResponse) -> bool:
+    return outcomes.unacknowledged_events == 0
+
+
+def counts(outcomes: pb.GetOutcomesResponse) -> dict[str, int]:
+    return {f.name: value for f, value in outcomes.ListFields()}
+
+
+def contains(*wanted: str) -> Callable[[set[str]], bool]:
+    return lambda ids: set(wanted) <= ids
+
+
+async def test_patterns_produce_their_events(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+) -> None:
+    d = 101
+    feed = await Feed.open(mta)
+    ack = await feed.relay(
+        [
+            message(1011, d, "plain@example.com"),
+            message(1012, d, "hard-mailbox-full@example.com"),
+            message(1013, d, "soft-2+tag@example.com"),
+            message(1014, d, "soft-expire@example.com", expire_after=0.3),
+            message(1015, d, "Open@example.com"),
+            message(1016, d, "click-2@example.com"),
+            message(1017, d, "hard@example.com"),
+        ]
+    )
+    assert (ack.seq, ack.accepted, ack.duplicates) == (1, 7, 0)
+    expected = contains(
+        "1011:DELIVERED:1",
+        "1012:HARD_BOUNCE:1",
+        "1013:SOFT_BOUNCE:1",
+        "1013:SOFT_BOUNCE:2",
+        "1013:DELIVERED:3",
+        "1015:DELIVERED:1",
+        "1015:OPENED:1",
+        "1016:DELIVERED:1",
+        "1016:OPENED:1",
+        "1016:CLICKED:1",
+        "1017:HARD_BOUNCE:1",
+    )
+    await feed.events_of(
+        d, lambda ids: expected(ids) and any(i.startswith("1014:EXPIRED:") for i in ids)
+    )
+
+    reasons = {e.message_id: e.reason for e in feed.events if e.kind == pb.EVENT_KIND_HARD_BOUNCE}
+    assert reasons == {1012: pb.BOUNCE_REASON_MAILBOX_FULL, 1017: pb.BOUNCE_REASON_USER_UNKNOWN}
+    assert [e.event_id for e in feed.of(1013)] == [
+        "1013:SOFT_BOUNCE:1",
+        "1013:SOFT_BOUNCE:2",
+        "1013:DELIVERED:3",
+    ]
+    soft_expire = feed.of(1014)
+    assert {e.kind for e in soft_expire[:-1]} == {pb.EVENT_KIND_SOFT_BOUNCE}
+    assert len(soft_expire) >= 3
+    assert soft_expire[-1].kind == pb.EVENT_KIND_EXPIRED
+    assert [e.link_index for e in feed.of(1016) if e.kind == pb.EVENT_KIND_CLICKED] == [2]
+
+    outcomes = await outcomes_when(mta, d, all_acked)
+    assert counts(outcomes) == {
+        "accepted": 7,
+        "delivered": 4,
+        "hard_bounced": 2,
+        "soft_bounced": 2,
+        "expired": 1,
+        "opened": 2,
+        "clicked": 1,
+    }
+    await feed.close()
+
+
+async def test_a_message_relayed_again_is_a_duplicate_and_reports_nothing_new(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+) -> None:
+    d = 102
+    batch = [message(1021, d, "open@example.com"), message(1022, d, "hard@example.com")]
+    feed = await Feed.open(mta)
+    assert (await feed.relay(batch)).accepted == 2
+    await feed.events_of(d, contains("1021:OPENED:1", "1022:HARD_BOUNCE:1"))
+    await feed.close()
+
+    again = await Feed.open(mta)
+    ack = await again.relay([*batch, batch[0]])
+    assert (ack.accepted, ack.duplicates) == (0, 3)
+    # A new message's first event comes after anything the duplicates would have caused.
+    assert (await again.relay([message(1023, d, "new@example.com")])).accepted == 1
+    await again.events_of(d, contains("1023:DELIVERED:1"))
+    assert again.ids(d) == {"1023:DELIVERED:1"}
+    outcomes = await outcomes_when(mta, d, all_acked)
+    assert (outcomes.accepted, outcomes.duplicates, outcomes.delivered) == (3, 3, 2)
+    await again.close()
+
+
+async def test_unacknowledged_events_come_again_on_the_next_stream(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+) -> None:
+    d = 103
+    wanted = contains("1031:DELIVERED:1", "1032:DELIVERED:1", "1033:DELIVERED:1", "1033:OPENED:1")
+    first = await Feed.open(mta, ack=False)
+    await first.relay(
+        [
+            message(1031, d, "a@example.com"),
+            message(1032, d, "b@example.com"),
+            message(1033, d, "open@example.com"),
+        ]
+    )
+    await first.events_of(d, wanted)
+    first.call.cancel()
+    outcomes = await mta.GetOutcomes(pb.GetOutcomesRequest(delivery_id=d), timeout=5)
+    assert outcomes.unacknowledged_events == 4
+
+    second = await Feed.open(mta)
+    await second.events_of(d, wanted)
+    assert second.ids(d) == first.ids(d)
+    assert sorted(e.event_id for e in second.events if e.delivery_id == d) == sorted(first.ids(d))
+    outcomes = await outcomes_when(mta, d, all_acked)
+    assert (outcomes.delivered, outcomes.opened) == (3, 1)
+    await second.close()
+
+
+async def test_a_seeded_mix_with_duplicated_events(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+) -> None:
+    d = 104
+    mix = pb.Mix(
+        seed=77,
+        hard_bounce_rate=0.2,
+        soft_then_delivered_rate=0.3,
+        open_rate=0.5,
+        click_rate=0.5,
+        max_retries=2,
+    )
+    ids = range(10_401, 10_601)
+    # What the stub must report, worked out from the same seed and ids.
+    expected: set[str] = set()
+    for message_id in ids:
+        fate = scenarios.mix_fate(
+            scenarios.Mix(
+                seed=77,
+                hard_bounce_rate=0.2,
+                soft_then_delivered_rate=0.3,
+                open_rate=0.5,
+                click_rate=0.5,
+                max_retries=2,
+            ),
+            message_id,
+        )
+        step: scenarios.Step | None = scenarios.first_step(fate, 0.0, HOUR)
+        timing = scenarios.Timing(RETRY_INTERVAL_MS / 1000, ENGAGEMENT_DELAY_MS / 1000)
+        while step is not None:
+            expected.add(scenarios.event_id(message_id, step.kind, step.attempt))
+            step = scenarios.next_step(fate, step, HOUR, timing)
+
+    faults = pb.Faults(duplicate_events=True)
+    await mta.SetScenario(pb.SetScenarioRequest(mix=mix, faults=faults), timeout=5)
+    try:
+        feed = await Feed.open(mta)
+        await feed.relay([message(i, d, f"user{i}@example.com") for i in ids])
+        sent = Counter[str]()
+
+        def twice() -> bool:
+            sent.clear()
+            sent.update(e.event_id for e in feed.events if e.delivery_id == d)
+            return set(sent) >= expected and all(sent[i] >= 2 for i in expected)
+
+        await feed.read_until(twice)
+        assert set(sent) == expected
+        outcomes = await outcomes_when(mta, d, all_acked)
+        kinds = Counter(i.split(":")[1] for i in expected)
+        assert outcomes.accepted == len(ids)
+        assert outcomes.delivered == kinds["DELIVERED"]
+        assert outcomes.hard_bounced == kinds["HARD_BOUNCE"]
+        assert outcomes.opened == kinds["OPENED"]
+        assert outcomes.clicked == kinds["CLICKED"]
+        assert outcomes.in_flight == 0
+        await feed.close()
+    finally:
+        await mta.SetScenario(pb.SetScenarioRequest(), timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("request_", "field_name"),
+    [
+        (pb.SetScenarioRequest(mix=pb.Mix(hard_bounce_rate=1.5)), "mix.hard_bounce_rate"),
+        (
+            pb.SetScenarioRequest(mix=pb.Mix(hard_bounce_rate=0.6, soft_then_delivered_rate=0.6)),
+            "mix.hard_bounce_rate",
+        ),
+        (pb.SetScenarioRequest(mix=pb.Mix(open_rate=-0.5)), "mix.open_rate"),
+        (pb.SetScenarioRequest(mix=pb.Mix(max_retries=-1)), "mix.max_retries"),
+        (pb.SetScenarioRequest(faults=pb.Faults(reorder_window=-1)), "faults.reorder_window"),
+        (pb.SetScenarioRequest(retry_interval_ms=-10), "retry_interval_ms"),
+    ],
+)
+async def test_set_scenario_rejects_bad_input(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+    request_: pb.SetScenarioRequest,
+    field_name: str,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await mta.SetScenario(request_, timeout=5)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (raised.value.details() or "").startswith(f"{field_name}: ")
+
+
+async def test_a_relay_batch_missing_an_email_is_rejected_whole(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+) -> None:
+    d = 105
+    feed = await Feed.open(mta)
+    batch = pb.RelayBatch(seq=1, messages=[message(1051, d, "a@example.com"), message(1052, d, "")])
+    await feed.call.write(pb.ExchangeRequest(relay=batch))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await feed.read_until(lambda: False)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == "relay.messages[1].email: required"
+    outcomes = await mta.GetOutcomes(pb.GetOutcomesRequest(delivery_id=d), timeout=5)
+    assert outcomes.accepted == 0
+
+
+async def test_a_stream_must_open_with_hello(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+) -> None:
+    call = mta.Exchange(timeout=10)
+    await call.write(pb.ExchangeRequest(ack=pb.FeedbackAck(seq=1)))
+    assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await call.details() == "first message must be hello"
+
+
+async def test_get_outcomes_rejects_a_negative_delivery(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await mta.GetOutcomes(pb.GetOutcomesRequest(delivery_id=-1), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_reflection_lists_the_service(stub: Stub) -> None:
+    async with grpc.aio.insecure_channel(stub.address) as channel:
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        call = reflection.ServerReflectionInfo(iter([request]), timeout=5)
+        names = {s.name async for r in call for s in r.list_services_response.service}
+    assert SERVICE in names
+
+
+async def test_sigterm_ends_open_streams_and_stops_promptly(tmp_path: Path) -> None:
+    async with running_stub(tmp_path / "stub.log") as running:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            feed = await Feed.open(async_stub(channel))
+            await feed.relay([message(1, 1, "someone@example.com")])
+            # Within the 5 s grace: an open stream must not hold the shutdown up.
+            async with asyncio.timeout(3):
+                running.process.send_signal(signal.SIGTERM)
+                assert await feed.call.code() == grpc.StatusCode.UNAVAILABLE
+                assert await running.process.wait() == 0, running.log()
+        assert "stopped" in running.log()

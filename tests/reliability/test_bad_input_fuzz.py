@@ -1,0 +1,249 @@
+"""Generated garbage into every RPC of both services: a clear status, never UNKNOWN or
+INTERNAL, and a refused request leaves the database exactly as it was.
+
+The delivery service runs with its scheduler asleep (one round at start, then an hour),
+so that nothing but the request under test can change the database while it runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+from delivery.v1 import delivery_service_pb2 as pb
+from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mta.v1 import mta_service_pb2 as mta
+from mta.v1 import mta_service_pb2_grpc as mta_grpc
+
+from tests.conftest import Servers
+from tests.support.processes import create_operator
+from tests.support.proto_strategies import messages
+
+EXAMPLES = 130
+FORBIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+# Columns the scheduler's start-up round may still be writing; never touched by a request.
+VOLATILE = {"deliveries": "stats_time, opened_at_stats, clicked_at_stats"}
+TABLES = [
+    "operators", "profiles", "targets", "target_recipients", "recurring_deliveries",
+    "deliveries", "dropped_recipients", "sending_logs", "feedback_events", "delivery_counters",
+]  # fmt: skip
+
+DELIVERY_RPCS: dict[str, type[Message]] = {
+    "CreateDelivery": pb.CreateDeliveryRequest,
+    "PrepareDelivery": pb.PrepareDeliveryRequest,
+    "ApproveDelivery": pb.ApproveDeliveryRequest,
+    "ConfirmSend": pb.ConfirmSendRequest,
+    "StopDelivery": pb.StopDeliveryRequest,
+    "GetDelivery": pb.GetDeliveryRequest,
+    "ListDeliveries": pb.ListDeliveriesRequest,
+    "WatchDeployment": pb.WatchDeploymentRequest,
+    "GetKpis": pb.GetKpisRequest,
+    "ComputeStats": pb.ComputeStatsRequest,
+    "ListSendingLogs": pb.ListSendingLogsRequest,
+    "GetProfileHistory": pb.GetProfileHistoryRequest,
+    "UpsertProfiles": pb.UpsertProfilesRequest,
+    "CreateRecurringDelivery": pb.CreateRecurringDeliveryRequest,
+    "GetRecurringDelivery": pb.GetRecurringDeliveryRequest,
+}
+
+
+@dataclass
+class Target:
+    database_url: str
+    channel: grpc.Channel
+    mta_channel: grpc.Channel
+    tokens: list[list[tuple[str, str]] | None]
+    tried: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
+
+    def snapshot(self) -> list[Any]:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            out = []
+            for table in TABLES:
+                if table in VOLATILE:
+                    cols = ", ".join(
+                        r[0]
+                        for r in conn.execute(
+                            "SELECT column_name FROM information_schema.columns"
+                            " WHERE table_name = %s ORDER BY ordinal_position",
+                            (table,),
+                        )
+                        if r[0] not in VOLATILE[table].split(", ")
+                    )
+                else:
+                    cols = "*"
+                row = conn.execute(
+                    f"SELECT count(*), md5(string_agg(t::text, ',' ORDER BY t::text))"
+                    f" FROM (SELECT {cols} FROM {table}) t"
+                ).fetchone()
+                out.append((table, row))
+            return out
+
+
+@pytest.fixture(scope="module")
+def target(module_db_url: str, module_servers: Servers) -> Iterator[Target]:
+    # Module scope: one database and one pair for the whole generated run.
+    fresh = module_db_url
+    stub = module_servers.mta_stub()
+    service = module_servers.delivery_service(fresh, stub.address, "--tick", "3600")
+    both = create_operator(fresh, "both", "start_deliveries", "approve_deliveries")
+    nothing = create_operator(fresh, "nothing")
+    tokens: list[list[tuple[str, str]] | None] = [
+        None,
+        [("authorization", "Bearer garbage")],
+        [("authorization", f"Bearer {nothing}")],
+        [("authorization", f"Bearer {both}")],
+    ]
+    with (
+        grpc.insecure_channel(service.address) as channel,
+        grpc.insecure_channel(stub.address) as mta_channel,
+    ):
+        seed(pb_grpc.DeliveryServiceStub(channel), tokens[3])
+        yield Target(fresh, channel, mta_channel, tokens)
+
+
+def seed(api: pb_grpc.DeliveryServiceStub, token: list[tuple[str, str]] | None) -> None:
+    """Deliveries in several states, and profiles, for the garbage to hit."""
+    api.UpsertProfiles(
+        pb.UpsertProfilesRequest(
+            profiles=[pb.Profile(profile_id=str(i), email=f"p{i}@example.com") for i in range(5)]
+        )
+    )
+    for i in range(4):
+        created = api.CreateDelivery(
+            pb.CreateDeliveryRequest(
+                label=f"seed {i}",
+                content=pb.Content(subject="s", body="b"),
+                target=pb.Target(
+                    recipients=pb.RecipientList(
+                        recipients=[pb.Recipient(profile_id="1"), pb.Recipient(email="x@y.org")]
+                    )
+                ),
+                validity_period=duration_pb2.Duration(seconds=3600),
+                feedback_mode=pb.FEEDBACK_MODE_EFS,
+                required_approvals=[pb.APPROVAL_STEP_TARGET] if i == 1 else [],
+            )
+        )
+        if i >= 1:
+            api.PrepareDelivery(pb.PrepareDeliveryRequest(delivery_id=created.delivery.id))
+        if i == 3:
+            api.ConfirmSend(pb.ConfirmSendRequest(delivery_id=created.delivery.id), metadata=token)
+
+
+def call_delivery(target: Target, name: str, request: Message, token: Any) -> grpc.StatusCode:
+    method = getattr(pb_grpc.DeliveryServiceStub(target.channel), name)
+    try:
+        if name == "WatchDeployment":
+            stream = method(request, metadata=token, timeout=10)
+            next(stream)
+            stream.cancel()
+        else:
+            method(request, metadata=token, timeout=30)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as err:
+        code: grpc.StatusCode = err.code()
+        if code == grpc.StatusCode.CANCELLED and name == "WatchDeployment":
+            return grpc.StatusCode.OK
+        return code
+
+
+@pytest.mark.parametrize("name", list(DELIVERY_RPCS))
+def test_delivery_service_garbage(target: Target, name: str) -> None:
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(request=messages(DELIVERY_RPCS[name]), who=st.integers(0, 3))
+    def run(request: Message, who: int) -> None:
+        before = target.snapshot()
+        code = call_delivery(target, name, request, target.tokens[who])
+        target.tried[name] = target.tried.get(name, 0) + 1
+        assert code not in FORBIDDEN, f"{name} answered {code} to {request}"
+        if code != grpc.StatusCode.OK:
+            target.refused[name] = target.refused.get(name, 0) + 1
+            assert target.snapshot() == before, f"{name} refused {code} but wrote"
+
+    run()
+    assert target.tried[name] >= EXAMPLES
+    assert target.refused.get(name, 0) > 0, "the generator never hit a refusal"
+
+
+def _exchange(target: Target, requests: list[mta.ExchangeRequest]) -> grpc.StatusCode:
+    stub = mta_grpc.MtaServiceStub(target.mta_channel)
+    call = stub.Exchange(iter(requests), timeout=5)
+    try:
+        # The stream stays open for feedback; a good batch ends in a relay ack we read.
+        for _ in itertools.islice(call, len(requests)):
+            pass
+        call.cancel()
+        return grpc.StatusCode.OK
+    except grpc.RpcError as err:
+        code: grpc.StatusCode = err.code()
+        # Our own cancel, or the stream waiting for more after good input: not a refusal.
+        if code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return grpc.StatusCode.OK
+        return code
+
+
+MTA_RPCS: dict[str, Callable[[Target, Any], grpc.StatusCode]] = {}
+
+
+def _unary(name: str) -> Callable[[Target, Any], grpc.StatusCode]:
+    def call(target: Target, request: Any) -> grpc.StatusCode:
+        try:
+            getattr(mta_grpc.MtaServiceStub(target.mta_channel), name)(request, timeout=10)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as err:
+            code: grpc.StatusCode = err.code()
+            return code
+
+    return call
+
+
+@pytest.mark.parametrize(
+    ("name", "strategy"),
+    [
+        ("SetScenario", messages(mta.SetScenarioRequest)),
+        ("GetOutcomes", messages(mta.GetOutcomesRequest)),
+        ("Exchange", st.lists(messages(mta.ExchangeRequest), min_size=1, max_size=4)),
+    ],
+)
+def test_mta_stub_garbage(target: Target, name: str, strategy: st.SearchStrategy[Any]) -> None:
+    call = _exchange if name == "Exchange" else _unary(name)
+
+    @settings(
+        max_examples=100,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(request=strategy)
+    def run(request: Any) -> None:
+        code = call(target, request)
+        target.tried[name] = target.tried.get(name, 0) + 1
+        assert code not in FORBIDDEN, f"{name} answered {code} to {request}"
+        if code != grpc.StatusCode.OK:
+            target.refused[name] = target.refused.get(name, 0) + 1
+
+    run()
+    # The stub must still be sane afterwards: garbage scenarios are refused, not kept.
+    _unary("SetScenario")(target, mta.SetScenarioRequest())
+
+
+def test_total_requests(target: Target) -> None:
+    total = sum(target.tried.values())
+    print(f"generated bad-input requests: {total} tried, {sum(target.refused.values())} refused")
+    assert total >= 2000

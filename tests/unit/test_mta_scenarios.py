@@ -1,0 +1,406 @@
+"""The MTA stub's fates, timelines and spool, without gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import Counter
+
+import pytest
+
+from mta_stub import engine as stub_engine
+from mta_stub import scenarios
+from mta_stub.engine import Engine, Relayed
+from mta_stub.scenarios import (
+    UNTIL_EXPIRY,
+    BounceReason,
+    EventKind,
+    Fate,
+    Faults,
+    Mix,
+    Scenario,
+    ScenarioError,
+    Step,
+    Timing,
+)
+from mta_stub.spool import Scheduled, Spool, Transition
+
+TIMING = Timing(retry_interval=10.0, engagement_delay=2.0)
+NOW = 1_000_000.0
+FAR = NOW + 1_000_000.0
+
+D = EventKind.DELIVERED
+H = EventKind.HARD_BOUNCE
+S = EventKind.SOFT_BOUNCE
+X = EventKind.EXPIRED
+O = EventKind.OPENED  # noqa: E741
+C = EventKind.CLICKED
+
+
+def timeline(fate: Fate, expire_at: float = FAR, now: float = NOW) -> list[Step]:
+    steps = [scenarios.first_step(fate, now, expire_at)]
+    while (step := scenarios.next_step(fate, steps[-1], expire_at, TIMING)) is not None:
+        steps.append(step)
+    return steps
+
+
+def kinds(steps: list[Step]) -> list[tuple[EventKind, int]]:
+    return [(step.kind, step.attempt) for step in steps]
+
+
+def fate_of(email: str, mix: Mix | None = None, message_id: int = 1) -> Fate:
+    return scenarios.decide_fate(email, message_id, mix)
+
+
+# --- patterns ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("email", "reason"),
+    [
+        ("hard@example.com", BounceReason.USER_UNKNOWN),
+        ("hard-user-unknown@example.com", BounceReason.USER_UNKNOWN),
+        ("hard-mailbox-full@example.com", BounceReason.MAILBOX_FULL),
+        ("hard-invalid-domain@example.com", BounceReason.INVALID_DOMAIN),
+        ("hard-refused@example.com", BounceReason.REFUSED),
+        ("hard-unreachable@example.com", BounceReason.UNREACHABLE),
+        ("HARD-Refused+campaign-7@Example.COM", BounceReason.REFUSED),
+    ],
+)
+def test_hard_patterns_bounce_once_with_their_reason(email: str, reason: BounceReason) -> None:
+    fate = fate_of(email)
+    steps = timeline(fate)
+    assert kinds(steps) == [(H, 1)]
+    assert steps[0].due == NOW
+    event = scenarios.make_event(42, 7, fate, steps[0])
+    assert event.reason is reason
+    assert event.event_id == "42:HARD_BOUNCE:1"
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 100])
+def test_soft_k_bounces_k_times_then_delivers(k: int) -> None:
+    steps = timeline(fate_of(f"soft-{k}@example.com"))
+    assert kinds(steps) == [(S, a) for a in range(1, k + 1)] + [(D, k + 1)]
+    assert [step.due for step in steps] == [NOW + TIMING.retry_interval * i for i in range(k + 1)]
+
+
+def test_soft_bounces_report_mailbox_full() -> None:
+    fate = fate_of("soft-1@example.com")
+    event = scenarios.make_event(42, 7, fate, timeline(fate)[0])
+    assert (event.kind, event.reason, event.event_id) == (
+        S,
+        BounceReason.MAILBOX_FULL,
+        "42:SOFT_BOUNCE:1",
+    )
+
+
+def test_soft_k_expires_when_the_next_attempt_falls_after_expiry() -> None:
+    # Attempts at +0, +10, +20; the one at +30 would fall after +25.
+    steps = timeline(fate_of("soft-5@example.com"), expire_at=NOW + 25)
+    assert kinds(steps) == [(S, 1), (S, 2), (S, 3), (X, 3)]
+    assert steps[-1].due == NOW + 25
+
+
+def test_an_attempt_exactly_at_expiry_still_happens() -> None:
+    steps = timeline(fate_of("soft-2@example.com"), expire_at=NOW + 20)
+    assert kinds(steps) == [(S, 1), (S, 2), (D, 3)]
+
+
+def test_soft_expire_bounces_every_interval_until_expiry() -> None:
+    steps = timeline(fate_of("soft-expire@example.com"), expire_at=NOW + 35)
+    assert kinds(steps) == [(S, 1), (S, 2), (S, 3), (S, 4), (X, 4)]
+    assert [step.due for step in steps] == [NOW, NOW + 10, NOW + 20, NOW + 30, NOW + 35]
+
+
+def test_a_message_already_expired_is_given_up_at_once() -> None:
+    steps = timeline(fate_of("soft-expire@example.com"), expire_at=NOW - 5)
+    assert kinds(steps) == [(X, 1)]
+
+
+def test_open_delivers_then_opens_after_the_engagement_delay() -> None:
+    steps = timeline(fate_of("open@example.com"))
+    assert kinds(steps) == [(D, 1), (O, 1)]
+    assert steps[1].due == NOW + TIMING.engagement_delay
+
+
+def test_click_delivers_opens_and_clicks_the_given_link() -> None:
+    fate = fate_of("click-3+x@example.com")
+    steps = timeline(fate)
+    assert kinds(steps) == [(D, 1), (O, 1), (C, 1)]
+    assert [step.due for step in steps] == [NOW, NOW + 2, NOW + 4]
+    click = scenarios.make_event(42, 7, fate, steps[-1])
+    assert (click.link_index, click.event_id) == (3, "42:CLICKED:1")
+    assert scenarios.make_event(42, 7, fate, steps[1]).event_id == "42:OPENED:1"
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "someone@example.com",
+        "hard-teapot@example.com",
+        "soft-0@example.com",
+        "soft-101@example.com",
+        "soft-x@example.com",
+        "click@example.com",
+        "click-@example.com",
+        "opener@example.com",
+        "x+hard@example.com",
+        "",
+    ],
+)
+def test_other_addresses_are_delivered_without_a_mix(email: str) -> None:
+    assert scenarios.pattern_fate(email) is None
+    assert kinds(timeline(fate_of(email))) == [(D, 1)]
+
+
+def test_patterns_win_over_the_mix() -> None:
+    mix = Mix(seed=1, hard_bounce_rate=1.0)
+    assert kinds(timeline(fate_of("open@example.com", mix))) == [(D, 1), (O, 1)]
+    assert kinds(timeline(fate_of("anyone@example.com", mix))) == [(H, 1)]
+
+
+# --- the mix ------------------------------------------------------------------------------
+
+MIX = Mix(
+    seed=20240501,
+    hard_bounce_rate=0.1,
+    soft_then_delivered_rate=0.2,
+    soft_until_expiry_rate=0.05,
+    open_rate=0.5,
+    click_rate=0.4,
+    max_retries=4,
+)
+
+
+def test_the_mix_draws_from_seed_and_message_id_only() -> None:
+    ids = range(1, 2001)
+    first = [scenarios.mix_fate(MIX, i) for i in ids]
+    backwards = {i: scenarios.mix_fate(MIX, i) for i in reversed(ids)}
+    assert first == [backwards[i] for i in ids]
+    other_seed = dataclasses.replace(MIX, seed=MIX.seed + 1)
+    assert first != [scenarios.mix_fate(other_seed, i) for i in ids]
+
+
+def test_the_mix_respects_its_rates() -> None:
+    n = 10_000
+    fates = [scenarios.mix_fate(MIX, i) for i in range(1, n + 1)]
+    hard = sum(f.hard_reason is not BounceReason.UNSPECIFIED for f in fates)
+    soft_then = [f.soft_bounces for f in fates if f.soft_bounces > 0]
+    until_expiry = sum(f.soft_bounces == UNTIL_EXPIRY for f in fates)
+    delivered = [f for f in fates if f.hard_reason is BounceReason.UNSPECIFIED]
+    delivered = [f for f in delivered if f.soft_bounces != UNTIL_EXPIRY]
+    opened = [f for f in delivered if f.opened]
+    clicked = [f for f in opened if f.click_link == 0]
+    assert hard / n == pytest.approx(0.1, abs=0.015)
+    assert len(soft_then) / n == pytest.approx(0.2, abs=0.02)
+    assert until_expiry / n == pytest.approx(0.05, abs=0.01)
+    assert len(opened) / len(delivered) == pytest.approx(0.5, abs=0.03)
+    assert len(clicked) / len(opened) == pytest.approx(0.4, abs=0.03)
+    assert set(soft_then) == {1, 2, 3, 4}
+    reasons = Counter(f.hard_reason for f in fates if f.hard_reason is not BounceReason.UNSPECIFIED)
+    assert set(reasons) == set(scenarios.HARD_REASONS)
+    assert all(not f.opened for f in fates if f.soft_bounces == UNTIL_EXPIRY)
+
+
+def test_a_mix_of_nothing_delivers_everything() -> None:
+    fates = {scenarios.mix_fate(Mix(seed=3), i) for i in range(1, 1001)}
+    assert fates == {scenarios.make_fate()}
+
+
+# --- scenario settings -----------------------------------------------------------------
+
+BASE = Scenario(TIMING)
+
+
+@pytest.mark.parametrize(
+    ("mix", "faults", "retry", "engagement", "field"),
+    [
+        (Mix(hard_bounce_rate=1.5), Faults(), 0, 0, "mix.hard_bounce_rate"),
+        (Mix(soft_then_delivered_rate=-0.1), Faults(), 0, 0, "mix.soft_then_delivered_rate"),
+        (Mix(soft_until_expiry_rate=float("nan")), Faults(), 0, 0, "mix.soft_until_expiry_rate"),
+        (Mix(open_rate=2.0), Faults(), 0, 0, "mix.open_rate"),
+        (Mix(click_rate=-1.0), Faults(), 0, 0, "mix.click_rate"),
+        (
+            Mix(hard_bounce_rate=0.5, soft_then_delivered_rate=0.4, soft_until_expiry_rate=0.2),
+            Faults(),
+            0,
+            0,
+            "mix.hard_bounce_rate",
+        ),
+        (Mix(max_retries=-1), Faults(), 0, 0, "mix.max_retries"),
+        (None, Faults(reorder_window=-1), 0, 0, "faults.reorder_window"),
+        (None, Faults(drop_stream_every=-2), 0, 0, "faults.drop_stream_every"),
+        (None, Faults(max_delay_ms=-3), 0, 0, "faults.max_delay_ms"),
+        (None, Faults(), -1, 0, "retry_interval_ms"),
+        (None, Faults(), 0, -1, "engagement_delay_ms"),
+    ],
+)
+def test_bad_settings_name_their_field(
+    mix: Mix | None, faults: Faults, retry: int, engagement: int, field: str
+) -> None:
+    with pytest.raises(ScenarioError, match=rf"^{field}: "):
+        scenarios.update_scenario(BASE, mix, faults, retry, engagement)
+
+
+def test_settings_replace_mix_and_faults_and_keep_unset_intervals() -> None:
+    first = scenarios.update_scenario(BASE, Mix(seed=5), Faults(duplicate_events=True), 0, 0)
+    assert first.timing == TIMING
+    assert first.mix is not None
+    assert first.mix.max_retries == scenarios.DEFAULT_MAX_RETRIES
+    second = scenarios.update_scenario(first, None, Faults(), 50, 0)
+    assert second == Scenario(Timing(0.05, TIMING.engagement_delay), None, Faults())
+
+
+# --- the spool ------------------------------------------------------------------------------
+
+
+def _admission(message_id: int, delivery_id: int = 7, email: str = "x@example.com") -> Transition:
+    fate = scenarios.decide_fate(email, message_id, None)
+    step = scenarios.first_step(fate, NOW, FAR)
+    return Transition(scenarios.make_event(message_id, delivery_id, fate, step), None)
+
+
+def test_the_spool_holds_each_message_once() -> None:
+    spool = Spool()
+    assert spool.accept([_admission(1), _admission(2), _admission(1)]) == (2, 1)
+    assert spool.accept([_admission(2), _admission(3)]) == (1, 1)
+    outcomes = spool.outcomes(7)
+    assert (outcomes.accepted, outcomes.duplicates, outcomes.delivered) == (3, 2, 3)
+    assert (outcomes.in_flight, outcomes.unacknowledged_events) == (0, 3)
+    assert spool.outcomes(0) == outcomes
+    assert spool.outcomes(8).accepted == 0
+
+
+def test_acked_events_go_for_good_and_unacked_ones_come_back_in_order() -> None:
+    spool = Spool()
+    spool.accept([_admission(i) for i in range(1, 6)])
+    stream = spool.open_stream()
+    first = spool.take_feedback(stream, 2)
+    second = spool.take_feedback(stream, 2)
+    assert (first[0], second[0]) == (1, 2)
+    assert spool.ack(stream, 1) == 2
+    assert spool.ack(stream, 1) == 0
+    assert spool.outcomes(7).unacknowledged_events == 3
+    assert spool.close_stream(stream) == 2
+    again = spool.open_stream()
+    seq, events = spool.take_feedback(again, 10)
+    assert seq == 1
+    assert [e.message_id for e in events] == [3, 4, 5]
+
+
+def test_scheduled_steps_fire_in_time_order() -> None:
+    spool = Spool()
+    fate = scenarios.decide_fate("soft-2@example.com", 1, None)
+    step = scenarios.first_step(fate, NOW, FAR)
+    nxt = scenarios.next_step(fate, step, FAR, TIMING)
+    assert nxt is not None
+    follow = Scheduled(nxt.due, 1, 7, FAR, fate, nxt.kind, nxt.attempt)
+    spool.accept([Transition(scenarios.make_event(1, 7, fate, step), follow)])
+    assert spool.outcomes(7).in_flight == 1
+    assert spool.next_due() == NOW + 10
+    fired: list[Scheduled] = []
+
+    def advance(scheduled: Scheduled) -> Transition:
+        fired.append(scheduled)
+        s = Step(scheduled.kind, scheduled.attempt, scheduled.due)
+        return Transition(scenarios.make_event(1, 7, fate, s), None)
+
+    assert spool.fire_due(NOW + 9, 100, advance) == 0
+    assert spool.fire_due(NOW + 10, 100, advance) == 1
+    assert [(s.kind, s.attempt) for s in fired] == [(S, 2)]
+    assert spool.next_due() is None
+
+
+# --- streams and faults, through the engine ----------------------------------------------
+
+
+async def _drain(session: stub_engine.Session, count: int) -> list[stub_engine.Batch]:
+    batches = []
+    received = 0
+    async with asyncio.timeout(5):
+        while received < count:
+            batch = await session.next_batch()
+            assert batch is not None
+            batches.append(batch)
+            received += len(batch.events)
+    return batches
+
+
+def _relayed(ids: range, email: str = "someone@example.com") -> list[Relayed]:
+    # The engine runs on the real clock.
+    expire_at = time.time() + 3600
+    return [Relayed(i, 9, email, expire_at) for i in ids]
+
+
+async def test_duplicate_events_sends_each_event_again_in_a_later_batch() -> None:
+    engine = Engine(Timing(0.05, 0.02))
+    engine.set_scenario(None, Faults(duplicate_events=True), 0, 0)
+    session = engine.open_session()
+    assert engine.relay(_relayed(range(1, 4))) == (3, 0)
+    batches = await _drain(session, 6)
+    ids = [[e.event_id for e in b.events] for b in batches]
+    assert ids[0] == ["1:DELIVERED:1", "2:DELIVERED:1", "3:DELIVERED:1"]
+    assert ids[1] == ids[0]
+    engine.close_session(session)
+
+
+async def test_reorder_window_shuffles_within_windows_only() -> None:
+    engine = Engine(Timing(0.05, 0.02))
+    engine.set_scenario(None, Faults(reorder_window=10), 0, 0)
+    session = engine.open_session()
+    engine.relay(_relayed(range(1, 1001)))
+    batches = await _drain(session, 1000)
+    ids = [e.message_id for b in batches for e in b.events]
+    assert sorted(ids) == list(range(1, 1001))
+    assert ids != sorted(ids)
+    for start in range(0, 1000, 10):
+        assert sorted(ids[start : start + 10]) == list(range(start + 1, start + 11))
+    assert all(len(b.events) <= stub_engine.BATCH_MAX for b in batches)
+    engine.close_session(session)
+
+
+async def test_drop_stream_every_ends_the_stream_after_that_many_batches() -> None:
+    engine = Engine(Timing(0.05, 0.02))
+    engine.set_scenario(None, Faults(drop_stream_every=2), 0, 0)
+    session = engine.open_session()
+    engine.relay(_relayed(range(1, 1201)))
+    assert await session.next_batch() is not None
+    assert await session.next_batch() is not None
+    assert await session.next_batch() is None
+    engine.close_session(session)
+    assert engine.outcomes(9).unacknowledged_events == 1200
+
+
+async def test_scheduled_steps_reach_the_stream() -> None:
+    engine = Engine(Timing(0.02, 0.01))
+    engine.start()
+    try:
+        session = engine.open_session()
+        engine.relay(_relayed(range(1, 2), email="soft-2@example.com"))
+        batches = await _drain(session, 3)
+        ids = [e.event_id for b in batches for e in b.events]
+        assert ids == ["1:SOFT_BOUNCE:1", "1:SOFT_BOUNCE:2", "1:DELIVERED:3"]
+        for batch in batches:
+            session.ack(batch.seq)
+        outcomes = engine.outcomes(9)
+        assert (outcomes.soft_bounced, outcomes.delivered, outcomes.in_flight) == (1, 1, 0)
+        assert outcomes.unacknowledged_events == 0
+        with pytest.raises(stub_engine.AckError):
+            session.ack(batches[-1].seq + 1)
+        engine.close_session(session)
+    finally:
+        await engine.close()
+
+
+async def test_several_streams_each_get_a_share_of_the_events() -> None:
+    engine = Engine(Timing(0.05, 0.02))
+    first, second = engine.open_session(), engine.open_session()
+    engine.relay(_relayed(range(1, 1201)))
+    async with asyncio.timeout(5):
+        batches = [*await asyncio.gather(first.next_batch(), second.next_batch())]
+        batches.append(await first.next_batch())
+    ids = [e.message_id for b in batches if b is not None for e in b.events]
+    assert sorted(ids) == list(range(1, 1201))
+    engine.close_session(first)
+    engine.close_session(second)
