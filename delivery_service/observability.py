@@ -122,8 +122,12 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 started = begin(context)
                 error: BaseException | None = None
                 try:
-                    async for response in inner_stream(request, context):
-                        yield response
+                    responses = inner_stream(request, context)
+                    if hasattr(responses, "__aiter__"):
+                        async for response in responses:
+                            yield response
+                    else:  # a servicer that writes with context.write(), like health's Watch
+                        await responses
                 except BaseException as exc:
                     error = exc
                     raise

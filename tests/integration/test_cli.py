@@ -54,7 +54,9 @@ def run_json(*args: str) -> Any:
     return json.loads(run("--json", *args).stdout)
 
 
-def run_process(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_process(
+    *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`python -m campaign_cli *args`: the real entry point, in a process of its own."""
     environment = child_env({"COLUMNS": "200", **(env or {})})
     for name in ("CAMPAIGN_ADDRESS", "CAMPAIGN_TOKEN", "DATABASE_URL"):
@@ -96,8 +98,9 @@ class CliPair:
     database_url: str
     token: str
 
-    def with_token(self, *args: str) -> list[str]:
-        return ["--address", self.address, "--token", self.token, *args]
+    def args(self, command: str) -> list[str]:
+        """The arguments of `command` (shell syntax), after options that reach the pair."""
+        return ["--address", self.address, "--token", self.token, *shlex.split(command)]
 
 
 def create_operator(database_url: str, name: str, *roles: str) -> str:
@@ -133,8 +136,9 @@ def test_operators_create(fresh_db_url: str, tmp_path: Path) -> None:
     assert lines[0] == "Operator 'alice' created with roles start_deliveries, approve_deliveries."
     assert re.fullmatch(r"[A-Za-z0-9_-]{40,}", lines[-1])
 
-    created = run_json("operators", "create", "bob", "--role", "approve_deliveries",
-                       "--database-url", fresh_db_url)  # fmt: skip
+    created = run_json(
+        "operators", "create", "bob", "--role", "approve_deliveries", "--database-url", fresh_db_url
+    )
     assert created["name"] == "bob"
     assert created["roles"] == ["approve_deliveries"]
     assert created["token"] != lines[-1]
@@ -143,7 +147,9 @@ def test_operators_create(fresh_db_url: str, tmp_path: Path) -> None:
     again = run_process("operators", "create", "alice", env={"DATABASE_URL": fresh_db_url})
     assert again.returncode == 1
     assert_error(
-        again.stderr, again.stdout, "error: ALREADY_EXISTS: an operator named 'alice' already exists"
+        again.stderr,
+        again.stdout,
+        "error: ALREADY_EXISTS: an operator named 'alice' already exists",
     )
 
     nowhere = embedded_pg.make_url(fresh_db_url, host=str(tmp_path))
@@ -214,21 +220,24 @@ def test_delivery_in_tables(cli_pair: CliPair, tmp_path: Path) -> None:
     body.write_text("<p>Hi <a href='https://example.com/a'>a</a></p>", encoding="utf-8")
     recipients = tmp_path / "recipients.txt"
     recipients.write_text("# the list\n" + "\n".join(INLINE[1:]) + "\n\n", encoding="utf-8")
-    api = cli_pair.with_token
+    cli = cli_pair.args
 
-    created = run(*api("deliveries", "create", "--label", "Welcome [test]", "--subject", "Hi",
-                       "--body-file", str(body), "--link", "https://example.com/a",
-                       "--recipient", INLINE[0], "--recipients-file", str(recipients),
-                       "--validity", "2s", "--approval", "target", "--approval", "content"))  # fmt: skip
-    out = created.stdout
-    assert out.startswith("Delivery 1")
-    row(out, "Label", "Welcome [test]")
-    row(out, "State", "DRAFT")
-    row(out, "Feedback", "EFS")
-    row(out, "Validity", "2s")
-    row(out, "Approvals", "none (required: target, content)")
+    created = run(
+        *cli(
+            "deliveries create --label 'Welcome [test]' --subject Hi "
+            f"--body-file {shlex.quote(str(body))} --link https://example.com/a "
+            f"--recipient {INLINE[0]} --recipients-file {shlex.quote(str(recipients))} "
+            "--validity 2s --approval target --approval content"
+        )
+    ).stdout
+    assert created.startswith("Delivery 1")
+    row(created, "Label", "Welcome [test]")
+    row(created, "State", "DRAFT")
+    row(created, "Feedback", "EFS")
+    row(created, "Validity", "2s")
+    row(created, "Approvals", "none (required: target, content)")
 
-    prepared = run(*api("deliveries", "prepare", "1")).stdout
+    prepared = run(*cli("deliveries prepare 1")).stdout
     row(prepared, "State", "PREPARED")
     row(prepared, "Targeted", "7")
     row(prepared, "To deliver", "5")
@@ -237,15 +246,15 @@ def test_delivery_in_tables(cli_pair: CliPair, tmp_path: Path) -> None:
     row(prepared, "invalid address", "1")
     row(prepared, "bad@localhost", "invalid address")
 
-    approved = run(*api("deliveries", "approve", "1", "--step", "target", "--step", "content"))
-    row(approved.stdout, "State", "APPROVED")
-    row(approved.stdout, "Approvals", "target, content (required: target, content)")
+    approved = run(*cli("deliveries approve 1 --step target --step content")).stdout
+    row(approved, "State", "APPROVED")
+    row(approved, "Approvals", "target, content (required: target, content)")
 
-    confirmed = run(*api("deliveries", "confirm", "1")).stdout
+    confirmed = run(*cli("deliveries confirm 1")).stdout
     row(confirmed, "State", "SENDING")
     row(confirmed, "Confirmed by", "ops")
 
-    watched = run(*api("watch", "1")).stdout
+    watched = run(*cli("watch 1")).stdout
     assert watched.startswith("Delivery 1: Welcome [test]\n")
     assert re.search(r"^FINISHED\s+\S+ 5/5 100%$", watched, re.MULTILINE), watched
     row(watched, "delivered 4 · failed 1 · pending 0")
@@ -256,52 +265,51 @@ def test_delivery_in_tables(cli_pair: CliPair, tmp_path: Path) -> None:
     row(watched, "Pending", "0")
     row(watched, "Final", "yes")
 
-    recomputed = run(*api("stats", "compute", "1")).stdout
+    recomputed = run(*cli("stats compute 1")).stdout
     row(recomputed, "Opened", "2", "50.00 %")
     row(recomputed, "Clicked", "1", "25.00 %")
     assert recomputed.splitlines()[-1] == "Repaired counters: 0"
-    kpis = run(*api("kpis", "1")).stdout
+    kpis = run(*cli("kpis 1")).stdout
     assert kpis.startswith("KPIs of delivery 1")
     row(kpis, "Delivered", "4", "80.00 %")
     row(kpis, "Opened", "2", "50.00 %")
     row(kpis, "Feedback", "EFS")
 
-    logs = run(*api("logs", "1")).stdout
+    logs = run(*cli("logs 1")).stdout
     row(logs, "1", "ann@example.com", "SENT")
     row(logs, "4", "hard-user-unknown@example.com", "FAILED", "hard: user unknown")
     row(logs, "yes", "yes")  # click-0: opened and clicked
     assert logs.splitlines()[-1] == "Last page."
-    failed = run(*api("logs", "1", "--status", "failed")).stdout
+    failed = run(*cli("logs 1 --status failed")).stdout
     assert "hard-user-unknown@example.com" in failed
     assert "ann@example.com" not in failed
 
-    first = run(*api("logs", "1", "--page-size", "2")).stdout
+    first = run(*cli("logs 1 --page-size 2")).stdout
     match = re.search(r"^More: campaign logs 1 --page-token (\S+)$", first, re.MULTILINE)
     assert match, first
-    second = run(*api("logs", "1", "--page-size", "2", "--page-token", match.group(1))).stdout
+    second = run(*cli(f"logs 1 --page-size 2 --page-token {match.group(1)}")).stdout
     assert "click-0@example.com" in second and "ann@example.com" not in second
-    every = run(*api("logs", "1", "--page-size", "2", "--all")).stdout
+    every = run(*cli("logs 1 --page-size 2 --all")).stdout
     assert all(email in every for email in INLINE[:5])
     assert every.splitlines()[-1] == "Last page."
 
-    history = run(*api("history", "--email", "hard-user-unknown@example.com")).stdout
+    history = run(*cli("history --email hard-user-unknown@example.com")).stdout
     row(history, "1", "4", "hard-user-unknown@example.com", "FAILED", "hard: user unknown")
 
-    row(run(*api("deliveries", "get", "1")).stdout, "State", "FINISHED")
+    row(run(*cli("deliveries get 1")).stdout, "State", "FINISHED")
 
     # A second delivery, stopped before it is prepared.
-    run(*api("deliveries", "create", "--label", "Later", "--subject", "S", "--body", "B",
-             "--recipient", "ann@example.com"))  # fmt: skip
-    stopped = run(*api("deliveries", "stop", "2")).stdout
+    run(*cli("deliveries create --label Later --subject S --body B --recipient a@example.com"))
+    stopped = run(*cli("deliveries stop 2")).stdout
     assert stopped.startswith("Delivery 2")
     row(stopped, "State", "STOPPED")
 
-    listed = run(*api("deliveries", "list")).stdout
+    listed = run(*cli("deliveries list")).stdout
     row(listed, "2", "Later", "STOPPED", "EFS", "0")
     row(listed, "1", "Welcome [test]", "FINISHED", "EFS", "5")
-    only = run(*api("deliveries", "list", "--state", "stopped")).stdout
+    only = run(*cli("deliveries list --state stopped")).stdout
     assert "Later" in only and "Welcome" not in only
-    paged = run(*api("deliveries", "list", "--page-size", "1")).stdout
+    paged = run(*cli("deliveries list --page-size 1")).stdout
     assert re.search(r"^More: campaign deliveries list --page-token \S+$", paged, re.MULTILINE)
 
 
@@ -317,12 +325,13 @@ def test_delivery_in_json(cli_pair: CliPair, tmp_path: Path) -> None:
         "p3,quiet@example.com,true,vip",
         "p4,other@example.com,,news",
     )
-    api = cli_pair.with_token
-    assert run_json(*api("profiles", "import", str(people)))["created"] == 4
+    cli = cli_pair.args
+    assert run_json(*cli(f"profiles import {shlex.quote(str(people))}"))["created"] == 4
 
-    created = run_json(*api("deliveries", "create", "--label", "VIP", "--subject", "Hi",
-                            "--body", "<p>Hi</p>", "--segment", "vip", "--validity", "2s",
-                            "--no-efs", "--approval", "content", "--request-id", "vip-1"))  # fmt: skip
+    create = "deliveries create --label VIP --subject Hi --body '<p>Hi</p>' --segment vip"
+    created = run_json(
+        *cli(f"{create} --validity 2s --no-efs --approval content --request-id vip-1")
+    )
     delivery = created["delivery"]
     assert delivery["id"] == 1
     assert delivery["state"] == "DRAFT"
@@ -331,21 +340,19 @@ def test_delivery_in_json(cli_pair: CliPair, tmp_path: Path) -> None:
     assert delivery["required_approvals"] == ["CONTENT"]
     assert delivery["confirm_time"] is None
     # The same request id: the same delivery back.
-    repeat = run_json(*api("deliveries", "create", "--label", "VIP", "--subject", "Hi",
-                           "--body", "<p>Hi</p>", "--segment", "vip", "--request-id", "vip-1"))  # fmt: skip
-    assert repeat["delivery"]["id"] == 1
+    assert run_json(*cli(f"{create} --request-id vip-1"))["delivery"]["id"] == 1
 
-    prepared = run_json(*api("deliveries", "prepare", "1"))
+    prepared = run_json(*cli("deliveries prepare 1"))
     assert prepared["delivery"]["state"] == "PREPARED"
     assert (prepared["targeted"], prepared["to_deliver"]) == (3, 2)
     assert prepared["dropped_by_reason"] == {"QUARANTINED": 1}
     assert prepared["dropped"] == [{"recipient": {"profile_id": "p3"}, "reason": "QUARANTINED"}]
 
-    approved = run_json(*api("deliveries", "approve", "1", "--step", "content"))
+    approved = run_json(*cli("deliveries approve 1 --step content"))
     assert approved["delivery"]["state"] == "APPROVED"
     assert approved["delivery"]["approvals"] == ["CONTENT"]
 
-    lines = run("--json", *api("deliveries", "confirm", "1", "--watch")).stdout.splitlines()
+    lines = run("--json", *cli("deliveries confirm 1 --watch")).stdout.splitlines()
     confirmed, *updates = (json.loads(line) for line in lines)
     assert confirmed["delivery"]["state"] == "SENDING"
     assert confirmed["delivery"]["confirmed_by"] == "ops"
@@ -356,10 +363,8 @@ def test_delivery_in_json(cli_pair: CliPair, tmp_path: Path) -> None:
     assert last["kpis"]["final"] is True
     assert all(u["state"] in ("SENDING", "SENT", "FINISHED") for u in updates)
 
-    # The real entry point, with address and token from the environment.
-    process = run_process(
-        "--json", "kpis", "1", env={"CAMPAIGN_ADDRESS": cli_pair.address}
-    )
+    # The real entry point, with the address from the environment.
+    process = run_process("--json", "kpis", "1", env={"CAMPAIGN_ADDRESS": cli_pair.address})
     assert process.returncode == 0, process.stderr
     kpis = json.loads(process.stdout)["kpis"]
     assert kpis["feedback_mode"] == "WITHOUT_EFS"
@@ -367,67 +372,65 @@ def test_delivery_in_json(cli_pair: CliPair, tmp_path: Path) -> None:
     assert (kpis["delivered_percent"], kpis["bounces_percent"]) == (50.0, 50.0)
     assert kpis["final"] is True
 
-    stats = run_json(*api("stats", "compute", "1"))
+    stats = run_json(*cli("stats compute 1"))
     assert stats["repaired_counters"] == 0
     assert stats["kpis"]["failed"] == 1
     assert stats["kpis"]["stats_time"].endswith("Z")
 
-    logs = run_json(*api("logs", "1"))
+    logs = run_json(*cli("logs 1"))
     assert [(log["profile_id"], log["status"]) for log in logs["sending_logs"]] == [
         ("p1", "SENT"),
         ("p2", "FAILED"),
     ]
     assert logs["next_page_token"] == ""
-    failed = run_json(*api("logs", "1", "--status", "failed"))["sending_logs"]
+    failed = run_json(*cli("logs 1 --status failed"))["sending_logs"]
     assert [(f["email"], f["failure_type"], f["failure_reason"]) for f in failed] == [
         ("hard-user-unknown@example.com", "HARD", "USER_UNKNOWN")
     ]
-    page = run_json(*api("logs", "1", "--page-size", "1"))
+    page = run_json(*cli("logs 1 --page-size 1"))
     assert len(page["sending_logs"]) == 1 and page["next_page_token"]
-    rest = run_json(*api("logs", "1", "--page-size", "1", "--page-token", page["next_page_token"]))
+    rest = run_json(*cli(f"logs 1 --page-size 1 --page-token {page['next_page_token']}"))
     assert rest["sending_logs"][0]["profile_id"] == "p2"
-    every = run_json(*api("logs", "1", "--page-size", "1", "--all"))
+    every = run_json(*cli("logs 1 --page-size 1 --all"))
     assert len(every["sending_logs"]) == 2 and every["next_page_token"] == ""
 
-    history = run_json(*api("history", "--profile-id", "p2"))["sending_logs"]
+    history = run_json(*cli("history --profile-id p2"))["sending_logs"]
     assert [(h["delivery_id"], h["status"]) for h in history] == [(1, "FAILED")]
 
-    got = run_json(*api("deliveries", "get", "1"))["delivery"]
+    got = run_json(*cli("deliveries get 1"))["delivery"]
     assert got["state"] == "FINISHED"
     assert got["validity_end_time"].endswith("Z")
 
-    run_json(*api("deliveries", "create", "--label", "Later", "--subject", "S", "--body", "B",
-                  "--segment", "news"))  # fmt: skip
-    stopped = run_json(*api("deliveries", "stop", "2"))
-    assert stopped["delivery"]["state"] == "STOPPED"
+    run_json(*cli("deliveries create --label Later --subject S --body B --segment news"))
+    assert run_json(*cli("deliveries stop 2"))["delivery"]["state"] == "STOPPED"
 
-    listed = run_json(*api("deliveries", "list"))
-    assert [(d["id"], d["state"]) for d in listed["deliveries"]] == [(2, "STOPPED"), (1, "FINISHED")]
-    finished = run_json(*api("deliveries", "list", "--state", "finished"))
-    assert [d["id"] for d in finished["deliveries"]] == [1]
+    listed = run_json(*cli("deliveries list"))["deliveries"]
+    assert [(d["id"], d["state"]) for d in listed] == [(2, "STOPPED"), (1, "FINISHED")]
+    finished = run_json(*cli("deliveries list --state finished"))["deliveries"]
+    assert [d["id"] for d in finished] == [1]
 
 
 # --- errors ----------------------------------------------------------------------------------
 
 
 def test_errors_are_one_line(cli_pair: CliPair) -> None:
-    api = cli_pair.with_token
+    cli = cli_pair.args
     for command in (
-        ["deliveries", "get", "999"],
-        ["deliveries", "prepare", "999"],
-        ["kpis", "999"],
-        ["watch", "999"],
-        ["logs", "999"],
-        ["stats", "compute", "999"],
+        "deliveries get 999",
+        "deliveries prepare 999",
+        "kpis 999",
+        "watch 999",
+        "logs 999",
+        "stats compute 999",
     ):
-        result = run(*api(*command), code=1)
+        result = run(*cli(command), code=1)
         assert_error(result.stderr, result.stdout, "error: NOT_FOUND: delivery 999 does not exist")
 
-    run(*api("deliveries", "create", "--label", "L", "--subject", "S", "--body", "B",
-             "--recipient", "ann@example.com"))  # fmt: skip
-    early = run(*api("deliveries", "confirm", "1"), code=1)
+    create = "deliveries create --label L --subject S --body B"
+    run(*cli(f"{create} --recipient ann@example.com"))
+    early = run(*cli("deliveries confirm 1"), code=1)
     assert early.stderr.startswith("error: FAILED_PRECONDITION: ")
-    run(*api("deliveries", "prepare", "1"))
+    run(*cli("deliveries prepare 1"))
 
     # The real entry point, without a token.
     anonymous = run_process("--address", cli_pair.address, "deliveries", "confirm", "1")
@@ -439,24 +442,23 @@ def test_errors_are_one_line(cli_pair: CliPair) -> None:
         "(pass --token or set CAMPAIGN_TOKEN)",
     )
     approver = create_operator(cli_pair.database_url, "approver", "--role", "approve_deliveries")
-    denied = run("--address", cli_pair.address, "--token", approver, "deliveries", "confirm", "1",
-                 code=1)  # fmt: skip
+    denied = run(
+        "--address", cli_pair.address, "--token", approver, "deliveries", "confirm", "1", code=1
+    )
     assert_error(
         denied.stderr,
         denied.stdout,
         "error: PERMISSION_DENIED: operator 'approver' lacks the role start_deliveries",
     )
 
-    invalid = run(*api("deliveries", "create", "--label", "L", "--subject", "S", "--body", "B",
-                       "--recipient", "a b@example.com"), code=1)  # fmt: skip
+    invalid = run(*cli(f"{create} --recipient 'a b@example.com'"), code=1)
     assert invalid.stderr.startswith("error: INVALID_ARGUMENT: target.recipients.recipients[0]")
 
     # Usage errors are typer's: exit code 2.
-    assert "--validity" in run(*api("deliveries", "create", "--label", "L", "--subject", "S",
-                                    "--body", "B", "--recipient", "a@example.com",
-                                    "--validity", "soon"), code=2).output  # fmt: skip
-    run(*api("deliveries", "create", "--label", "L", "--subject", "S", "--body", "B"), code=2)
-    run(*api("history"), code=2)
+    late = run(*cli(f"{create} --recipient a@example.com --validity soon"), code=2)
+    assert "--validity" in late.output
+    run(*cli(create), code=2)
+    run(*cli("history"), code=2)
 
 
 def _free_port() -> int:
@@ -481,16 +483,9 @@ def test_unreachable_service() -> None:
 
 
 def test_demo(cli_pair: CliPair) -> None:
-    result = RUNNER.invoke(
-        demo,
-        [
-            "--address", cli_pair.address,
-            "--mta-address", cli_pair.mta_address,
-            "--database-url", cli_pair.database_url,
-            "--recipients", "300",
-            "--validity", "2s",
-        ],
-    )  # fmt: skip
+    pair = f"--address {cli_pair.address} --mta-address {cli_pair.mta_address}"
+    database = f"--database-url {shlex.quote(cli_pair.database_url)}"
+    result = RUNNER.invoke(demo, shlex.split(f"{pair} {database} --recipients 300 --validity 2s"))
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     out = result.stdout
     row(out, "Targeted", "315")
