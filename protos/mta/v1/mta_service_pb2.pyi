@@ -510,6 +510,7 @@ class SetScenarioRequest(_message.Message):
     FAULTS_FIELD_NUMBER: _builtins.int
     RETRY_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     ENGAGEMENT_DELAY_MS_FIELD_NUMBER: _builtins.int
+    HOLD_FEEDBACK_FIELD_NUMBER: _builtins.int
     retry_interval_ms: _builtins.int
     """The time between two attempts of a soft-bouncing message, in
     milliseconds; 0 keeps the current value.
@@ -517,6 +518,11 @@ class SetScenarioRequest(_message.Message):
     engagement_delay_ms: _builtins.int
     """The time between delivery and open, and open and click, in
     milliseconds; 0 keeps the current value.
+    """
+    hold_feedback: _builtins.bool
+    """While true, feedback events are kept in the outbox and not streamed; setting it
+    back to false releases them all at once. For load tests that measure ingest
+    apart from the relay.
     """
     @_builtins.property
     def mix(self) -> Global___Mix:
@@ -533,10 +539,11 @@ class SetScenarioRequest(_message.Message):
         faults: Global___Faults | None = ...,
         retry_interval_ms: _builtins.int = ...,
         engagement_delay_ms: _builtins.int = ...,
+        hold_feedback: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["faults", b"faults", "mix", b"mix"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engagement_delay_ms", b"engagement_delay_ms", "faults", b"faults", "mix", b"mix", "retry_interval_ms", b"retry_interval_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engagement_delay_ms", b"engagement_delay_ms", "faults", b"faults", "hold_feedback", b"hold_feedback", "mix", b"mix", "retry_interval_ms", b"retry_interval_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
