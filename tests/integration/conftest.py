@@ -14,6 +14,7 @@ from mta.v1 import mta_service_pb2_grpc as mta_grpc
 
 from delivery_service import auth, store
 from delivery_service.domain.lifecycle import Role
+from tests.conftest import Servers
 from tests.support.processes import ServerProcess
 
 
@@ -82,4 +83,13 @@ async def pair(
     stub_process = start_mta_stub("--retry-interval-ms", "100", "--engagement-delay-ms", "50")
     service = start_delivery_service(fresh_db_url, stub_process.address)
     async for p in open_pair(service, stub_process, fresh_db_url):
+        yield p
+
+
+@pytest.fixture(scope="module")
+async def module_pair(module_db_url: str, module_servers: Servers) -> AsyncIterator[Pair]:
+    """One pair for the tests of a module that only need isolation by delivery."""
+    stub_process = module_servers.mta_stub("--retry-interval-ms", "100")
+    service = module_servers.delivery_service(module_db_url, stub_process.address)
+    async for p in open_pair(service, stub_process, module_db_url):
         yield p
