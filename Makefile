@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint proto bench clean db-stop
+.PHONY: run test lint proto bench demo clean db-stop
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: $(STAMP)
 	PYTHON=$(PY) tools/gen_protos.sh
 	git diff --exit-code -- protos || (echo "generated code is stale: run make proto and commit" && exit 1)
 	test -z "$$(git status --porcelain -- protos)" || (git status --porcelain -- protos; echo "untracked generated code: run make proto and commit"; exit 1)
+
+## A demo delivery of 3,000 recipients through the stub's seeded mix, live (needs `make run`).
+demo: $(STAMP)
+	$(PY) -m campaign_cli.demo
 
 ## Benchmarks (not part of make test).
 bench: $(STAMP)

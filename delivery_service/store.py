@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import random
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -25,6 +26,8 @@ from delivery_service.domain.addresses import ADDRESS_PATTERN
 from delivery_service.domain.kpis import Counters
 
 Row = dict[str, Any]
+
+log = logging.getLogger(__name__)
 
 # Counter shards per delivery: enough that concurrent batches rarely meet on one row.
 COUNTER_SHARDS = 16
@@ -614,7 +617,8 @@ class Store:
             delivery = await self._lock(conn, delivery_id)
             if delivery["state"] not in (lifecycle.State.SENDING, lifecycle.State.SENT):
                 return False
-            await conn.execute(_q("lock_counters_shared"), {"delivery_ids": [delivery_id]})
+            # Exclusive: no feedback batch changes the counters until the recount below.
+            await conn.execute(_q("lock_counters_exclusive"), {"delivery_id": delivery_id})
             after = 0
             deltas = {delivery_id: fb.empty_deltas()}
             while True:
@@ -633,9 +637,12 @@ class Store:
                         changed.append(message)
                 await self._write_messages(conn, changed)
             await self._add_counters(conn, deltas)
+            # The final figures come from the logs themselves, in the same transaction:
+            # nobody sees FINISHED with figures from before the recount.
+            repaired, _ = await self._recount(conn, delivery_id)
+            if repaired:
+                log.warning("delivery %d: %d counters had drifted, repaired", delivery_id, repaired)
             await conn.execute(_q("set_finished"), {"id": delivery_id})
-        # The final figures come from the logs themselves.
-        await self.compute_stats(delivery_id)
         return True
 
     # --- recurring deliveries --------------------------------------------------------

@@ -202,13 +202,13 @@ WHERE id = %(id)s;
 
 -- name: refresh_stats
 -- The scheduled refresh of Open % and Click %: from the counters, for the
--- deliveries whose figures are older than the stats interval.
+-- deliveries whose figures are older than the stats interval and not final yet.
 UPDATE deliveries d
 SET stats_time = now(), opened_at_stats = c.opened, clicked_at_stats = c.clicked
 FROM (SELECT delivery_id, sum(opened)::bigint AS opened, sum(clicked)::bigint AS clicked
       FROM delivery_counters GROUP BY delivery_id) c
 WHERE c.delivery_id = d.id
-  AND d.state IN ('SENDING', 'SENT', 'FINISHED', 'STOPPED')
+  AND d.state IN ('SENDING', 'SENT')
   AND (d.stats_time IS NULL OR d.stats_time <= now() - %(interval)s::interval)
 RETURNING d.id;
 

@@ -1376,7 +1376,7 @@ class GetProfileHistoryRequest(_message.Message):
     profile_id: _builtins.str
     """A profile's id."""
     email: _builtins.str
-    """An email address: the history of inline recipients with it."""
+    """An email address: every message sent to it, to a profile or inline."""
     page_size: _builtins.int
     """The most messages to return, 1 to 1,000; 0 means 100."""
     page_token: _builtins.str

@@ -1,0 +1,1 @@
+"""`campaign`: the operator CLI of the delivery service; tables for people, `--json` for scripts."""

@@ -1,0 +1,531 @@
+"""The `campaign` commands: parse options, call the client, hand the answers to render."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from delivery.v1 import delivery_service_pb2 as pb
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
+from rich.console import Console, RenderableType
+from typer.core import TyperGroup
+
+from campaign_cli import profiles_csv, render
+from campaign_cli.client import Client
+from campaign_cli.errors import CliError, reported
+from delivery_service.domain.lifecycle import Role
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+# The most profiles one UpsertProfiles call may carry is 10,000; half keeps calls short.
+IMPORT_CHUNK = 5_000
+
+
+class _Group(TyperGroup):
+    """Any command's CliError becomes one `error:` line and exit code 1."""
+
+    def invoke(self, ctx: Any) -> Any:
+        with reported():
+            return super().invoke(ctx)
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="Operate the delivery service: deliveries, their live deployment, KPIs and logs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+operators_app = typer.Typer(help="Operators and their tokens.", no_args_is_help=True)
+profiles_app = typer.Typer(help="Profiles that deliveries target.", no_args_is_help=True)
+deliveries_app = typer.Typer(help="Create and run deliveries.", no_args_is_help=True)
+stats_app = typer.Typer(help="Recompute KPIs from the logs.", no_args_is_help=True)
+app.add_typer(operators_app, name="operators")
+app.add_typer(profiles_app, name="profiles")
+app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(stats_app, name="stats")
+
+
+class Step(enum.StrEnum):
+    TARGET = "target"
+    CONTENT = "content"
+
+
+class StateName(enum.StrEnum):
+    DRAFT = "draft"
+    PREPARED = "prepared"
+    APPROVED = "approved"
+    SENDING = "sending"
+    SENT = "sent"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+
+
+class StatusName(enum.StrEnum):
+    QUEUED = "queued"
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Settings:
+    address: str
+    token: str | None
+    as_json: bool
+    timeout: float
+
+
+DeliveryId = Annotated[int, typer.Argument(metavar="ID", min=1, help="The delivery's id.")]
+PageSize = Annotated[int, typer.Option(min=1, max=1000, help="The most rows a page has.")]
+PageToken = Annotated[str, typer.Option(help="The token a previous page printed.")]
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    address: Annotated[
+        str, typer.Option(envvar="CAMPAIGN_ADDRESS", help="The delivery service, host:port.")
+    ] = DEFAULT_ADDRESS,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CAMPAIGN_TOKEN",
+            show_default=False,
+            help="An operator token (operators create prints one).",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON, one document per line, for scripts.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds each call may take (watch has no limit).")
+    ] = 30.0,
+) -> None:
+    """Operate the delivery service: deliveries, their live deployment, KPIs and logs."""
+    ctx.obj = Settings(address, token or None, as_json, timeout)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.find_root().obj
+    return settings
+
+
+def _client(ctx: typer.Context) -> Client:
+    s = _settings(ctx)
+    # Closed with the command's context, whatever happens in between.
+    return ctx.with_resource(Client(s.address, s.token, s.timeout))
+
+
+def make_console() -> Console:
+    # No markup or emoji codes: labels, subjects and addresses are printed as given.
+    return Console(markup=False, emoji=False, highlight=False)
+
+
+def _show(ctx: typer.Context, data: Message | Mapping[str, Any], *shown: RenderableType) -> None:
+    """`data` as JSON with --json; else the tables and lines in `shown`."""
+    if _settings(ctx).as_json:
+        print(render.dumps(data), flush=True)
+    else:
+        console = make_console()
+        for item in shown:
+            console.print(item)
+
+
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def parse_duration(text: str, option: str) -> duration_pb2.Duration:
+    """`1h30m`, `30m`, `90s`, `2d` → a Duration."""
+    match = _DURATION.fullmatch(text.strip())
+    if not text.strip() or match is None:
+        raise typer.BadParameter(
+            f"{text!r} is not a duration such as 1h, 30m, 90s or 1h30m", param_hint=option
+        )
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return duration_pb2.Duration(seconds=((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(None, f"cannot read {path}: {exc}") from None
+
+
+# --- operators ---------------------------------------------------------------------------
+
+
+@operators_app.command("create")
+def create_operator(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The operator's name, unique.")],
+    role: Annotated[
+        list[Role] | None, typer.Option("--role", help="A role to grant; repeatable.")
+    ] = None,
+    database_url: Annotated[
+        str,
+        typer.Option(envvar="DATABASE_URL", show_default=False, help="The service's database."),
+    ] = "",
+) -> None:
+    """Create an operator in the database and print its token, shown only this once."""
+    if not database_url:
+        raise typer.BadParameter("required, or DATABASE_URL", param_hint="'--database-url'")
+    # Imported here: only this command talks to the database, the others need no driver.
+    from campaign_cli import operators
+
+    roles = list(dict.fromkeys(role or []))
+    token = operators.create(database_url, name, roles, _settings(ctx).timeout)
+    _show(
+        ctx,
+        {"name": name, "roles": [str(r) for r in roles], "token": token},
+        f"Operator {name!r} created with roles {', '.join(roles) or '(none)'}.",
+        "Its token, shown only this once (use it as --token or CAMPAIGN_TOKEN):",
+        token,
+    )
+
+
+# --- profiles ----------------------------------------------------------------------------
+
+
+_PROFILE_FIELD = re.compile(r"^profiles\[(\d+)\]")
+
+
+@profiles_app.command("import")
+def import_profiles(
+    ctx: typer.Context,
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="CSV with a header: profile_id,email[,quarantined][,segments] "
+            "(segments separated by ';').",
+        ),
+    ],
+    chunk_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Profiles sent per call.")
+    ] = IMPORT_CHUNK,
+) -> None:
+    """Create or update profiles from a CSV file, streamed in chunks."""
+    client = _client(ctx)
+    created = updated = 0
+    try:
+        with file.open(encoding="utf-8-sig", newline="") as lines:
+            for chunk in profiles_csv.chunks(lines, chunk_size, file.name):
+                try:
+                    response = client.upsert_profiles(chunk.profiles)
+                except CliError as err:
+                    raise _import_error(err, chunk, file.name, created + updated) from None
+                created += response.created
+                updated += response.updated
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(None, f"cannot read {file}: {exc}") from None
+    _show(
+        ctx,
+        {"file": str(file), "profiles": created + updated, "created": created, "updated": updated},
+        f"Imported {created + updated:,} profiles from {file.name}: "
+        f"{created:,} created, {updated:,} updated.",
+    )
+
+
+def _import_error(err: CliError, chunk: profiles_csv.Chunk, source: str, done: int) -> CliError:
+    """The service's error, pointed at the file's line, saying what was imported before."""
+    where = f"{source} lines {chunk.lines[0]}-{chunk.lines[-1]}"
+    field = _PROFILE_FIELD.match(err.message)
+    if field and int(field.group(1)) < len(chunk.lines):
+        where = f"{source} line {chunk.lines[int(field.group(1))]}"
+    before = f"the {done:,} profiles before it were imported" if done else "nothing was imported"
+    return CliError(err.code, f"{err.message} ({where}; {before})")
+
+
+# --- deliveries --------------------------------------------------------------------------
+
+
+def _recipients(emails: list[str], file: Path | None) -> list[pb.Recipient]:
+    if file is not None:
+        lines = (line.strip() for line in _read_text(file).splitlines())
+        emails = [*emails, *(line for line in lines if line and not line.startswith("#"))]
+    return [pb.Recipient(email=e) for e in emails]
+
+
+@deliveries_app.command("create")
+def create_delivery(
+    ctx: typer.Context,
+    label: Annotated[str, typer.Option(help="A label for people.")],
+    subject: Annotated[str, typer.Option(help="The subject line.")],
+    body: Annotated[str | None, typer.Option(help="The HTML body.")] = None,
+    body_file: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="Read the body from a file.")
+    ] = None,
+    link: Annotated[
+        list[str] | None, typer.Option("--link", help="A tracked link of the body; repeatable.")
+    ] = None,
+    recipient: Annotated[
+        list[str] | None, typer.Option("--recipient", help="An email address; repeatable.")
+    ] = None,
+    recipients_file: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Email addresses, one per line."),
+    ] = None,
+    segment: Annotated[str | None, typer.Option(help="Target every profile of a segment.")] = None,
+    validity: Annotated[
+        str,
+        typer.Option(
+            metavar="DURATION", help="How long soft bounces are retried: 1h, 30m, 90s, 1h30m."
+        ),
+    ] = "1h",
+    efs: Annotated[
+        bool, typer.Option("--efs/--no-efs", help="With the Email Feedback Service or not.")
+    ] = True,
+    approval: Annotated[
+        list[Step] | None,
+        typer.Option("--approval", help="An approval step the send needs; repeatable."),
+    ] = None,
+    request_id: Annotated[
+        str, typer.Option(help="An idempotency key: a repeat returns the same delivery.")
+    ] = "",
+) -> None:
+    """Create a delivery (DRAFT) for a list of addresses or a segment."""
+    if (body is None) == (body_file is None):
+        raise typer.BadParameter("give exactly one of --body and --body-file", param_hint="body")
+    listed = bool(recipient) or recipients_file is not None
+    if listed == (segment is not None):
+        raise typer.BadParameter(
+            "give --recipient/--recipients-file or --segment, one of the two",
+            param_hint="target",
+        )
+    period = parse_duration(validity, "'--validity'")
+    target = (
+        pb.Target(segment=segment)
+        if segment is not None
+        else pb.Target(
+            recipients=pb.RecipientList(recipients=_recipients(recipient or [], recipients_file))
+        )
+    )
+    request = pb.CreateDeliveryRequest(
+        label=label,
+        content=pb.Content(
+            subject=subject,
+            body=_read_text(body_file) if body_file is not None else body or "",
+            links=link or [],
+        ),
+        target=target,
+        validity_period=period,
+        feedback_mode=pb.FEEDBACK_MODE_EFS if efs else pb.FEEDBACK_MODE_WITHOUT_EFS,
+        required_approvals=[_step(s) for s in dict.fromkeys(approval or [])],
+        request_id=request_id,
+    )
+    response = _client(ctx).create_delivery(request)
+    _show(ctx, response, render.delivery_table(response.delivery))
+
+
+def _step(step: Step) -> pb.ApprovalStep.ValueType:
+    return pb.ApprovalStep.Value(f"APPROVAL_STEP_{step.name}")
+
+
+@deliveries_app.command("prepare")
+def prepare(ctx: typer.Context, delivery_id: DeliveryId) -> None:
+    """Analyse the target: how many to deliver, how many dropped and why."""
+    response = _client(ctx).prepare(delivery_id)
+    _show(ctx, response, render.analysis(response))
+
+
+@deliveries_app.command("approve")
+def approve(
+    ctx: typer.Context,
+    delivery_id: DeliveryId,
+    step: Annotated[list[Step], typer.Option("--step", help="The step carried out; repeatable.")],
+) -> None:
+    """Carry out approval steps (role approve_deliveries)."""
+    client = _client(ctx)
+    responses = [client.approve(delivery_id, _step(s)) for s in dict.fromkeys(step)]
+    _show(ctx, responses[-1], render.delivery_table(responses[-1].delivery))
+
+
+@deliveries_app.command("confirm")
+def confirm(
+    ctx: typer.Context,
+    delivery_id: DeliveryId,
+    watch_it: Annotated[
+        bool, typer.Option("--watch", help="Then watch the deployment until it is over.")
+    ] = False,
+) -> None:
+    """Confirm the send (role start_deliveries); confirming again never sends twice."""
+    client = _client(ctx)
+    response = client.confirm(delivery_id)
+    _show(ctx, response, render.delivery_table(response.delivery))
+    if watch_it:
+        _watch(ctx, client, delivery_id)
+
+
+@deliveries_app.command("stop")
+def stop(ctx: typer.Context, delivery_id: DeliveryId) -> None:
+    """Stop a delivery before it finishes (role start_deliveries)."""
+    response = _client(ctx).stop(delivery_id)
+    _show(ctx, response, render.delivery_table(response.delivery))
+
+
+@deliveries_app.command("get")
+def get(ctx: typer.Context, delivery_id: DeliveryId) -> None:
+    """Show one delivery."""
+    response = _client(ctx).get(delivery_id)
+    _show(ctx, response, render.delivery_table(response.delivery))
+
+
+@deliveries_app.command("list")
+def list_deliveries(
+    ctx: typer.Context,
+    state: Annotated[StateName | None, typer.Option(help="Only deliveries in this state.")] = None,
+    page_size: PageSize = 20,
+    page_token: PageToken = "",
+) -> None:
+    """List deliveries, newest first."""
+    request = pb.ListDeliveriesRequest(page_size=page_size, page_token=page_token)
+    if state is not None:
+        request.state = pb.State.Value(f"STATE_{state.name}")
+    response = _client(ctx).list_deliveries(request)
+    _show(
+        ctx,
+        response,
+        render.deliveries_table(response.deliveries),
+        render.next_page(response.next_page_token, "campaign deliveries list"),
+    )
+
+
+# --- deployment, KPIs, logs ----------------------------------------------------------------
+
+
+def _watch(ctx: typer.Context, client: Client, delivery_id: int) -> None:
+    if _settings(ctx).as_json:
+        for update in client.watch(delivery_id):
+            print(render.dumps(update), flush=True)
+    else:
+        show_deployment(client, delivery_id, make_console())
+
+
+def show_deployment(client: Client, delivery_id: int, console: Console) -> None:
+    """The live progress bar until the deployment is over, then the KPI table."""
+    # The delivery once, for the countdown to the end of its validity period.
+    delivery = client.get(delivery_id).delivery
+    seen = False
+    with render.WatchView(console, delivery) as view:
+        for update in client.watch(delivery_id):
+            view.update(update)
+            seen = True
+    if not seen:
+        raise CliError("UNAVAILABLE", "the deployment stream ended before its first update")
+    # Read once more: the figures the service settled on when the stream ended.
+    kpis = client.kpis(delivery_id).kpis
+    console.print(render.kpi_table(kpis, f"KPIs of delivery {delivery_id}"))
+
+
+@app.command("watch")
+def watch(ctx: typer.Context, delivery_id: DeliveryId) -> None:
+    """Show the deployment live until FINISHED or STOPPED, then the KPI table."""
+    _watch(ctx, _client(ctx), delivery_id)
+
+
+@app.command("kpis")
+def kpis(ctx: typer.Context, delivery_id: DeliveryId) -> None:
+    """Show a delivery's KPIs."""
+    response = _client(ctx).kpis(delivery_id)
+    _show(ctx, response, render.kpi_table(response.kpis, f"KPIs of delivery {delivery_id}"))
+
+
+LogPage = pb.ListSendingLogsResponse | pb.GetProfileHistoryResponse
+
+
+def _pages(fetch: Callable[[str], LogPage], token: str, every: bool) -> Iterator[LogPage]:
+    """The page at `token`; with `every`, that page and all the ones after it."""
+    while True:
+        page = fetch(token)
+        yield page
+        token = page.next_page_token
+        if not every or not token:
+            return
+
+
+@app.command("logs")
+def logs(
+    ctx: typer.Context,
+    delivery_id: DeliveryId,
+    status: Annotated[StatusName | None, typer.Option(help="Only logs with this status.")] = None,
+    page_size: PageSize = 100,
+    page_token: PageToken = "",
+    every: Annotated[bool, typer.Option("--all", help="Follow every page to the end.")] = False,
+) -> None:
+    """List the sending logs of a delivery: one row per message."""
+    client = _client(ctx)
+    request = pb.ListSendingLogsRequest(delivery_id=delivery_id, page_size=page_size)
+    if status is not None:
+        request.status = pb.SendingStatus.Value(f"SENDING_STATUS_{status.name}")
+
+    def fetch(token: str) -> LogPage:
+        request.page_token = token
+        return client.sending_logs(request)
+
+    response = pb.ListSendingLogsResponse()
+    for page in _pages(fetch, page_token, every):
+        response.sending_logs.extend(page.sending_logs)
+        response.next_page_token = page.next_page_token
+    _show(
+        ctx,
+        response,
+        render.logs_table(response.sending_logs),
+        render.next_page(response.next_page_token, f"campaign logs {delivery_id}"),
+    )
+
+
+@app.command("history")
+def history(
+    ctx: typer.Context,
+    profile_id: Annotated[str | None, typer.Option(help="A profile's id.")] = None,
+    email: Annotated[str | None, typer.Option(help="An inline recipient's address.")] = None,
+    page_size: PageSize = 100,
+    page_token: PageToken = "",
+    every: Annotated[bool, typer.Option("--all", help="Follow every page to the end.")] = False,
+) -> None:
+    """List the messages sent to a profile or an address, newest first."""
+    if (profile_id is None) == (email is None):
+        raise typer.BadParameter("give --profile-id or --email", param_hint="profile")
+    client = _client(ctx)
+    request = pb.GetProfileHistoryRequest(page_size=page_size)
+    if profile_id is not None:
+        request.profile_id = profile_id
+        again = f"campaign history --profile-id {profile_id}"
+    else:
+        request.email = email or ""
+        again = f"campaign history --email {email}"
+
+    def fetch(token: str) -> LogPage:
+        request.page_token = token
+        return client.history(request)
+
+    response = pb.GetProfileHistoryResponse()
+    for page in _pages(fetch, page_token, every):
+        response.sending_logs.extend(page.sending_logs)
+        response.next_page_token = page.next_page_token
+    _show(
+        ctx,
+        response,
+        render.logs_table(response.sending_logs, with_delivery=True),
+        render.next_page(response.next_page_token, again),
+    )
+
+
+@stats_app.command("compute")
+def compute_stats(ctx: typer.Context, delivery_id: DeliveryId) -> None:
+    """Recount every KPI from the logs, repair drifted counters, refresh Open/Click %."""
+    response = _client(ctx).compute_stats(delivery_id)
+    _show(
+        ctx,
+        response,
+        render.kpi_table(response.kpis, f"KPIs of delivery {delivery_id}, recomputed"),
+        f"Repaired counters: {response.repaired_counters}",
+    )

@@ -1,0 +1,156 @@
+"""Every gRPC call of the CLI: a deadline on each, the operator token, errors as CliError."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+import grpc
+from delivery.v1 import delivery_service_pb2 as pb
+from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
+from mta.v1 import mta_service_pb2 as mta
+from mta.v1 import mta_service_pb2_grpc as mta_grpc
+
+from campaign_cli.errors import CliError
+
+
+class Client:
+    """The delivery service at `address`; use as a context manager to close the channel."""
+
+    def __init__(self, address: str, token: str | None, timeout: float) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._token = token
+        self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        self._channel = grpc.insecure_channel(address)
+        self._stub = pb_grpc.DeliveryServiceStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._channel.close()
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, metadata=self._metadata, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def _error(self, err: Any) -> CliError:
+        code: grpc.StatusCode = err.code()
+        details: str = err.details() or ""
+        # A status made by the client library carries no trailing metadata; the service's
+        # own UNAVAILABLE (its database is down) does, and keeps its message.
+        if code == grpc.StatusCode.UNAVAILABLE and not err.trailing_metadata():
+            return CliError(code.name, f"cannot reach the delivery service at {self.address}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return CliError(
+                code.name,
+                f"no answer from the delivery service at {self.address} "
+                f"within {self.timeout:g} s (--timeout)",
+            )
+        if code == grpc.StatusCode.UNAUTHENTICATED and not self._token:
+            details += " (pass --token or set CAMPAIGN_TOKEN)"
+        return CliError(code.name, details)
+
+    def create_delivery(self, request: pb.CreateDeliveryRequest) -> pb.CreateDeliveryResponse:
+        response: pb.CreateDeliveryResponse = self._call(self._stub.CreateDelivery, request)
+        return response
+
+    def prepare(self, delivery_id: int) -> pb.PrepareDeliveryResponse:
+        response: pb.PrepareDeliveryResponse = self._call(
+            self._stub.PrepareDelivery, pb.PrepareDeliveryRequest(delivery_id=delivery_id)
+        )
+        return response
+
+    def approve(
+        self, delivery_id: int, step: pb.ApprovalStep.ValueType
+    ) -> pb.ApproveDeliveryResponse:
+        response: pb.ApproveDeliveryResponse = self._call(
+            self._stub.ApproveDelivery,
+            pb.ApproveDeliveryRequest(delivery_id=delivery_id, step=step),
+        )
+        return response
+
+    def confirm(self, delivery_id: int) -> pb.ConfirmSendResponse:
+        response: pb.ConfirmSendResponse = self._call(
+            self._stub.ConfirmSend, pb.ConfirmSendRequest(delivery_id=delivery_id)
+        )
+        return response
+
+    def stop(self, delivery_id: int) -> pb.StopDeliveryResponse:
+        response: pb.StopDeliveryResponse = self._call(
+            self._stub.StopDelivery, pb.StopDeliveryRequest(delivery_id=delivery_id)
+        )
+        return response
+
+    def get(self, delivery_id: int) -> pb.GetDeliveryResponse:
+        response: pb.GetDeliveryResponse = self._call(
+            self._stub.GetDelivery, pb.GetDeliveryRequest(delivery_id=delivery_id)
+        )
+        return response
+
+    def list_deliveries(self, request: pb.ListDeliveriesRequest) -> pb.ListDeliveriesResponse:
+        response: pb.ListDeliveriesResponse = self._call(self._stub.ListDeliveries, request)
+        return response
+
+    def watch(self, delivery_id: int) -> Iterator[pb.WatchDeploymentResponse]:
+        """The deployment's updates until FINISHED or STOPPED.
+
+        No deadline: a deployment lasts as long as its validity period.
+        """
+        call = self._stub.WatchDeployment(
+            pb.WatchDeploymentRequest(delivery_id=delivery_id), metadata=self._metadata
+        )
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+        finally:
+            # Ctrl-C or an early exit must not leave the stream open on the server.
+            call.cancel()
+
+    def kpis(self, delivery_id: int) -> pb.GetKpisResponse:
+        response: pb.GetKpisResponse = self._call(
+            self._stub.GetKpis, pb.GetKpisRequest(delivery_id=delivery_id)
+        )
+        return response
+
+    def compute_stats(self, delivery_id: int) -> pb.ComputeStatsResponse:
+        response: pb.ComputeStatsResponse = self._call(
+            self._stub.ComputeStats, pb.ComputeStatsRequest(delivery_id=delivery_id)
+        )
+        return response
+
+    def sending_logs(self, request: pb.ListSendingLogsRequest) -> pb.ListSendingLogsResponse:
+        response: pb.ListSendingLogsResponse = self._call(self._stub.ListSendingLogs, request)
+        return response
+
+    def history(self, request: pb.GetProfileHistoryRequest) -> pb.GetProfileHistoryResponse:
+        response: pb.GetProfileHistoryResponse = self._call(self._stub.GetProfileHistory, request)
+        return response
+
+    def upsert_profiles(self, profiles: list[pb.Profile]) -> pb.UpsertProfilesResponse:
+        response: pb.UpsertProfilesResponse = self._call(
+            self._stub.UpsertProfiles, pb.UpsertProfilesRequest(profiles=profiles)
+        )
+        return response
+
+
+def set_mta_scenario(address: str, request: mta.SetScenarioRequest, timeout: float) -> None:
+    """Sets the MTA stub's fates (its control RPC; only the demo uses it)."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            mta_grpc.MtaServiceStub(channel).SetScenario(request, timeout=timeout)
+        except grpc.RpcError as err:
+            code: grpc.StatusCode = err.code()
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise CliError(code.name, f"cannot reach the MTA stub at {address}") from None
+            raise CliError(code.name, err.details() or "") from None

@@ -1,0 +1,134 @@
+"""`make demo`: a delivery of a few thousand recipients through the stub's seeded mix, live.
+
+With the pair up (`make run`): creates an operator, sets the MTA stub's seeded mix of
+fates, creates, prepares, approves and confirms a delivery in EFS mode, shows the
+progress bar until the delivery is FINISHED, then the KPI table. The stub is set back
+to delivering everything afterwards.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+import typer
+from delivery.v1 import delivery_service_pb2 as pb
+from mta.v1 import mta_service_pb2 as mta
+
+from campaign_cli import operators, render
+from campaign_cli.app import DEFAULT_ADDRESS, make_console, parse_duration, show_deployment
+from campaign_cli.client import Client, set_mta_scenario
+from campaign_cli.errors import CliError, reported
+from delivery_service.domain.lifecycle import Role
+
+DEFAULT_MTA_ADDRESS = "127.0.0.1:50052"
+# The seeded mix: what share of the messages bounce, retry or get opened and clicked.
+MIX = mta.Mix(
+    seed=42,
+    hard_bounce_rate=0.03,
+    soft_then_delivered_rate=0.06,
+    soft_until_expiry_rate=0.02,
+    open_rate=0.4,
+    click_rate=0.3,
+    max_retries=3,
+)
+# Recipients preparation drops, to show its analysis: repeats and undeliverable addresses.
+DUPLICATES = 10
+INVALID = 5
+
+demo = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def _database_url(given: str) -> str:
+    if given:
+        return given
+    try:
+        from tools import embedded_pg, run_pair
+    except ImportError:
+        raise CliError(None, "set DATABASE_URL to the delivery service's database") from None
+    # `make run` without DATABASE_URL: its own database on the embedded server.
+    return embedded_pg.uri(dbname=run_pair.DB_NAME)
+
+
+def _recipients(count: int) -> list[pb.Recipient]:
+    emails = [f"user{i:05d}@demo.example.com" for i in range(count)]
+    emails += emails[:DUPLICATES]
+    emails += [f"user{i}@undeliverable" for i in range(INVALID)]
+    return [pb.Recipient(email=e) for e in emails]
+
+
+@demo.command()
+def run(
+    address: Annotated[
+        str, typer.Option(envvar="CAMPAIGN_ADDRESS", help="The delivery service.")
+    ] = DEFAULT_ADDRESS,
+    mta_address: Annotated[
+        str, typer.Option(envvar="MTA_ADDRESS", help="The MTA stub.")
+    ] = DEFAULT_MTA_ADDRESS,
+    database_url: Annotated[
+        str,
+        typer.Option(
+            envvar="DATABASE_URL",
+            show_default=False,
+            help="The service's database; default: that of `make run`.",
+        ),
+    ] = "",
+    recipients: Annotated[int, typer.Option(min=1, max=100_000)] = 3_000,
+    validity: Annotated[str, typer.Option(metavar="DURATION")] = "30s",
+    timeout: Annotated[float, typer.Option(min=0.1)] = 30.0,
+) -> None:
+    """Send a demo delivery through the stub's seeded mix and watch it live."""
+    period = parse_duration(validity, "'--validity'")
+    console = make_console()
+    with reported():
+        operator = f"demo-{secrets.token_hex(3)}"
+        token = operators.create(
+            _database_url(database_url),
+            operator,
+            [Role.START_DELIVERIES, Role.APPROVE_DELIVERIES],
+            timeout,
+        )
+        console.print(f"Operator {operator} created (roles start_deliveries, approve_deliveries).")
+        set_mta_scenario(mta_address, mta.SetScenarioRequest(mix=MIX), timeout)
+        console.print(
+            f"MTA stub at {mta_address}: seeded mix of {MIX.hard_bounce_rate:.0%} hard bounces, "
+            f"{MIX.soft_then_delivered_rate:.0%} soft then delivered, "
+            f"{MIX.soft_until_expiry_rate:.0%} soft until expiry, "
+            f"{MIX.open_rate:.0%} opened, {MIX.click_rate:.0%} of those clicked."
+        )
+        with Client(address, token, timeout) as client:
+            created = client.create_delivery(
+                pb.CreateDeliveryRequest(
+                    label=f"Demo: {recipients:,} recipients",
+                    content=pb.Content(
+                        subject="Our autumn news",
+                        body='<p>Hello! <a href="https://example.com/news">Read the news</a></p>',
+                        links=["https://example.com/news"],
+                    ),
+                    target=pb.Target(
+                        recipients=pb.RecipientList(recipients=_recipients(recipients))
+                    ),
+                    validity_period=period,
+                    feedback_mode=pb.FEEDBACK_MODE_EFS,
+                    required_approvals=[pb.APPROVAL_STEP_TARGET, pb.APPROVAL_STEP_CONTENT],
+                )
+            )
+            delivery_id = created.delivery.id
+            console.print(render.analysis(client.prepare(delivery_id)))
+            for step in (pb.APPROVAL_STEP_TARGET, pb.APPROVAL_STEP_CONTENT):
+                client.approve(delivery_id, step)
+            confirmed = client.confirm(delivery_id).delivery
+            console.print(
+                f"Approved (target, content) and confirmed by {confirmed.confirmed_by}; "
+                f"validity {render.duration(confirmed.validity_period)}, EFS."
+            )
+            show_deployment(client, delivery_id, console)
+        set_mta_scenario(mta_address, mta.SetScenarioRequest(), timeout)
+
+
+def main() -> None:
+    demo(prog_name="python -m campaign_cli.demo")
+
+
+if __name__ == "__main__":
+    main()

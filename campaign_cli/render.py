@@ -1,0 +1,352 @@
+"""What the CLI prints: rich tables and the progress bar for people, JSON for scripts.
+
+JSON mirrors the API's messages, made easy to script: integers as numbers (not the
+strings of the proto JSON mapping), enums by their short name (`SENT`, not
+`SENDING_STATUS_SENT`; null when unspecified), timestamps in RFC 3339, durations in
+seconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+from delivery.v1 import delivery_service_pb2 as pb
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.message import Message
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+# Rows of dropped recipients a table shows; --json has all the service returned.
+DROPPED_SHOWN = 20
+
+
+# --- JSON ------------------------------------------------------------------------------
+
+
+def enum_name(enum: EnumDescriptor, number: int) -> str | None:
+    """`SENDING_STATUS_SENT` → `SENT`; None for the `_UNSPECIFIED` zero value."""
+    value = enum.values_by_number.get(number)
+    if value is None:
+        return str(number)
+    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
+    name = value.name.removeprefix(prefix)
+    return None if name == "UNSPECIFIED" else name
+
+
+def _value(enum: Any, value: Any) -> Any:
+    # `enum` is the field's EnumDescriptor or None; Any, because descriptors of the upb
+    # backend are a different type in the stubs.
+    if enum is not None:
+        return enum_name(enum, value)
+    if isinstance(value, timestamp_pb2.Timestamp):
+        return value.ToDatetime(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, duration_pb2.Duration):
+        return value.ToTimedelta().total_seconds()
+    if isinstance(value, Message):
+        return to_json(value)
+    return value
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    """A message as a JSON-ready dict; unset message fields are null, as are unset oneofs."""
+    out: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            out[field.name] = {k: _value(value_field.enum_type, v) for k, v in value.items()}
+        elif field.is_repeated:
+            out[field.name] = [_value(field.enum_type, v) for v in value]
+        elif field.has_presence and not message.HasField(field.name):
+            if field.containing_oneof is None:
+                out[field.name] = None
+        else:
+            out[field.name] = _value(field.enum_type, value)
+    return out
+
+
+def dumps(data: Message | Mapping[str, Any]) -> str:
+    """One line of JSON: every document the CLI prints is one line, a stream of them too."""
+    return json.dumps(to_json(data) if isinstance(data, Message) else data)
+
+
+# --- values for people -----------------------------------------------------------------
+
+
+def state(value: pb.State.ValueType) -> str:
+    return enum_name(pb.State.DESCRIPTOR, value) or "-"
+
+
+def mode(value: pb.FeedbackMode.ValueType) -> str:
+    return {pb.FEEDBACK_MODE_EFS: "EFS", pb.FEEDBACK_MODE_WITHOUT_EFS: "without EFS"}.get(
+        value, "-"
+    )
+
+
+def _words(enum: EnumDescriptor, number: int) -> str:
+    """`APPROVAL_STEP_TARGET` → `target`."""
+    return (enum_name(enum, number) or "-").lower().replace("_", " ")
+
+
+def steps(values: Iterable[pb.ApprovalStep.ValueType]) -> str:
+    return ", ".join(_words(pb.ApprovalStep.DESCRIPTOR, v) for v in values) or "none"
+
+
+def when(value: timestamp_pb2.Timestamp, present: bool, *, zone: bool = True) -> str:
+    """A timestamp in UTC, `-` if not `present`; `zone=False` where the header says UTC."""
+    if not present:
+        return "-"
+    text = value.ToDatetime(tzinfo=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{text} UTC" if zone else text
+
+
+def duration(value: duration_pb2.Duration) -> str:
+    """90 s → `1m30s`; the form `--validity` takes."""
+    seconds = value.seconds
+    parts = []
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
+def count(value: int) -> str:
+    return f"{value:,}"
+
+
+def percent(value: float) -> str:
+    return f"{value:.2f} %"
+
+
+def _pairs(title: str, rows: Iterable[tuple[str, str]]) -> Table:
+    table = Table(title=title or None, title_justify="left", show_header=False, box=box.SIMPLE)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+# --- tables ----------------------------------------------------------------------------
+
+
+def delivery_table(d: pb.Delivery) -> Table:
+    rows = [
+        ("Label", d.label),
+        ("State", state(d.state)),
+        ("Feedback", mode(d.feedback_mode)),
+        ("Validity", duration(d.validity_period)),
+        ("Subject", d.content.subject),
+        ("Links", "\n".join(d.content.links) or "-"),
+        ("Approvals", f"{steps(d.approvals)} (required: {steps(d.required_approvals)})"),
+        ("To deliver", count(d.to_deliver)),
+        ("Dropped", count(d.dropped)),
+        ("Created", when(d.create_time, d.HasField("create_time"))),
+        ("Confirmed", when(d.confirm_time, d.HasField("confirm_time"))),
+        ("Confirmed by", d.confirmed_by or "-"),
+        ("Validity ends", when(d.validity_end_time, d.HasField("validity_end_time"))),
+    ]
+    if d.recurring_delivery_id:
+        rows.append(("Recurring", str(d.recurring_delivery_id)))
+    return _pairs(f"Delivery {d.id}", rows)
+
+
+def deliveries_table(deliveries: Iterable[pb.Delivery]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("ID", justify="right")
+    table.add_column("Label")
+    table.add_column("State")
+    table.add_column("Feedback")
+    table.add_column("To deliver", justify="right")
+    table.add_column("Created (UTC)", no_wrap=True)
+    for d in deliveries:
+        table.add_row(
+            str(d.id),
+            d.label,
+            state(d.state),
+            mode(d.feedback_mode),
+            count(d.to_deliver),
+            when(d.create_time, d.HasField("create_time"), zone=False),
+        )
+    return table
+
+
+def analysis(response: pb.PrepareDeliveryResponse) -> RenderableType:
+    d = response.delivery
+    dropped = sum(response.dropped_by_reason.values())
+    rows = [
+        ("State", state(d.state)),
+        ("Targeted", count(response.targeted)),
+        ("To deliver", count(response.to_deliver)),
+        ("Dropped", count(dropped)),
+    ]
+    rows += [
+        (f"  {reason.lower().replace('_', ' ')}", count(n))
+        for reason, n in sorted(response.dropped_by_reason.items())
+    ]
+    if d.state == pb.STATE_PREPARED:
+        rows.append(("Approvals needed", steps(d.required_approvals)))
+    parts: list[RenderableType] = [_pairs(f"Delivery {d.id} prepared", rows)]
+    if response.dropped:
+        recipients = Table("Dropped recipient", "Reason", box=box.SIMPLE_HEAD)
+        for r in response.dropped[:DROPPED_SHOWN]:
+            who = r.recipient.email or f"profile {r.recipient.profile_id}"
+            recipients.add_row(who, _words(pb.DropReason.DESCRIPTOR, r.reason))
+        parts.append(recipients)
+        if dropped > DROPPED_SHOWN:
+            parts.append(f"… and {dropped - DROPPED_SHOWN:,} more (--json lists up to 1,000)")
+    return Group(*parts)
+
+
+def kpi_table(k: pb.Kpis, title: str) -> RenderableType:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("KPI", style="bold")
+    table.add_column("Count", justify="right")
+    table.add_column("%", justify="right")
+    table.add_row("To deliver", count(k.to_deliver), "")
+    table.add_row("Sent (relayed)", count(k.sent), "")
+    table.add_row("Delivered", count(k.delivered), percent(k.delivered_percent))
+    table.add_row("Bounces + errors", count(k.failed), percent(k.bounces_percent))
+    table.add_row("Opened", count(k.opened), percent(k.open_percent))
+    table.add_row("Clicked", count(k.clicked), percent(k.click_percent))
+    table.add_row("Pending", count(k.pending), "")
+    about = _pairs(
+        "",
+        [
+            ("Feedback", mode(k.feedback_mode)),
+            ("Stats time", when(k.stats_time, k.HasField("stats_time"))),
+            ("Final", "yes" if k.final else "no: the validity period is not over"),
+        ],
+    )
+    return Group(table, about)
+
+
+def _failure(log: pb.SendingLog) -> str:
+    if log.status != pb.SENDING_STATUS_FAILED:
+        return ""
+    kind = _words(pb.FailureType.DESCRIPTOR, log.failure_type)
+    return f"{kind}: {_words(pb.FailureReason.DESCRIPTOR, log.failure_reason)}"
+
+
+def logs_table(logs: Iterable[pb.SendingLog], *, with_delivery: bool = False) -> Table:
+    table = Table(box=box.SIMPLE_HEAD)
+    if with_delivery:
+        table.add_column("Delivery", justify="right")
+    table.add_column("Message", justify="right")
+    table.add_column("Recipient")
+    table.add_column("Status")
+    table.add_column("Failure")
+    table.add_column("Relayed (UTC)", no_wrap=True)
+    table.add_column("Opened")
+    table.add_column("Clicked")
+    for log in logs:
+        recipient = log.email + (f" ({log.profile_id})" if log.profile_id else "")
+        row = [
+            str(log.message_id),
+            recipient,
+            enum_name(pb.SendingStatus.DESCRIPTOR, log.status) or "-",
+            _failure(log),
+            when(log.relay_time, log.HasField("relay_time"), zone=False),
+            "yes" if log.opened else "",
+            "yes" if log.clicked else "",
+        ]
+        table.add_row(*([str(log.delivery_id), *row] if with_delivery else row))
+    return table
+
+
+def next_page(token: str, command: str) -> str:
+    return f"More: {command} --page-token {token}" if token else "Last page."
+
+
+# --- the live deployment -----------------------------------------------------------------
+
+
+class _StatusLine:
+    """The line under the bar: feedback so far, and the time left in the validity period."""
+
+    def __init__(self, end: dt.datetime | None) -> None:
+        self.end = end
+        self.counters = ""
+        self.over = False
+
+    def __rich__(self) -> Text:
+        # Rendered at every refresh of the live display, so the countdown moves on its own.
+        parts = [self.counters]
+        if self.end is not None and not self.over:
+            left = int((self.end - dt.datetime.now(dt.UTC)).total_seconds())
+            parts.append(
+                f"validity ends in {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+                if left > 0
+                else "validity over, finishing"
+            )
+        return Text(" · ".join(parts))
+
+
+class WatchView:
+    """The live deployment: a bar of relayed / to deliver with the state, then the feedback."""
+
+    def __init__(self, console: Console, delivery: pb.Delivery) -> None:
+        end = (
+            delivery.validity_end_time.ToDatetime(tzinfo=dt.UTC)
+            if delivery.HasField("validity_end_time")
+            else None
+        )
+        self._progress = Progress(
+            TextColumn("[bold]{task.description:<9}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            console=console,
+        )
+        self._task = self._progress.add_task(state(delivery.state), total=delivery.to_deliver)
+        self._status = _StatusLine(end)
+        self._live = Live(
+            Group(f"Delivery {delivery.id}: {delivery.label}", self._progress, self._status),
+            console=console,
+            refresh_per_second=4,
+        )
+
+    def __enter__(self) -> WatchView:
+        self._live.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._live.stop()
+        if not self._live.console.is_interactive:
+            # Off a terminal the display is printed once, at the end, without a newline.
+            self._live.console.line()
+
+    def update(self, update: pb.WatchDeploymentResponse) -> None:
+        k = update.kpis
+        self._progress.update(
+            self._task,
+            description=state(update.state),
+            total=update.to_deliver,
+            completed=update.relayed,
+        )
+        self._status.counters = (
+            f"delivered {k.delivered:,} · failed {k.failed:,} · pending {k.pending:,}"
+        )
+        self._status.over = update.state in (pb.STATE_FINISHED, pb.STATE_STOPPED)
