@@ -57,10 +57,16 @@ class Engine:
         self._schedule_changed = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._rng = random.Random()
+        self._ending = False
 
     @property
     def scenario(self) -> Scenario:
         return self._scenario
+
+    @property
+    def ending(self) -> bool:
+        """Whether end_streams() was called: every stream ends at its next batch."""
+        return self._ending
 
     def set_scenario(
         self, mix: Mix | None, faults: Faults, retry_interval_ms: int, engagement_delay_ms: int
@@ -108,6 +114,11 @@ class Engine:
         self._scheduler = asyncio.get_running_loop().create_task(
             self._run_scheduler(), name="mta-scheduler"
         )
+
+    def end_streams(self) -> None:
+        """Ends every feedback stream, which would otherwise outlive any shutdown grace."""
+        self._ending = True
+        self._wake_sessions()
 
     async def close(self) -> None:
         if self._scheduler is not None:
@@ -186,9 +197,23 @@ class Session:
         self._wakeup.set()
 
     async def next_batch(self) -> Batch | None:
-        """The next batch to send, once ready; None when the drop fault ends the stream."""
+        """The next batch to send, once ready; None when the stream must end (fault or shutdown)."""
+        while True:
+            faults = await self._ready()
+            if faults is None:
+                return None
+            if faults.max_delay_ms:
+                await asyncio.sleep(self._rng.uniform(0, faults.max_delay_ms) / 1000)
+            # Another stream may have taken the events meanwhile.
+            if self._spool.pending_count() or self._copies:
+                return self._take(faults)
+
+    async def _ready(self) -> Faults | None:
+        """Waits until a batch is worth sending; returns the faults then in force."""
         loop = asyncio.get_running_loop()
         while True:
+            if self._engine.ending:
+                return None
             scenario = self._engine.scenario
             faults = scenario.faults
             if faults.drop_stream_every and self._batches >= faults.drop_stream_every:
@@ -207,11 +232,8 @@ class Session:
                 # Hold a part window long enough for a retry's outcome to overtake its bounce.
                 ready_at = max(ready_at, self._since + 2 * scenario.timing.retry_interval)
             if waiting >= BATCH_MAX or now >= ready_at:
-                break
+                return faults
             await asyncio.sleep(ready_at - now)
-        if faults.max_delay_ms:
-            await asyncio.sleep(self._rng.uniform(0, faults.max_delay_ms) / 1000)
-        return self._take(faults)
 
     def _take(self, faults: Faults) -> Batch:
         copies = self._copies

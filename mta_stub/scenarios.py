@@ -228,7 +228,7 @@ def decide_fate(email: str, message_id: int, mix: Mix | None) -> Fate:
 
 def mix_fate(mix: Mix, message_id: int) -> Fate:
     """The mix's fate for a message: a function of (seed, message_id) alone, not arrival order."""
-    pick, detail, open_draw, click_draw = _uniforms(mix.seed, message_id, 4)
+    pick, detail, open_draw, click_draw = _uniforms(mix.seed, message_id)
     if pick < mix.hard_bounce_rate:
         return make_fate(hard_reason=HARD_REASONS[int(detail * len(HARD_REASONS))])
     pick -= mix.hard_bounce_rate
@@ -242,14 +242,21 @@ def mix_fate(mix: Mix, message_id: int) -> Fate:
     return make_fate(soft_bounces=soft, opened=opened, click_link=0 if clicked else NO_CLICK)
 
 
-def _uniforms(seed: int, message_id: int, count: int) -> list[float]:
-    """count floats in [0, 1) from a splitmix64 stream keyed by seed and message_id."""
-    state = _splitmix(seed & _MASK64) ^ (message_id & _MASK64)
-    draws = []
-    for _ in range(count):
-        state = (state + 0x9E3779B97F4A7C15) & _MASK64
-        draws.append((_splitmix(state) >> 11) / 2**53)
-    return draws
+def _uniforms(seed: int, message_id: int) -> tuple[float, float, float, float]:
+    """Four floats in [0, 1), 32 bits each, from two splitmix64 hashes of seed and message_id."""
+    first = _splitmix(_seed_key(seed) ^ (message_id & _MASK64))
+    second = _splitmix((first + 0x9E3779B97F4A7C15) & _MASK64)
+    return (
+        (first >> 32) / 2**32,
+        (first & 0xFFFFFFFF) / 2**32,
+        (second >> 32) / 2**32,
+        (second & 0xFFFFFFFF) / 2**32,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _seed_key(seed: int) -> int:
+    return _splitmix(seed & _MASK64)
 
 
 def _splitmix(z: int) -> int:

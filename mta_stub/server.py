@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import NamedTuple
 
 import grpc
@@ -73,8 +73,8 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
         outgoing: asyncio.Queue[_Outgoing] = asyncio.Queue(_OUTGOING_LIMIT)
         # One writer (this generator); reading and feeding run beside it.
         tasks = [
-            asyncio.create_task(self._read(requests, session, outgoing)),
-            asyncio.create_task(self._feed(session, outgoing)),
+            asyncio.create_task(_guarded(self._read(requests, session, outgoing), outgoing)),
+            asyncio.create_task(_guarded(self._feed(session, outgoing), outgoing)),
         ]
         try:
             while True:
@@ -179,9 +179,26 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
         while True:
             batch = await session.next_batch()
             if batch is None:
-                await outgoing.put(_End(grpc.StatusCode.UNAVAILABLE, "stream dropped (fault)"))
+                reason = (
+                    "the MTA stub is shutting down"
+                    if self._engine.ending
+                    else "stream dropped by the drop_stream_every fault"
+                )
+                await outgoing.put(_End(grpc.StatusCode.UNAVAILABLE, reason))
                 return
             await outgoing.put(mta_service_pb2.ExchangeResponse(feedback=_feedback(batch)))
+
+
+async def _guarded(work: Awaitable[None], outgoing: asyncio.Queue[_Outgoing]) -> None:
+    """Runs work; a bug in it ends the stream with INTERNAL instead of leaving it hanging."""
+    try:
+        await work
+    except grpc.aio.AbortError:
+        # The call is over (the client cancelled it, or it was aborted); the handler ends too.
+        log.debug("stream ended while reading")
+    except Exception:
+        log.exception("stream failed")
+        await outgoing.put(_End(grpc.StatusCode.INTERNAL, "the MTA stub failed; see its log"))
 
 
 def _relayed(batch: mta_service_pb2.RelayBatch) -> list[Relayed]:
@@ -191,23 +208,19 @@ def _relayed(batch: mta_service_pb2.RelayBatch) -> list[Relayed]:
         raise BadRequest(f"relay.messages: must hold 1 to {MAX_RELAY_MESSAGES}, not {count}")
     relayed = []
     for index, message in enumerate(batch.messages):
-        if message.message_id <= 0:
+        message_id = message.message_id
+        delivery_id = message.delivery_id
+        email = message.email
+        if message_id <= 0:
             raise BadRequest(f"relay.messages[{index}].message_id: must be positive")
-        if message.delivery_id <= 0:
+        if delivery_id <= 0:
             raise BadRequest(f"relay.messages[{index}].delivery_id: must be positive")
-        if not message.email:
+        if not email:
             raise BadRequest(f"relay.messages[{index}].email: required")
         if not message.HasField("expire_time"):
             raise BadRequest(f"relay.messages[{index}].expire_time: required")
         expire = message.expire_time
-        relayed.append(
-            Relayed(
-                message.message_id,
-                message.delivery_id,
-                message.email,
-                expire.seconds + expire.nanos / 1e9,
-            )
-        )
+        relayed.append(Relayed(message_id, delivery_id, email, expire.seconds + expire.nanos / 1e9))
     return relayed
 
 
@@ -257,6 +270,7 @@ class App:
         """Reports NOT_SERVING, lets calls finish for up to grace seconds, then stops."""
         # Sets every service NOT_SERVING and keeps it so while the server drains.
         await self._health.enter_graceful_shutdown()
+        self.engine.end_streams()
         await self.server.stop(grace)
         await self.engine.close()
 
@@ -268,6 +282,8 @@ async def create_server(settings: Settings) -> tuple[grpc.aio.Server, int, App]:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # A second stub on a busy port must fail, not share the port with the first.
+            ("grpc.so_reuseport", 0),
         ]
     )
     mta_service_pb2_grpc.add_MtaServiceServicer_to_server(MtaServicer(engine), server)
