@@ -29,10 +29,11 @@ _TEXT = st.one_of(_SPECIAL_TEXT, st.text(max_size=300))
 _BIG_TEXT = st.integers(min_value=1 << 16, max_value=(1 << 21)).map(lambda n: "y" * n)
 
 
-def _scalar(field: Any) -> st.SearchStrategy[Any]:
+def _scalar(field: Any, big_text: bool) -> st.SearchStrategy[Any]:
     t = field.type
     if t == FieldDescriptor.TYPE_STRING:
-        return st.one_of(_TEXT, _BIG_TEXT) if field.name in ("body", "label") else _TEXT
+        big = big_text and field.name in ("body", "label")
+        return st.one_of(_TEXT, _BIG_TEXT) if big else _TEXT
     if t == FieldDescriptor.TYPE_BYTES:
         return st.binary(max_size=100)
     if t == FieldDescriptor.TYPE_BOOL:
@@ -56,6 +57,8 @@ def _scalar(field: Any) -> st.SearchStrategy[Any]:
 
 
 def _fill(descriptor: Any, depth: int, oversized: bool) -> st.SearchStrategy[dict[str, Any]]:
+    # Big strings and oversized lists only where they cannot multiply each other.
+    big_text = oversized
     parts: dict[str, st.SearchStrategy[Any]] = {}
     for field in descriptor.fields:
         if field.message_type is not None:
@@ -65,7 +68,7 @@ def _fill(descriptor: Any, depth: int, oversized: bool) -> st.SearchStrategy[dic
             inner = _fill(field.message_type, depth - 1, oversized and not field.is_repeated)
             value: st.SearchStrategy[Any] = inner
         else:
-            value = _scalar(field)
+            value = _scalar(field, big_text)
         if field.is_repeated and not oversized:
             value = st.lists(value, max_size=5)
         elif field.is_repeated:
