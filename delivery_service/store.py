@@ -554,10 +554,14 @@ class Store:
         opens and clicks still count.
         """
         message_ids = sorted({e.message_id for e in events})
-        async with self._tx() as conn:
-            delivery_ids = sorted({e.delivery_id for e in events})
+        delivery_ids = sorted({e.delivery_id for e in events})
+        async with self._tx() as conn, conn.pipeline():
+            # Pipelined: the locks, the rows and the event log in one round trip.
             await conn.execute(_q("lock_counters_shared"), {"delivery_ids": delivery_ids})
-            rows = await self._all(conn, "lock_messages", message_ids=message_ids)
+            locked = await conn.execute(_q("lock_messages"), {"message_ids": message_ids})
+            inserted = await self._insert_events(conn, events)
+            rows = await locked.fetchall()
+            new_ids = {r["event_id"] for r in await inserted.fetchall()}
             messages = {r["message_id"]: (self._message_state(r), r["state"]) for r in rows}
             known = [
                 e
@@ -565,7 +569,6 @@ class Store:
                 if e.message_id in messages
                 and messages[e.message_id][0].delivery_id == e.delivery_id
             ]
-            new_ids = await self._insert_events(conn, known)
             deltas: dict[int, dict[str, int]] = {}
             changed: dict[int, fb.MessageState] = {}
             seen: set[str] = set()
@@ -587,22 +590,21 @@ class Store:
 
     async def _insert_events(
         self, conn: psycopg.AsyncConnection[Row], events: Sequence[Event]
-    ) -> set[str]:
-        if not events:
-            return set()
-        rows = await self._all(
-            conn,
-            "insert_events",
-            event_ids=[e.event_id for e in events],
-            message_ids=[e.message_id for e in events],
-            delivery_ids=[e.delivery_id for e in events],
-            kinds=[int(e.kind) for e in events],
-            reasons=[e.reason for e in events],
-            attempts=[e.attempt for e in events],
-            link_indexes=[e.link_index for e in events],
-            event_times=[e.event_time for e in events],
+    ) -> psycopg.AsyncCursor[Row]:
+        """Logs the events of known messages; the cursor yields the ids new to the log."""
+        return await conn.execute(
+            _q("insert_events"),
+            dict(
+                event_ids=[e.event_id for e in events],
+                message_ids=[e.message_id for e in events],
+                delivery_ids=[e.delivery_id for e in events],
+                kinds=[int(e.kind) for e in events],
+                reasons=[e.reason for e in events],
+                attempts=[e.attempt for e in events],
+                link_indexes=[e.link_index for e in events],
+                event_times=[e.event_time for e in events],
+            ),
         )
-        return {r["event_id"] for r in rows}
 
     # --- end of validity -------------------------------------------------------------
 

@@ -257,13 +257,16 @@ ORDER BY s.message_id
 FOR UPDATE OF s;
 
 -- name: insert_events
--- Logs feedback events; returns the ids of those not seen before.
+-- Logs the feedback events of known messages; returns the ids not seen before.
 INSERT INTO feedback_events (event_id, message_id, delivery_id, kind, reason, attempt,
                              link_index, event_time)
-SELECT * FROM unnest(%(event_ids)s::text[], %(message_ids)s::bigint[],
-                     %(delivery_ids)s::bigint[], %(kinds)s::smallint[],
-                     %(reasons)s::smallint[], %(attempts)s::integer[],
-                     %(link_indexes)s::integer[], %(event_times)s::timestamptz[])
+SELECT e.*
+FROM unnest(%(event_ids)s::text[], %(message_ids)s::bigint[],
+            %(delivery_ids)s::bigint[], %(kinds)s::smallint[],
+            %(reasons)s::smallint[], %(attempts)s::integer[],
+            %(link_indexes)s::integer[], %(event_times)s::timestamptz[])
+     AS e (event_id, message_id, delivery_id, kind, reason, attempt, link_index, event_time)
+JOIN sending_logs s ON s.message_id = e.message_id AND s.delivery_id = e.delivery_id
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id;
 

@@ -258,7 +258,8 @@ def test_settings_replace_mix_and_faults_and_keep_unset_intervals() -> None:
 def _admission(message_id: int, delivery_id: int = 7, email: str = "x@example.com") -> Transition:
     fate = scenarios.decide_fate(email, message_id, None)
     step = scenarios.first_step(fate, NOW, FAR)
-    return Transition(scenarios.make_event(message_id, delivery_id, fate, step), None)
+    event = scenarios.make_event(message_id, delivery_id, fate, step)
+    return Transition(message_id, delivery_id, event, None)
 
 
 def test_the_spool_holds_each_message_once() -> None:
@@ -296,7 +297,7 @@ def test_scheduled_steps_fire_in_time_order() -> None:
     nxt = scenarios.next_step(fate, step, FAR, TIMING)
     assert nxt is not None
     follow = Scheduled(nxt.due, 1, 7, FAR, fate, nxt.kind, nxt.attempt)
-    spool.accept([Transition(scenarios.make_event(1, 7, fate, step), follow)])
+    spool.accept([Transition(1, 7, scenarios.make_event(1, 7, fate, step), follow)])
     assert spool.outcomes(7).in_flight == 1
     assert spool.next_due() == NOW + 10
     fired: list[Scheduled] = []
@@ -304,7 +305,7 @@ def test_scheduled_steps_fire_in_time_order() -> None:
     def advance(scheduled: Scheduled) -> Transition:
         fired.append(scheduled)
         s = Step(scheduled.kind, scheduled.attempt, scheduled.due)
-        return Transition(scenarios.make_event(1, 7, fate, s), None)
+        return Transition(1, 7, scenarios.make_event(1, 7, fate, s), None)
 
     assert spool.fire_due(NOW + 9, 100, advance) == 0
     assert spool.fire_due(NOW + 10, 100, advance) == 1
