@@ -48,10 +48,15 @@ def call_mta(address: str, method: str, request: Any) -> Any:
 
 
 def start_delivery(
-    database_url: str, service: str, stub: str, n: int, validity_seconds: int
+    database_url: str,
+    service: str,
+    stub: str,
+    n: int,
+    validity_seconds: int,
+    faults: mta.Faults | None = None,
 ) -> int:
-    """Sets the stub's mix, loads n profiles, and confirms a delivery to them (EFS)."""
-    call_mta(stub, "SetScenario", mta.SetScenarioRequest(mix=MIX))
+    """Sets the stub's mix (and faults), loads n profiles, confirms a delivery to them (EFS)."""
+    call_mta(stub, "SetScenario", mta.SetScenarioRequest(mix=MIX, faults=faults))
     for start in range(0, n, 5000):
         call(
             service,
