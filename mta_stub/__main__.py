@@ -10,6 +10,7 @@ import sys
 
 from mta_stub.config import Settings, parse_settings
 from mta_stub.server import create_server
+from mta_stub.spool import SpoolError
 
 log = logging.getLogger("mta_stub")
 
@@ -41,7 +42,7 @@ def main() -> int:
     logging.getLogger("grpc").setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         asyncio.run(serve(settings))
-    except OSError as exc:
+    except (OSError, SpoolError) as exc:
         log.error("%s", exc)
         return 1
     return 0

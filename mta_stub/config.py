@@ -19,6 +19,8 @@ class Settings:
     retry_interval_ms: int = 1000
     engagement_delay_ms: int = 200
     grace_seconds: float = 5.0
+    # A SQLite file; empty: in memory, lost when the stub stops.
+    spool: str = ""
 
     @property
     def address(self) -> str:
@@ -71,6 +73,14 @@ def parse_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Se
         _non_negative_float,
         "seconds that calls in progress get to finish on shutdown",
     )
+    parser.add_argument(
+        "--spool",
+        metavar="PATH",
+        default=environ.get("MTA_SPOOL", defaults.spool),
+        help="SQLite file keeping what the stub acknowledged (messages, schedule, unacknowledged"
+        " events, outcomes, scenario) across restarts and kill -9; created if missing"
+        " (env MTA_SPOOL, default: in memory)",
+    )
     args = parser.parse_args(argv)
     return Settings(
         host=args.host,
@@ -79,6 +89,7 @@ def parse_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Se
         retry_interval_ms=args.retry_interval_ms,
         engagement_delay_ms=args.engagement_delay_ms,
         grace_seconds=args.grace,
+        spool=args.spool,
     )
 
 

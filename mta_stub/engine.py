@@ -25,6 +25,8 @@ BATCH_MAX = 500
 FLUSH_SECONDS = 0.02
 # Steps fired in one go before the scheduler lets the streams run.
 FIRE_LIMIT = 5000
+# Batches a stream may have unacknowledged: feedback goes as fast as the client acks.
+WINDOW_BATCHES = 64
 
 
 class Relayed(NamedTuple):
@@ -51,8 +53,10 @@ class Engine:
     """The stub's behaviour over a Spool; start() before use, close() after."""
 
     def __init__(self, timing: Timing, spool: Spool | None = None) -> None:
-        self._scenario = Scenario(timing)
         self._spool = spool if spool is not None else Spool()
+        # A spool that outlived a stub keeps its last SetScenario; the flags apply otherwise.
+        saved = self._spool.scenario()
+        self._scenario = saved if saved is not None else Scenario(timing)
         self._sessions: set[Session] = set()
         self._schedule_changed = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
@@ -69,13 +73,22 @@ class Engine:
         return self._ending
 
     def set_scenario(
-        self, mix: Mix | None, faults: Faults, retry_interval_ms: int, engagement_delay_ms: int
+        self,
+        mix: Mix | None,
+        faults: Faults,
+        retry_interval_ms: int,
+        engagement_delay_ms: int,
+        hold_feedback: bool = False,
     ) -> None:
-        """Replaces mix and faults; raises scenarios.ScenarioError on a bad value."""
-        self._scenario = scenarios.update_scenario(
-            self._scenario, mix, faults, retry_interval_ms, engagement_delay_ms
+        """Replaces mix, faults and hold; raises scenarios.ScenarioError on a bad value."""
+        scenario = scenarios.update_scenario(
+            self._scenario, mix, faults, retry_interval_ms, engagement_delay_ms, hold_feedback
         )
-        log.info("scenario set: %s", self._scenario)
+        self._spool.save_scenario(scenario)
+        self._scenario = scenario
+        log.info("scenario set: %s", scenario)
+        # Held feedback may be released, faults changed.
+        self._wake_sessions()
 
     def outcomes(self, delivery_id: int) -> Outcomes:
         return self._spool.outcomes(delivery_id)
@@ -89,6 +102,13 @@ class Engine:
         for message_id, delivery_id, email, expire_at in messages:
             fate = scenarios.decide_fate(email, message_id, mix)
             step = scenarios.first_step(fate, now, expire_at)
+            if step.due > now:
+                # A delayed first step: nothing happens at acceptance.
+                later = Scheduled(
+                    step.due, message_id, delivery_id, expire_at, fate, step.kind, step.attempt
+                )
+                admissions.append(Transition(message_id, delivery_id, None, later))
+                continue
             admissions.append(_transition(message_id, delivery_id, expire_at, fate, step, timing))
         accepted, duplicates = self._spool.accept(admissions)
         if accepted:
@@ -121,11 +141,13 @@ class Engine:
         self._wake_sessions()
 
     async def close(self) -> None:
+        """Stops the scheduler and closes the spool."""
         if self._scheduler is not None:
             self._scheduler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._scheduler
             self._scheduler = None
+        self._spool.close()
 
     def _wake_sessions(self) -> None:
         for session in self._sessions:
@@ -164,7 +186,7 @@ def _transition(
     event = scenarios.make_event(message_id, delivery_id, fate, step)
     following = scenarios.next_step(fate, step, expire_at, timing)
     if following is None:
-        return Transition(event, None)
+        return Transition(message_id, delivery_id, event, None)
     follow_up = Scheduled(
         following.due,
         message_id,
@@ -174,7 +196,7 @@ def _transition(
         following.kind,
         following.attempt,
     )
-    return Transition(event, follow_up)
+    return Transition(message_id, delivery_id, event, follow_up)
 
 
 class Session:
@@ -219,7 +241,11 @@ class Session:
             if faults.drop_stream_every and self._batches >= faults.drop_stream_every:
                 return None
             waiting = self._spool.pending_count() + len(self._copies)
-            if waiting == 0:
+            held = (
+                scenario.hold_feedback
+                or self._spool.unacknowledged_batches(self.stream) >= WINDOW_BATCHES
+            )
+            if waiting == 0 or held:
                 self._since = None
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -255,7 +281,9 @@ class Session:
         """Forgets an acknowledged batch's events; acking twice is harmless."""
         if not 1 <= seq <= self._last_seq:
             raise AckError(f"ack.seq: {seq} was never sent on this stream")
-        self._spool.ack(self.stream, seq)
+        if self._spool.ack(self.stream, seq):
+            # The window may have room again.
+            self.wake()
 
 
 def _shuffled_windows(events: list[Event], window: int, rng: random.Random) -> list[Event]:

@@ -6,13 +6,17 @@ Enum values match mta.v1 so the servicer converts them by value.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import re
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
 
 MAX_SOFT_BOUNCES = 100
+# The longest delay-<ms> pattern: a day.
+MAX_DELAY_MS = 86_400_000
 DEFAULT_MAX_RETRIES = 3
 _INT32_MAX = 2**31 - 1
 _MASK64 = 2**64 - 1
@@ -56,6 +60,9 @@ NO_CLICK = -1
 
 _SOFT = re.compile(r"soft-([0-9]{1,3})")
 _CLICK = re.compile(r"click-([0-9]{1,10})")
+_DELAY = re.compile(r"delay-([0-9]{1,8})")
+# Every pattern's local part starts with one of these: other addresses skip the parsing.
+_PATTERN_START = re.compile(r"hard|soft|open|click|delay", re.IGNORECASE)
 
 
 class ScenarioError(ValueError):
@@ -73,6 +80,8 @@ class Fate:
     soft_bounces: int = 0
     opened: bool = False
     click_link: int = NO_CLICK
+    # Delivered this long after acceptance, instead of at once.
+    delay_ms: int = 0
 
 
 # Interned: a million messages share a handful of fates instead of owning one each.
@@ -82,8 +91,9 @@ def make_fate(
     soft_bounces: int = 0,
     opened: bool = False,
     click_link: int = NO_CLICK,
+    delay_ms: int = 0,
 ) -> Fate:
-    return Fate(hard_reason, soft_bounces, opened or click_link != NO_CLICK, click_link)
+    return Fate(hard_reason, soft_bounces, opened or click_link != NO_CLICK, click_link, delay_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +134,23 @@ class Scenario:
     timing: Timing
     mix: Mix | None = None
     faults: Faults = field(default_factory=Faults)
+    # Events are kept in the outbox, none streamed, while this is set.
+    hold_feedback: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Scenario:
+        """The scenario to_json wrote."""
+        data = json.loads(text)
+        mix = data["mix"]
+        return cls(
+            timing=Timing(**data["timing"]),
+            mix=None if mix is None else Mix(**mix),
+            faults=Faults(**data["faults"]),
+            hold_feedback=data["hold_feedback"],
+        )
 
 
 def update_scenario(
@@ -132,8 +159,9 @@ def update_scenario(
     faults: Faults,
     retry_interval_ms: int,
     engagement_delay_ms: int,
+    hold_feedback: bool = False,
 ) -> Scenario:
-    """The scenario after a SetScenario: mix and faults replaced, intervals kept when 0.
+    """The scenario after a SetScenario: mix, faults and hold replaced, intervals kept when 0.
 
     Raises ScenarioError naming the first bad field.
     """
@@ -152,7 +180,7 @@ def update_scenario(
         retry_interval_ms / 1000 if retry_interval_ms else current.timing.retry_interval,
         engagement_delay_ms / 1000 if engagement_delay_ms else current.timing.engagement_delay,
     )
-    return Scenario(timing=timing, mix=mix, faults=faults)
+    return Scenario(timing=timing, mix=mix, faults=faults, hold_feedback=hold_feedback)
 
 
 def _checked_mix(mix: Mix) -> Mix:
@@ -197,6 +225,8 @@ def local_part(email: str) -> str:
 
 def pattern_fate(email: str) -> Fate | None:
     """The fate a documented address pattern gives, or None when the address matches none."""
+    if not _PATTERN_START.match(email):
+        return None
     local = local_part(email)
     if local == "hard":
         return make_fate(hard_reason=BounceReason.USER_UNKNOWN)
@@ -213,6 +243,9 @@ def pattern_fate(email: str) -> Fate | None:
     if match := _CLICK.fullmatch(local):
         link = int(match[1])
         return make_fate(click_link=link) if link <= _INT32_MAX else None
+    if match := _DELAY.fullmatch(local):
+        delay_ms = int(match[1])
+        return make_fate(delay_ms=delay_ms) if delay_ms <= MAX_DELAY_MS else None
     return None
 
 
@@ -239,7 +272,8 @@ def mix_fate(mix: Mix, message_id: int) -> Fate:
         return make_fate(soft_bounces=UNTIL_EXPIRY)
     opened = open_draw < mix.open_rate
     clicked = opened and click_draw < mix.click_rate
-    return make_fate(soft_bounces=soft, opened=opened, click_link=0 if clicked else NO_CLICK)
+    # Positional: lru_cache keys keyword calls more slowly, and this runs per message.
+    return make_fate(BounceReason.UNSPECIFIED, soft, opened, 0 if clicked else NO_CLICK)
 
 
 def _uniforms(seed: int, message_id: int) -> tuple[float, float, float, float]:
@@ -274,9 +308,18 @@ class Step(NamedTuple):
 
 
 def first_step(fate: Fate, now: float, expire_at: float) -> Step:
-    """The first attempt, right after acceptance; a message already expired is given up."""
+    """The first attempt, right after acceptance; a message already expired is given up.
+
+    Only a delayed fate's first step is due after now: DELIVERED after the delay, or
+    EXPIRED at expire_at if that comes first.
+    """
     if now > expire_at:
         return Step(EventKind.EXPIRED, 1, expire_at)
+    if fate.delay_ms:
+        due = now + fate.delay_ms / 1000
+        if due > expire_at:
+            return Step(EventKind.EXPIRED, 1, expire_at)
+        return Step(EventKind.DELIVERED, 1, due)
     if fate.hard_reason is not BounceReason.UNSPECIFIED:
         return Step(EventKind.HARD_BOUNCE, 1, now)
     if fate.soft_bounces != 0:

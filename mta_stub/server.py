@@ -18,6 +18,7 @@ from mta.v1 import mta_service_pb2, mta_service_pb2_grpc
 from mta_stub.config import Settings
 from mta_stub.engine import AckError, Batch, Engine, Relayed, Session
 from mta_stub.scenarios import BounceReason, EventKind, Faults, Mix, ScenarioError, Timing
+from mta_stub.spool import IN_MEMORY, Spool
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,11 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
         )
         try:
             self._engine.set_scenario(
-                mix, faults, request.retry_interval_ms, request.engagement_delay_ms
+                mix,
+                faults,
+                request.retry_interval_ms,
+                request.engagement_delay_ms,
+                request.hold_feedback,
             )
         except ScenarioError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -276,8 +281,14 @@ class App:
 
 
 async def create_server(settings: Settings) -> tuple[grpc.aio.Server, int, App]:
-    """A bound, not yet started server; returns it, the port bound (for port 0), and the app."""
-    engine = Engine(Timing(settings.retry_interval_ms / 1000, settings.engagement_delay_ms / 1000))
+    """A bound, not yet started server; returns it, the port bound (for port 0), and the app.
+
+    Raises OSError if the port cannot be bound, spool.SpoolError if the spool cannot be used.
+    """
+    spool = Spool(settings.spool or IN_MEMORY)
+    engine = Engine(
+        Timing(settings.retry_interval_ms / 1000, settings.engagement_delay_ms / 1000), spool
+    )
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -303,5 +314,6 @@ async def create_server(settings: Settings) -> tuple[grpc.aio.Server, int, App]:
     try:
         port = server.add_insecure_port(settings.address)
     except RuntimeError as exc:
+        spool.close()
         raise OSError(f"cannot listen on {settings.address}: {exc}") from exc
     return server, port, App(server, engine, health_servicer)

@@ -1,22 +1,61 @@
-"""The stub's state: messages held, the retry schedule, and the feedback outbox.
+"""The stub's state: messages held, the retry schedule, the feedback outbox, the outcomes.
 
-Every change of state goes through Spool, so that a durable spool can replace
-this in-memory one without touching the rest. State is kept compact for a
-million messages: a message whose timeline is over leaves only its id behind
-(for deduplication), a message with steps to come is one heap entry, and an
-event is one tuple until the client acknowledges it.
+Every change of state goes through Spool, in SQLite: in a file with --spool, so that
+what the stub acknowledged survives its own kill -9, else in memory (':memory:'), with
+the same code. Each change is one transaction: a relay batch, a round of steps fired,
+an acknowledgement. The outcome record changes in the transaction of what it counts,
+so it stays exact across a crash.
+
+Memory stays bounded: the held ids, the schedule and the outbox live in SQLite only.
+Memory keeps the outcome record (a row per delivery, so that GetOutcomes runs no query)
+and, per open stream, the id ranges of the batches sent and not acknowledged.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
-from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
-from typing import NamedTuple
+import contextlib
+import dataclasses
+import json
+import re
+import sqlite3
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from typing import Any, NamedTuple
 
-from mta_stub.scenarios import Event, EventKind, Fate
+from mta_stub.scenarios import (
+    BounceReason,
+    Event,
+    EventKind,
+    Fate,
+    Scenario,
+    is_final,
+    make_fate,
+)
+
+IN_MEMORY = ":memory:"
+# The schema's version, in PRAGMA user_version: a spool made by another one is refused.
+SCHEMA_VERSION = 1
+# Enough page cache for the hot ends of the tables (the newest ids, the earliest steps).
+_CACHE_KIB = 64 * 1024
+
+
+def _load_queries() -> dict[str, str]:
+    text = (resources.files("mta_stub") / "spool.sql").read_text("utf-8")
+    queries: dict[str, str] = {}
+    for chunk in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
+        name, _, body = chunk.partition("\n")
+        lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
+        queries[name.strip()] = "\n".join(lines).strip()
+    return queries
+
+
+_Q = _load_queries()
+
+
+class SpoolError(Exception):
+    """The spool file cannot be used; str() says why."""
 
 
 class Scheduled(NamedTuple):
@@ -32,9 +71,11 @@ class Scheduled(NamedTuple):
 
 
 class Transition(NamedTuple):
-    """An event that happens now, and the message's next step if any."""
+    """What happens to a message now (its event, if any), and its next step (if any)."""
 
-    event: Event
+    message_id: int
+    delivery_id: int
+    event: Event | None
     follow_up: Scheduled | None
 
 
@@ -58,100 +99,277 @@ class Outcomes:
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
-class Spool:
-    """In-memory spool. Not thread-safe: used from one event loop."""
+# An id range of the outbox, (after, upto]. A batch, or what is left of one, owns every
+# event in its ranges: ranges never overlap, and new events get ids above all of them.
+_Range = tuple[int, int]
 
-    def __init__(self) -> None:
-        self._held: set[int] = set()
-        self._schedule: list[Scheduled] = []
-        # Events not handed to any stream yet, oldest first.
-        self._outbox: deque[Event] = deque()
-        # Per stream, the events of each feedback batch not acknowledged yet.
-        self._sent: dict[int, dict[int, list[Event]]] = {}
-        self._last_seq: dict[int, int] = {}
-        self._stream_ids = itertools.count(1)
-        self._outcomes: dict[int, Outcomes] = {}
+
+@dataclass(slots=True)
+class _Batch:
+    """A feedback batch sent on a stream and not acknowledged yet."""
+
+    ranges: list[_Range]
+    size: int
+    per_delivery: Counter[int]
+
+
+@dataclass(slots=True)
+class _Stream:
+    last_seq: int = 0
+    batches: dict[int, _Batch] = field(default_factory=dict)
+
+
+_KIND = {kind.value: kind for kind in EventKind}
+_REASON = {reason.value: reason for reason in BounceReason}
+# Bound as plain ints: sqlite3's default path for an int subclass is much slower.
+sqlite3.register_adapter(EventKind, int)
+sqlite3.register_adapter(BounceReason, int)
+
+
+class Spool:
+    """The SQLite spool. Not thread-safe: used from one event loop."""
+
+    def __init__(self, path: str = IN_MEMORY) -> None:
+        """Opens the spool at path, creating it if need be; raises SpoolError if it cannot."""
+        self.path = path
+        try:
+            # No busy timeout: a killed stub's lock is gone with it, a live one's stays.
+            self._db = sqlite3.connect(path, timeout=0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot open the spool {path}: {exc}") from exc
+        try:
+            self._prepare()
+            self._outcomes = {
+                row[0]: Outcomes(*row[1:]) for row in self._db.execute(_Q["all_outcomes"])
+            }
+            stored, last_id = self._db.execute(_Q["event_ids"]).fetchone()
+        except (sqlite3.Error, SpoolError) as exc:
+            self._db.close()
+            if isinstance(exc, SpoolError):
+                raise
+            hint = " (another stub is using it)" if "locked" in str(exc) else ""
+            raise SpoolError(f"cannot use the spool {path}: {exc}{hint}") from exc
+        self._stored: int = stored
+        self._last_event_id: int = last_id
+        # Events handed to a stream since the spool opened: ids up to here. Streams do
+        # not outlive the process, so after a restart every stored event is sent again.
+        self._cursor = 0
+        # Ranges of closed streams' unacknowledged batches: first in line.
+        self._requeued: deque[_Range] = deque()
+        self._streams: dict[int, _Stream] = {}
+        self._next_stream = 1
+        self._in_streams = 0
+
+    def _prepare(self) -> None:
+        db = self._db
+        # One stub per spool: the lock, taken by the first transaction, is held until
+        # close, or death, when the OS drops it. Set before WAL: no shared-memory index.
+        db.execute("PRAGMA locking_mode = EXCLUSIVE")
+        # WAL with synchronous=NORMAL: a commit is a write() to the WAL, no fsync. That
+        # survives a kill of the process (the OS holds the pages), the crash the stub must
+        # survive; the last commits may be lost to a power cut, the spool stays consistent.
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+        with self._transaction():
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                for statement in _Q["schema"].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise SpoolError(
+                    f"the spool {self.path} has schema version {version}; "
+                    f"this stub reads version {SCHEMA_VERSION}"
+                )
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- the scenario ----------------------------------------------------------------------
+
+    def scenario(self) -> Scenario | None:
+        """The scenario saved last, or None if none was."""
+        row = self._db.execute(_Q["load_scenario"]).fetchone()
+        return None if row is None else Scenario.from_json(row[0])
+
+    def save_scenario(self, scenario: Scenario) -> None:
+        with self._transaction() as db:
+            db.execute(_Q["save_scenario"], (scenario.to_json(),))
+
+    # --- messages and the schedule ---------------------------------------------------------
 
     def accept(self, admissions: Iterable[Transition]) -> tuple[int, int]:
-        """Holds each new message and records its first event; returns (accepted, duplicates).
+        """Holds each new message, records its first event, schedules its next step.
 
-        A message already held (earlier, or earlier in the same batch) is only counted.
+        One transaction, committed when this returns. A message already held (earlier,
+        before a restart, or earlier in the same batch) is only counted. Returns
+        (accepted, duplicates).
         """
-        accepted = duplicates = 0
-        for event, follow_up in admissions:
-            counts = self._counts(event.delivery_id)
-            if event.message_id in self._held:
-                duplicates += 1
-                counts.duplicates += 1
-                continue
-            self._held.add(event.message_id)
-            accepted += 1
-            counts.accepted += 1
-            counts.in_flight += 1
-            self._record(event, counts)
-            if follow_up is not None:
-                heapq.heappush(self._schedule, follow_up)
-        return accepted, duplicates
+        admissions = list(admissions)
+        events: list[Event] = []
+        steps: list[Scheduled] = []
+        accepted_in = Counter[int]()
+        duplicates_in = Counter[int]()
+        with self._transaction() as db:
+            ids = json.dumps([admission.message_id for admission in admissions])
+            new = {row[0] for row in db.execute(_Q["hold_new"], (ids,))}
+            accepted = len(new)
+            for message_id, delivery_id, event, follow_up in admissions:
+                if message_id not in new:
+                    duplicates_in[delivery_id] += 1
+                    continue
+                # Taken: the same id later in this batch is a duplicate.
+                new.discard(message_id)
+                accepted_in[delivery_id] += 1
+                if event is not None:
+                    events.append(event)
+                if follow_up is not None:
+                    steps.append(follow_up)
+            deltas: dict[int, Outcomes] = {}
+            for delivery_id, n in accepted_in.items():
+                counts = _delta(deltas, delivery_id)
+                counts.accepted += n
+                counts.in_flight += n
+            for delivery_id, n in duplicates_in.items():
+                _delta(deltas, delivery_id).duplicates += n
+            _tally(deltas, events)
+            db.executemany(_Q["insert_step"], map(_step_row, steps))
+            self._insert_events(db, events)
+            self._add_outcomes(db, deltas)
+        self._committed(deltas, len(events))
+        return accepted, len(admissions) - accepted
 
     def next_due(self) -> float | None:
         """When the earliest scheduled step is due, or None when nothing is scheduled."""
-        return self._schedule[0].due if self._schedule else None
+        due: float | None = self._db.execute(_Q["next_due"]).fetchone()[0]
+        return due
 
     def fire_due(self, now: float, limit: int, advance: Callable[[Scheduled], Transition]) -> int:
-        """Fires up to limit steps due by now; advance turns each into its event and next step."""
-        fired = 0
-        schedule = self._schedule
-        while fired < limit and schedule and schedule[0].due <= now:
-            event, follow_up = advance(heapq.heappop(schedule))
-            self._record(event, self._counts(event.delivery_id))
-            if follow_up is not None:
-                heapq.heappush(schedule, follow_up)
-            fired += 1
-        return fired
+        """Fires up to limit steps due by now, in one transaction; returns how many.
+
+        advance turns each step into its event and the message's next step.
+        """
+        events: list[Event] = []
+        follow_ups: list[Scheduled] = []
+        with self._transaction() as db:
+            rows = db.execute(_Q["due_steps"], (now, limit)).fetchall()
+            if not rows:
+                return 0
+            for row in rows:
+                _message_id, _delivery_id, event, follow_up = advance(_scheduled(row))
+                if event is not None:
+                    events.append(event)
+                if follow_up is not None:
+                    follow_ups.append(follow_up)
+            deltas: dict[int, Outcomes] = {}
+            _tally(deltas, events)
+            # The rows read are a prefix of the key: delete them in one range.
+            db.execute(_Q["delete_steps_through"], rows[-1][:2])
+            db.executemany(_Q["insert_step"], map(_step_row, follow_ups))
+            self._insert_events(db, events)
+            self._add_outcomes(db, deltas)
+        self._committed(deltas, len(events))
+        return len(rows)
+
+    # --- the outbox and its streams --------------------------------------------------------
 
     def pending_count(self) -> int:
         """Events waiting to be handed to a stream."""
-        return len(self._outbox)
+        return self._stored - self._in_streams
 
     def open_stream(self) -> int:
         """Registers a feedback stream; returns its id."""
-        stream = next(self._stream_ids)
-        self._sent[stream] = {}
-        self._last_seq[stream] = 0
+        stream = self._next_stream
+        self._next_stream += 1
+        self._streams[stream] = _Stream()
         return stream
+
+    def unacknowledged_batches(self, stream: int) -> int:
+        """Batches of events sent on a stream and not acknowledged yet."""
+        return len(self._streams[stream].batches)
 
     def take_feedback(self, stream: int, limit: int) -> tuple[int, list[Event]]:
         """Hands up to limit waiting events to a stream as its next batch; returns (seq, events).
 
-        The seq is allocated even when no event is left, for a batch of resent copies.
+        Closed streams' events come first, then the oldest never handed out. The seq is
+        allocated even when no event is left, for a batch of resent copies.
         """
-        count = min(limit, len(self._outbox))
-        events = [self._outbox.popleft() for _ in range(count)]
-        seq = self._last_seq[stream] + 1
-        self._last_seq[stream] = seq
+        rows: list[Any] = []
+        ranges: list[_Range] = []
+        requeued = self._requeued
+        while requeued and len(rows) < limit:
+            after, upto = requeued[0]
+            room = limit - len(rows)
+            found = self._db.execute(_Q["events_between"], (after, upto, room)).fetchall()
+            rows += found
+            if len(found) == room and found[-1][0] < upto:
+                # The range goes on past this batch: split it.
+                requeued[0] = (found[-1][0], upto)
+                upto = found[-1][0]
+            else:
+                requeued.popleft()
+            ranges.append((after, upto))
+        if len(rows) < limit:
+            cursor = self._cursor
+            fresh = self._db.execute(_Q["events_after"], (cursor, limit - len(rows))).fetchall()
+            if fresh:
+                self._cursor = fresh[-1][0]
+                ranges.append((cursor, self._cursor))
+                rows += fresh
+        events = [
+            Event(message_id, delivery_id, _KIND[kind], attempt, _REASON[reason], link, when)
+            for _id, message_id, delivery_id, kind, attempt, reason, link, when in rows
+        ]
+        state = self._streams[stream]
+        state.last_seq += 1
         if events:
-            self._sent[stream][seq] = events
-        return seq, events
+            per_delivery = Counter(event.delivery_id for event in events)
+            state.batches[state.last_seq] = _Batch(ranges, len(events), per_delivery)
+            self._in_streams += len(events)
+        return state.last_seq, events
 
     def ack(self, stream: int, seq: int) -> int:
-        """Forgets the events of a stream's batch for good; returns how many (0 if acked before)."""
-        events = self._sent[stream].pop(seq, None)
-        if events is None:
+        """Forgets a stream's batch for good; returns how many events (0 if acked before).
+
+        One transaction: the events go with their count in the outcome record.
+        """
+        batch = self._streams[stream].batches.pop(seq, None)
+        if batch is None:
             return 0
-        for event in events:
-            self._counts(event.delivery_id).unacknowledged_events -= 1
-        return len(events)
+        deltas = {
+            delivery_id: Outcomes(unacknowledged_events=-n)
+            for delivery_id, n in batch.per_delivery.items()
+        }
+        with self._transaction() as db:
+            db.executemany(_Q["delete_events_between"], batch.ranges)
+            self._add_outcomes(db, deltas)
+        self._committed(deltas, -batch.size)
+        self._in_streams -= batch.size
+        return batch.size
 
     def close_stream(self, stream: int) -> int:
         """Puts a closed stream's unacknowledged events back first in line; returns how many."""
-        batches = self._sent.pop(stream)
-        del self._last_seq[stream]
-        requeued = 0
-        # Newest batch first, each reversed, so that the outbox keeps the original order.
-        for seq in sorted(batches, reverse=True):
-            self._outbox.extendleft(reversed(batches[seq]))
-            requeued += len(batches[seq])
+        batches = self._streams.pop(stream).batches
+        ranges = [r for seq in sorted(batches) for r in batches[seq].ranges]
+        # Reversed, so that they keep their order at the front of the line.
+        self._requeued.extendleft(reversed(ranges))
+        requeued = sum(batch.size for batch in batches.values())
+        self._in_streams -= requeued
         return requeued
+
+    # --- outcomes --------------------------------------------------------------------------
 
     def outcomes(self, delivery_id: int) -> Outcomes:
         """A copy of one delivery's record, or of all deliveries' when delivery_id is 0."""
@@ -165,30 +383,75 @@ class Spool:
                 total.add(counts)
         return total
 
-    def _counts(self, delivery_id: int) -> Outcomes:
-        counts = self._outcomes.get(delivery_id)
-        if counts is None:
-            counts = self._outcomes[delivery_id] = Outcomes()
-        return counts
+    def _insert_events(self, db: sqlite3.Connection, events: list[Event]) -> None:
+        first = self._last_event_id + 1
+        db.executemany(_Q["insert_event"], [(i, *e) for i, e in enumerate(events, first)])
 
-    def _record(self, event: Event, counts: Outcomes) -> None:
-        self._outbox.append(event)
-        counts.unacknowledged_events += 1
-        kind = event.kind
-        if kind is EventKind.DELIVERED:
-            counts.delivered += 1
-            counts.in_flight -= 1
-        elif kind is EventKind.HARD_BOUNCE:
-            counts.hard_bounced += 1
-            counts.in_flight -= 1
-        elif kind is EventKind.EXPIRED:
-            counts.expired += 1
-            counts.in_flight -= 1
+    def _add_outcomes(self, db: sqlite3.Connection, deltas: dict[int, Outcomes]) -> None:
+        db.executemany(
+            _Q["add_outcomes"],
+            [(delivery_id, *dataclasses.astuple(d)) for delivery_id, d in deltas.items()],
+        )
+
+    def _committed(self, deltas: dict[int, Outcomes], events_added: int) -> None:
+        """Mirrors a committed transaction in memory."""
+        for delivery_id, delta in deltas.items():
+            _delta(self._outcomes, delivery_id).add(delta)
+        if events_added > 0:
+            self._last_event_id += events_added
+        self._stored += events_added
+
+
+def _delta(deltas: dict[int, Outcomes], delivery_id: int) -> Outcomes:
+    counts = deltas.get(delivery_id)
+    if counts is None:
+        counts = deltas[delivery_id] = Outcomes()
+    return counts
+
+
+def _tally(deltas: dict[int, Outcomes], events: list[Event]) -> None:
+    """Counts new events in the record: each message once, whatever its events."""
+    # Grouped first: a batch has thousands of events but few deliveries and kinds.
+    groups = Counter((event.delivery_id, event.kind, event.attempt == 1) for event in events)
+    for (delivery_id, kind, first_attempt), n in groups.items():
+        counts = _delta(deltas, delivery_id)
+        counts.unacknowledged_events += n
+        if is_final(kind):
+            counts.in_flight -= n
+            if kind is EventKind.DELIVERED:
+                counts.delivered += n
+            elif kind is EventKind.HARD_BOUNCE:
+                counts.hard_bounced += n
+            else:
+                counts.expired += n
         elif kind is EventKind.SOFT_BOUNCE:
             # Counts messages, not bounces: every soft-bouncing message has an attempt 1.
-            if event.attempt == 1:
-                counts.soft_bounced += 1
+            if first_attempt:
+                counts.soft_bounced += n
         elif kind is EventKind.OPENED:
-            counts.opened += 1
+            counts.opened += n
         elif kind is EventKind.CLICKED:
-            counts.clicked += 1
+            counts.clicked += n
+
+
+def _step_row(step: Scheduled) -> tuple[float | int, ...]:
+    due, message_id, delivery_id, expire_at, fate, kind, attempt = step
+    return (
+        due,
+        message_id,
+        delivery_id,
+        expire_at,
+        fate.hard_reason,
+        fate.soft_bounces,
+        fate.opened,
+        fate.click_link,
+        fate.delay_ms,
+        kind,
+        attempt,
+    )
+
+
+def _scheduled(row: Any) -> Scheduled:
+    due, message_id, delivery_id, expire_at, reason, soft, opened, click, delay, kind, attempt = row
+    fate = make_fate(_REASON[reason], soft, bool(opened), click, delay)
+    return Scheduled(due, message_id, delivery_id, expire_at, fate, _KIND[kind], attempt)

@@ -40,6 +40,10 @@ class Stub:
     address: str
     log_path: Path
 
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
     def log(self) -> str:
         return read_log(self.log_path)
 
@@ -49,8 +53,8 @@ def read_log(path: Path) -> str:
 
 
 @contextlib.asynccontextmanager
-async def running_stub(log_path: Path) -> AsyncIterator[Stub]:
-    """Starts `python -m mta_stub` on a free port and waits until it reports SERVING."""
+async def running_stub(log_path: Path, *args: str, port: int = 0) -> AsyncIterator[Stub]:
+    """Starts `python -m mta_stub *args` on a port (0: a free one); waits until it is SERVING."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MTA_")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "protos")])
     with log_path.open("wb") as log_file:
@@ -59,11 +63,12 @@ async def running_stub(log_path: Path) -> AsyncIterator[Stub]:
             "-m",
             "mta_stub",
             "--port",
-            "0",
+            str(port),
             "--retry-interval-ms",
             str(RETRY_INTERVAL_MS),
             "--engagement-delay-ms",
             str(ENGAGEMENT_DELAY_MS),
+            *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,
             cwd=REPO,
@@ -474,3 +479,106 @@ async def test_sigterm_ends_open_streams_and_stops_promptly(tmp_path: Path) -> N
                 assert await feed.call.code() == grpc.StatusCode.UNAVAILABLE
                 assert await running.process.wait() == 0, running.log()
         assert "stopped" in running.log()
+
+
+async def test_a_killed_stub_restarted_on_its_spool_keeps_what_it_acknowledged(
+    tmp_path: Path,
+) -> None:
+    spool = str(tmp_path / "spool.sqlite3")
+    a, b = 201, 202
+    batch = [
+        message(2011, a, "plain@example.com"),
+        message(2012, a, "hard@example.com"),
+        message(2013, a, "open@example.com"),
+        # Due after the restart: the schedule must survive the kill.
+        message(2021, b, "delay-1500@example.com"),
+    ]
+    first_ids = contains(
+        "2011:DELIVERED:1", "2012:HARD_BOUNCE:1", "2013:DELIVERED:1", "2013:OPENED:1"
+    )
+    async with (
+        running_stub(tmp_path / "first.log", "--spool", spool) as first,
+        grpc.aio.insecure_channel(first.address) as channel,
+    ):
+        mta = async_stub(channel)
+        feed = await Feed.open(mta, ack=False)
+        assert (await feed.relay(batch)).accepted == 4
+        await feed.events_of(a, first_ids)
+        before = await outcomes_when(mta, a, lambda o: o.unacknowledged_events == 4)
+        pending = await mta.GetOutcomes(pb.GetOutcomesRequest(delivery_id=b), timeout=5)
+        assert (pending.in_flight, pending.delivered) == (1, 0)
+        # After the relay ack, before any feedback ack.
+        first.process.send_signal(signal.SIGKILL)
+        assert await first.process.wait() == -signal.SIGKILL
+
+    async with (
+        running_stub(tmp_path / "second.log", "--spool", spool, port=first.port) as second,
+        grpc.aio.insecure_channel(second.address) as channel,
+    ):
+        assert second.address == first.address
+        mta = async_stub(channel)
+        after = await mta.GetOutcomes(pb.GetOutcomesRequest(delivery_id=a), timeout=5)
+        assert counts(after) == counts(before)
+        again = await Feed.open(mta)
+        ack = await again.relay(batch)
+        assert (ack.accepted, ack.duplicates) == (0, 4)
+        await again.events_of(a, first_ids)
+        await again.events_of(b, contains("2021:DELIVERED:1"))
+        # The same events, once each, with the same ids; nothing new for the duplicates.
+        resent = sorted(e.event_id for e in again.events if e.delivery_id == a)
+        assert resent == sorted(feed.ids(a))
+        delivered_late = await outcomes_when(mta, b, all_acked)
+        assert (delivered_late.delivered, delivered_late.in_flight) == (1, 0)
+        settled = await outcomes_when(mta, a, all_acked)
+        expected = {**counts(before), "duplicates": 3}
+        del expected["unacknowledged_events"]
+        assert counts(settled) == expected
+        await again.close()
+        assert await stop(second) == 0, second.log()
+
+
+async def test_hold_feedback_keeps_events_until_it_is_released(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+) -> None:
+    d = 106
+    await mta.SetScenario(pb.SetScenarioRequest(hold_feedback=True), timeout=5)
+    try:
+        feed = await Feed.open(mta)
+        await feed.relay(
+            [message(1061, d, "open@example.com"), message(1062, d, "hard@example.com")]
+        )
+        await outcomes_when(mta, d, lambda o: o.unacknowledged_events == 3)
+        reading = asyncio.create_task(feed.read_until(lambda: bool(feed.ids(d))))
+        # Held: nothing comes within many times the stub's flush interval.
+        done, _ = await asyncio.wait([reading], timeout=0.5)
+        assert not done and not feed.ids(d)
+        await mta.SetScenario(pb.SetScenarioRequest(hold_feedback=False), timeout=5)
+        async with asyncio.timeout(WAIT):
+            await reading
+        await feed.events_of(d, contains("1061:DELIVERED:1", "1061:OPENED:1", "1062:HARD_BOUNCE:1"))
+        await outcomes_when(mta, d, all_acked)
+        await feed.close()
+    finally:
+        await mta.SetScenario(pb.SetScenarioRequest(), timeout=5)
+
+
+async def test_a_delayed_address_is_delivered_after_its_delay_or_expires(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+) -> None:
+    d = 107
+    feed = await Feed.open(mta)
+    relayed_at = time.time()
+    await feed.relay(
+        [
+            message(1071, d, "delay-1000@example.com"),
+            message(1072, d, "delay-600000@example.com", expire_after=0.3),
+        ]
+    )
+    pending = await mta.GetOutcomes(pb.GetOutcomesRequest(delivery_id=d), timeout=5)
+    assert (pending.accepted, pending.in_flight, pending.unacknowledged_events) == (2, 2, 0)
+    await feed.events_of(d, contains("1071:DELIVERED:1", "1072:EXPIRED:1"))
+    (delivered,) = feed.of(1071)
+    assert delivered.event_time.ToNanoseconds() / 1e9 >= relayed_at + 1.0
+    outcomes = await outcomes_when(mta, d, all_acked)
+    assert (outcomes.delivered, outcomes.expired, outcomes.in_flight) == (1, 1, 0)
+    await feed.close()

@@ -134,10 +134,27 @@ def test_click_delivers_opens_and_clicks_the_given_link() -> None:
     assert scenarios.make_event(42, 7, fate, steps[1]).event_id == "42:OPENED:1"
 
 
+def test_delay_delivers_after_that_many_milliseconds() -> None:
+    steps = timeline(fate_of("delay-1500+x@example.com"))
+    assert kinds(steps) == [(D, 1)]
+    assert steps[0].due == NOW + 1.5
+    assert fate_of("Delay-86400000@example.com").delay_ms == scenarios.MAX_DELAY_MS
+    assert kinds(timeline(fate_of("delay-0@example.com"))) == [(D, 1)]
+
+
+def test_a_delay_past_expiry_expires_at_expiry() -> None:
+    steps = timeline(fate_of("delay-5000@example.com"), expire_at=NOW + 2)
+    assert [(step.kind, step.attempt, step.due) for step in steps] == [(X, 1, NOW + 2)]
+
+
 @pytest.mark.parametrize(
     "email",
     [
         "someone@example.com",
+        "delay-86400001@example.com",
+        "delay-123456789@example.com",
+        "delay-@example.com",
+        "delay@example.com",
         "hard-teapot@example.com",
         "soft-0@example.com",
         "soft-101@example.com",
@@ -392,6 +409,62 @@ async def test_scheduled_steps_reach_the_stream() -> None:
         engine.close_session(session)
     finally:
         await engine.close()
+
+
+async def test_a_delayed_message_is_in_flight_until_its_delay_is_over() -> None:
+    engine = Engine(Timing(0.05, 0.02))
+    engine.start()
+    try:
+        session = engine.open_session()
+        accepted_at = time.time()
+        engine.relay(_relayed(range(1, 2), email="delay-100@example.com"))
+        outcomes = engine.outcomes(9)
+        assert (outcomes.in_flight, outcomes.unacknowledged_events) == (1, 0)
+        (batch,) = await _drain(session, 1)
+        (event,) = batch.events
+        assert (event.event_id, event.event_time >= accepted_at + 0.1) == ("1:DELIVERED:1", True)
+        assert engine.outcomes(9).in_flight == 0
+        engine.close_session(session)
+    finally:
+        await engine.close()
+
+
+async def _nothing_comes(session: stub_engine.Session) -> bool:
+    """Whether the session has no batch to send for a while (ten times the flush time)."""
+    try:
+        async with asyncio.timeout(10 * stub_engine.FLUSH_SECONDS):
+            await session.next_batch()
+    except TimeoutError:
+        return True
+    return False
+
+
+async def test_hold_feedback_keeps_events_until_released() -> None:
+    engine = Engine(Timing(0.05, 0.02))
+    engine.set_scenario(None, Faults(), 0, 0, hold_feedback=True)
+    session = engine.open_session()
+    engine.relay(_relayed(range(1, 4)))
+    assert await _nothing_comes(session)
+    assert engine.outcomes(9).unacknowledged_events == 3
+    engine.set_scenario(None, Faults(), 0, 0, hold_feedback=False)
+    (batch,) = await _drain(session, 3)
+    assert [e.event_id for e in batch.events] == ["1:DELIVERED:1", "2:DELIVERED:1", "3:DELIVERED:1"]
+    engine.close_session(session)
+
+
+async def test_a_stream_sends_no_further_than_its_window_of_unacknowledged_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stub_engine, "WINDOW_BATCHES", 2)
+    engine = Engine(Timing(0.05, 0.02))
+    session = engine.open_session()
+    engine.relay(_relayed(range(1, 1201)))
+    first, _second = await _drain(session, 1000)
+    assert await _nothing_comes(session)
+    session.ack(first.seq)
+    (third,) = await _drain(session, 200)
+    assert [e.message_id for e in third.events] == list(range(1001, 1201))
+    engine.close_session(session)
 
 
 async def test_several_streams_each_get_a_share_of_the_events() -> None:

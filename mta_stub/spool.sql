@@ -1,0 +1,146 @@
+-- The spool's schema and every query it runs. Each starts with a `-- name: <name>`
+-- line and a one-line description; spool.py loads them once by name.
+-- Times are seconds since the epoch (REAL); kinds and reasons are mta.v1 enum values.
+
+-- name: schema
+-- The tables, created on first use.
+CREATE TABLE IF NOT EXISTS held (
+    -- Every message ever accepted, kept for deduplication after its timeline is over.
+    message_id INTEGER PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS schedule (
+    -- A message's next step, while its timeline goes on; at most one per message.
+    due REAL NOT NULL,
+    message_id INTEGER NOT NULL,
+    delivery_id INTEGER NOT NULL,
+    expire_at REAL NOT NULL,
+    hard_reason INTEGER NOT NULL,
+    soft_bounces INTEGER NOT NULL,
+    opened INTEGER NOT NULL,
+    click_link INTEGER NOT NULL,
+    delay_ms INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    -- Keyed by due time: firing reads and deletes a prefix of the key.
+    PRIMARY KEY (due, message_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    -- The outbox: events not acknowledged yet, in the order they happened (by id).
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL,
+    delivery_id INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    reason INTEGER NOT NULL,
+    link_index INTEGER NOT NULL,
+    event_time REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    -- GetOutcomes, per delivery; changed in the transaction of what it counts.
+    delivery_id INTEGER PRIMARY KEY,
+    accepted INTEGER NOT NULL,
+    duplicates INTEGER NOT NULL,
+    delivered INTEGER NOT NULL,
+    hard_bounced INTEGER NOT NULL,
+    soft_bounced INTEGER NOT NULL,
+    expired INTEGER NOT NULL,
+    opened INTEGER NOT NULL,
+    clicked INTEGER NOT NULL,
+    in_flight INTEGER NOT NULL,
+    unacknowledged_events INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS scenario (
+    -- The last SetScenario, as JSON.
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    body TEXT NOT NULL
+);
+
+-- name: hold_new
+-- Holds the messages of a JSON array of ids; returns those not held before.
+INSERT OR IGNORE INTO held (message_id)
+SELECT value FROM json_each(?)
+RETURNING message_id;
+
+-- name: insert_step
+-- Schedules a message's next step.
+INSERT INTO schedule (due, message_id, delivery_id, expire_at, hard_reason, soft_bounces,
+                      opened, click_link, delay_ms, kind, attempt)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: due_steps
+-- The earliest steps due by a time, in key order, at most so many.
+SELECT due, message_id, delivery_id, expire_at, hard_reason, soft_bounces,
+       opened, click_link, delay_ms, kind, attempt
+FROM schedule
+WHERE due <= ?
+ORDER BY due, message_id
+LIMIT ?;
+
+-- name: delete_steps_through
+-- Deletes the steps up to a key: those due_steps just returned.
+DELETE FROM schedule WHERE (due, message_id) <= (?, ?);
+
+-- name: next_due
+-- When the earliest step is due; NULL when nothing is scheduled.
+SELECT min(due) FROM schedule;
+
+-- name: insert_event
+-- Puts an event in the outbox.
+INSERT INTO events (id, message_id, delivery_id, kind, attempt, reason, link_index, event_time)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: events_after
+-- The outbox from an id on, oldest first.
+SELECT id, message_id, delivery_id, kind, attempt, reason, link_index, event_time
+FROM events
+WHERE id > ?
+ORDER BY id
+LIMIT ?;
+
+-- name: events_between
+-- The outbox in an id range (after, upto], oldest first.
+SELECT id, message_id, delivery_id, kind, attempt, reason, link_index, event_time
+FROM events
+WHERE id > ? AND id <= ?
+ORDER BY id
+LIMIT ?;
+
+-- name: delete_events_between
+-- Forgets acknowledged events: an id range (after, upto].
+DELETE FROM events WHERE id > ? AND id <= ?;
+
+-- name: event_ids
+-- How many events the outbox holds, and the highest id given out.
+SELECT count(*), coalesce(max(id), 0) FROM events;
+
+-- name: add_outcomes
+-- Adds to a delivery's record, creating it at the first count.
+INSERT INTO outcomes (delivery_id, accepted, duplicates, delivered, hard_bounced, soft_bounced,
+                      expired, opened, clicked, in_flight, unacknowledged_events)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (delivery_id) DO UPDATE SET
+    accepted = accepted + excluded.accepted,
+    duplicates = duplicates + excluded.duplicates,
+    delivered = delivered + excluded.delivered,
+    hard_bounced = hard_bounced + excluded.hard_bounced,
+    soft_bounced = soft_bounced + excluded.soft_bounced,
+    expired = expired + excluded.expired,
+    opened = opened + excluded.opened,
+    clicked = clicked + excluded.clicked,
+    in_flight = in_flight + excluded.in_flight,
+    unacknowledged_events = unacknowledged_events + excluded.unacknowledged_events;
+
+-- name: all_outcomes
+-- Every delivery's record, to serve GetOutcomes from memory.
+SELECT delivery_id, accepted, duplicates, delivered, hard_bounced, soft_bounced,
+       expired, opened, clicked, in_flight, unacknowledged_events
+FROM outcomes;
+
+-- name: save_scenario
+-- Keeps the last SetScenario.
+INSERT INTO scenario (id, body) VALUES (1, ?)
+ON CONFLICT (id) DO UPDATE SET body = excluded.body;
+
+-- name: load_scenario
+-- The last SetScenario, if any.
+SELECT body FROM scenario WHERE id = 1;
