@@ -208,17 +208,7 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
     async def CreateDelivery(
         self, request: pb.CreateDeliveryRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CreateDeliveryResponse:
-        new = validation.new_delivery(
-            request.label,
-            request.content,
-            request.target,
-            request.validity_period,
-            request.feedback_mode,
-            list(request.required_approvals),
-            request.request_id,
-            request.HasField("content"),
-            request.HasField("target"),
-        )
+        new = validation.new_delivery(request)
         return pb.CreateDeliveryResponse(delivery=delivery_pb(await self.db.create_delivery(new)))
 
     @_errors
@@ -402,17 +392,7 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         request: pb.CreateRecurringDeliveryRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.CreateRecurringDeliveryResponse:
-        new = validation.new_delivery(
-            request.label,
-            request.content,
-            request.target,
-            request.validity_period,
-            request.feedback_mode,
-            list(request.required_approvals),
-            request.request_id,
-            request.HasField("content"),
-            request.HasField("target"),
-        )
+        new = validation.new_delivery(request)
         interval = validation.duration(
             "interval", request.interval, validation.MIN_INTERVAL, validation.MAX_INTERVAL
         )

@@ -192,34 +192,29 @@ def approval_steps(field: str, values: list[int]) -> list[lifecycle.ApprovalStep
 
 
 def new_delivery(
-    label: str,
-    content_value: pb.Content,
-    target_value: pb.Target,
-    validity_value: duration_pb2.Duration,
-    mode: int,
-    approvals: list[int],
-    request_id: str,
-    has_content: bool,
-    has_target: bool,
+    request: pb.CreateDeliveryRequest | pb.CreateRecurringDeliveryRequest,
 ) -> store.NewDelivery:
-    """The shared part of CreateDelivery and CreateRecurringDelivery."""
-    if not has_content:
+    """The shared part of CreateDelivery and CreateRecurringDelivery (same field names)."""
+    if not request.HasField("content"):
         raise Invalid("content", "required")
-    if not has_target:
+    if not request.HasField("target"):
         raise Invalid("target", "required")
+    content_value, target_value = request.content, request.target
     subject, body, links = content("content", content_value)
     segment, recipients = target("target", target_value)
     return store.NewDelivery(
-        label=text("label", label, MAX_LABEL),
+        label=text("label", request.label, MAX_LABEL),
         subject=subject,
         body=body,
         links=links,
-        feedback_mode=enum_value("feedback_mode", mode, FEEDBACK_MODES),
-        validity_period=duration("validity_period", validity_value, MIN_VALIDITY, MAX_VALIDITY),
-        required_approvals=approval_steps("required_approvals", approvals),
+        feedback_mode=enum_value("feedback_mode", request.feedback_mode, FEEDBACK_MODES),
+        validity_period=duration(
+            "validity_period", request.validity_period, MIN_VALIDITY, MAX_VALIDITY
+        ),
+        required_approvals=approval_steps("required_approvals", list(request.required_approvals)),
         segment=segment,
         recipients=recipients,
-        request_id=text("request_id", request_id, MAX_ID, required=False) or None,
+        request_id=text("request_id", request.request_id, MAX_ID, required=False) or None,
     )
 
 
