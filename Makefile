@@ -39,7 +39,7 @@ demo: $(STAMP)
 
 ## Benchmarks (not part of make test).
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 ## Stop the embedded PostgreSQL under ./.data.
 db-stop: $(STAMP)

@@ -1,0 +1,3 @@
+"""The benchmarks behind `make bench`: relay, feedback ingest, the database's ceiling,
+GetKpis latency and ComputeStats, against a real PostgreSQL with both services as
+real processes. See docs/performance.md for the figures and how to read them."""

@@ -1,0 +1,492 @@
+"""One run of the benchmark: a fresh database, fresh processes, then the workloads in order.
+
+    set-up      profiles (COPY), a segment delivery of N and one of 10,000, both prepared
+    relay       ConfirmSend of the big delivery -> every message acknowledged by the stub
+    ingest      the stub releases the feedback it held -> every event committed
+    kpis        GetKpis x 10,000 on each delivery
+    stats       ComputeStats on the big delivery
+    ceiling     the services stopped, the ingest's row changes replayed in plain SQL
+
+Later workloads need the state the earlier ones leave (feedback needs relayed
+messages), so a workload left out of --only still runs, unmeasured, when a later one
+needs it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from delivery.v1 import delivery_service_pb2 as pb
+from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
+from google.protobuf import duration_pb2
+from mta.v1 import mta_service_pb2 as mta
+from mta.v1 import mta_service_pb2_grpc as mta_grpc
+from rich.console import Console
+
+from bench import ceiling, environment
+from bench.environment import CpuMeter, Pair
+from bench.profiling import Profiler
+
+STAGES = ("relay", "ingest", "kpis", "stats", "ceiling")
+
+# A realistic mix for a newsletter: a few hard bounces, some soft bounces retried
+# into delivery (1 to 3 retries), a quarter of delivered messages opened and under a
+# third of those clicked. No soft-until-expiry: such a message bounces at every retry
+# interval until the validity ends, so its events are a matter of how long one waits,
+# not of how fast the service ingests.
+MIX = mta.Mix(
+    seed=20240601,
+    hard_bounce_rate=0.02,
+    soft_then_delivered_rate=0.05,
+    soft_until_expiry_rate=0.0,
+    open_rate=0.25,
+    click_rate=0.30,
+    max_retries=3,
+)
+# Long enough that nothing expires during a run, so no finalisation runs meanwhile.
+VALIDITY_SECONDS = 6 * 3600
+POLL_S = 0.1
+SMALL_SEGMENT = "small"
+BIG_SEGMENT = "big"
+
+
+@dataclass(frozen=True)
+class Config:
+    messages: int
+    small_messages: int
+    kpis_calls: int
+    stages: frozenset[str]
+    body_bytes: int
+    stage_timeout: float
+    stall_timeout: float
+    log_dir: Path
+    keep_database: bool
+    ceiling_parts: int
+
+
+@dataclass
+class RunResult:
+    """Every figure of one run (the table's), and what explains them (info)."""
+
+    figures: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def content(body_bytes: int) -> pb.Content:
+    """A plain newsletter: a subject, an HTML body of about body_bytes, three tracked links."""
+    links = [f"https://example.com/newsletter/article-{i}?utm_source=email" for i in range(3)]
+    paragraph = (
+        "<p>Dear reader, here is what happened this month: new products, events near "
+        "you and the stories our readers liked best. "
+        + " ".join(f'<a href="{link}">Read more</a>' for link in links)
+        + "</p>\n"
+    )
+    repeats = max(1, body_bytes // len(paragraph))
+    body = "<html><body>\n" + paragraph * repeats + "</body></html>\n"
+    return pb.Content(subject="Your monthly newsletter: what is new", body=body, links=links)
+
+
+class Stalled(RuntimeError):
+    """A workload made no progress for too long, or ran past its time."""
+
+
+def wait_for(
+    check: Callable[[], tuple[bool, int]],
+    what: str,
+    console: Console,
+    *,
+    timeout: float,
+    stall: float,
+    on_poll: Callable[[], None] | None = None,
+) -> float:
+    """Polls check() -> (done, progress) every POLL_S; returns when done (time.perf_counter).
+
+    Fails when progress has not moved for `stall` seconds or `timeout` has passed.
+    """
+    started = last_move = time.perf_counter()
+    last = -1
+    with console.status(f"{what}...") as status:
+        while True:
+            done, progress = check()
+            now = time.perf_counter()
+            if on_poll is not None:
+                on_poll()
+            if done:
+                return now
+            if progress != last:
+                last, last_move = progress, now
+            if now - last_move > stall:
+                raise Stalled(f"{what}: no progress for {stall:g} s (at {progress:,})")
+            if now - started > timeout:
+                raise Stalled(f"{what}: not done after {timeout:g} s (at {progress:,})")
+            status.update(f"{what}: {progress:,} after {now - started:,.0f} s")
+            time.sleep(POLL_S)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+class Run:
+    def __init__(
+        self, config: Config, server: str, name: str, console: Console, profiler: Profiler
+    ) -> None:
+        self.config = config
+        self.server = server
+        self.name = name
+        self.console = console
+        self.profiler = profiler
+        self.result = RunResult()
+        self.url = ""
+        self.pair: Pair | None = None
+        self.channels: list[grpc.Channel] = []
+        self.api: Any = None
+        self.mta: Any = None
+        self.sender: list[tuple[str, str]] = []
+        self.big = 0
+        self.small = 0
+        # When the relay started, and whether feedback was ingested meanwhile (a stub that
+        # ignores hold_feedback): then the ingest can only be timed from the relay's start.
+        self.relay_started = 0.0
+        self.overlapped = False
+
+    # --- the run ---------------------------------------------------------------------
+
+    def execute(self) -> RunResult:
+        stages = self.config.stages
+        last = max(STAGES.index(s) for s in stages)
+        try:
+            self.set_up()
+            self.relay(measured="relay" in stages)
+            if last >= STAGES.index("ingest"):
+                self.ingest(measured="ingest" in stages)
+            if "kpis" in stages:
+                self.kpis()
+            if "stats" in stages:
+                self.stats()
+            self.stop_services()
+            if "ceiling" in stages:
+                self.ceiling()
+        finally:
+            self.stop_services()
+            if self.url and not self.config.keep_database:
+                environment.drop_database(self.server, self.name)
+        return self.result
+
+    def set_up(self) -> None:
+        c = self.config
+        info = self.result.info
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+        started = time.perf_counter()
+        with self.console.status("set-up: database and profiles..."):
+            self.url = environment.create_database(self.server, self.name)
+            environment.load_profiles(self.url, BIG_SEGMENT, 0, c.messages)
+            environment.load_profiles(self.url, SMALL_SEGMENT, c.messages, c.small_messages)
+            self.sender = environment.create_sender(self.url)
+        info["profiles_load_s"] = round(time.perf_counter() - started, 1)
+        self.pair = environment.start_pair(self.url, c.log_dir)
+        info["service_pid"] = self.pair.service.pid
+        info["stub_pid"] = self.pair.stub.pid
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        service_channel = grpc.insecure_channel(self.pair.service.address, options=options)
+        stub_channel = grpc.insecure_channel(self.pair.stub.address, options=options)
+        self.channels = [service_channel, stub_channel]
+        self.api = pb_grpc.DeliveryServiceStub(service_channel)
+        self.mta = mta_grpc.MtaServiceStub(stub_channel)
+        with self.console.status(f"set-up: preparing a delivery of {c.messages:,}..."):
+            self.big, prepare_s = self._prepared_delivery(BIG_SEGMENT, c.messages)
+            self.small, _ = self._prepared_delivery(SMALL_SEGMENT, c.small_messages)
+            environment.vacuum(self.url, "vacuum_sending_logs")
+        info["prepare_s"] = round(prepare_s, 2)
+        info["body_bytes"] = len(content(c.body_bytes).body)
+        self.console.log(
+            f"set-up: {c.messages:,} + {c.small_messages:,} profiles loaded in "
+            f"{info['profiles_load_s']} s; PrepareDelivery of {c.messages:,} took {prepare_s:.1f} s"
+        )
+
+    def _prepared_delivery(self, segment: str, expected: int) -> tuple[int, float]:
+        created = self.api.CreateDelivery(
+            pb.CreateDeliveryRequest(
+                label=f"bench {segment}",
+                content=content(self.config.body_bytes),
+                target=pb.Target(segment=segment),
+                validity_period=duration_pb2.Duration(seconds=VALIDITY_SECONDS),
+                feedback_mode=pb.FEEDBACK_MODE_EFS,
+            ),
+            timeout=60,
+        )
+        delivery_id: int = created.delivery.id
+        started = time.perf_counter()
+        prepared = self.api.PrepareDelivery(
+            pb.PrepareDeliveryRequest(delivery_id=delivery_id), timeout=self.config.stage_timeout
+        )
+        elapsed = time.perf_counter() - started
+        if prepared.to_deliver != expected or prepared.delivery.state != pb.STATE_APPROVED:
+            raise RuntimeError(
+                f"delivery {delivery_id} prepared to {prepared.to_deliver} messages in state "
+                f"{pb.State.Name(prepared.delivery.state)}, expected {expected} and APPROVED"
+            )
+        return delivery_id, elapsed
+
+    def _confirm(self, delivery_id: int) -> None:
+        self.api.ConfirmSend(
+            pb.ConfirmSendRequest(delivery_id=delivery_id), metadata=self.sender, timeout=60
+        )
+
+    def _outcomes(self, delivery_id: int) -> Any:
+        return self.mta.GetOutcomes(mta.GetOutcomesRequest(delivery_id=delivery_id), timeout=10)
+
+    def _state(self, delivery_id: int) -> int:
+        got = self.api.GetDelivery(pb.GetDeliveryRequest(delivery_id=delivery_id), timeout=10)
+        state: int = got.delivery.state
+        return state
+
+    def _pids(self) -> dict[str, int]:
+        assert self.pair is not None
+        return {"service": self.pair.service.pid, "stub": self.pair.stub.pid}
+
+    # --- 1. relay --------------------------------------------------------------------
+
+    def relay(self, *, measured: bool) -> None:
+        assert self.pair is not None
+        c = self.config
+        n = c.messages
+        # The stub keeps every feedback event to itself until the ingest: the relay runs alone.
+        self.mta.SetScenario(mta.SetScenarioRequest(mix=MIX, hold_feedback=True), timeout=10)
+        service_pid = self.pair.service.pid
+        rss_samples: list[int] = []
+        meter = CpuMeter(self.pair)
+
+        def sent() -> tuple[bool, int]:
+            kpis = self.api.GetKpis(pb.GetKpisRequest(delivery_id=self.big), timeout=10).kpis
+            done = kpis.sent >= n and self._state(self.big) == pb.STATE_SENT
+            return done, int(kpis.sent)
+
+        def sample_rss() -> None:
+            rss_samples.append(environment.memory_kb(service_pid).get("VmRSS", 0))
+
+        with self.profiler.record("relay", self._pids()):
+            before = meter.snapshot()
+            started = self.relay_started = time.perf_counter()
+            self._confirm(self.big)
+            ended = wait_for(
+                sent,
+                f"relay of {n:,}",
+                self.console,
+                timeout=c.stage_timeout,
+                stall=c.stall_timeout,
+                on_poll=sample_rss,
+            )
+            after = meter.snapshot()
+        elapsed = ended - started
+        memory = environment.memory_kb(service_pid)
+        stub_memory = environment.memory_kb(self.pair.stub.pid)
+        held = self._outcomes(self.big)
+        leaked = environment.count(self.url, "count_events", delivery_id=self.big)
+        info = self.result.info
+        info["relay"] = {
+            "seconds": round(elapsed, 2),
+            "cpu": CpuMeter.between(before, after),
+            "service_rss_max_sampled_mb": round(max(rss_samples, default=0) / 1024, 1),
+            "service_vmhwm_mb": round(memory.get("VmHWM", 0) / 1024, 1),
+            "stub_vmhwm_mb": round(stub_memory.get("VmHWM", 0) / 1024, 1),
+            "stub_accepted": held.accepted,
+            "stub_duplicates": held.duplicates,
+            "events_held_by_stub": held.unacknowledged_events,
+            # Non-zero means the stub ignored hold_feedback and ingest ran during the relay.
+            "events_committed_during_relay": leaked,
+        }
+        if leaked:
+            self.overlapped = True
+            self.console.log(
+                f"[yellow]warning: {leaked:,} feedback events were committed during the relay: "
+                "the stub did not hold them (SetScenarioRequest.hold_feedback). The relay was "
+                "measured with the ingest running beside it, and the ingest is timed from the "
+                "relay's start.[/yellow]"
+            )
+        if measured:
+            self.result.figures["relay_messages_per_s"] = n / elapsed
+            self.result.figures["relay_peak_rss_mb"] = memory.get("VmHWM", 0) / 1024
+        self.console.log(
+            f"relay: {n:,} messages in {elapsed:.1f} s = {n / elapsed:,.0f}/s; "
+            f"service peak RSS {memory.get('VmHWM', 0) / 1024:.0f} MB; cpu {info['relay']['cpu']}"
+        )
+
+    # --- 2. ingest -------------------------------------------------------------------
+
+    def ingest(self, *, measured: bool) -> None:
+        assert self.pair is not None
+        c = self.config
+        n = c.messages
+        environment.vacuum(self.url, "vacuum_sending_logs")
+        meter = CpuMeter(self.pair)
+
+        def settled() -> tuple[bool, int]:
+            got = self._outcomes(self.big)
+            done = got.accepted == n and got.in_flight == 0 and got.unacknowledged_events == 0
+            # Progress is what remains to acknowledge, counting down.
+            return done, -int(got.unacknowledged_events)
+
+        with self.profiler.record("ingest", self._pids()):
+            before = meter.snapshot()
+            started = time.perf_counter()
+            # Keeps the mix; releases everything the stub held.
+            self.mta.SetScenario(mta.SetScenarioRequest(mix=MIX, hold_feedback=False), timeout=10)
+            ended = wait_for(
+                settled,
+                "ingest: events left to acknowledge (negated)",
+                self.console,
+                timeout=c.stage_timeout,
+                stall=c.stall_timeout,
+            )
+            after = meter.snapshot()
+        if self.overlapped:
+            started = self.relay_started
+        elapsed = ended - started
+        events = environment.count(self.url, "count_events", delivery_id=self.big)
+        outcome = self._outcomes(self.big)
+        kpis = self.api.GetKpis(pb.GetKpisRequest(delivery_id=self.big), timeout=10).kpis
+        memory = environment.memory_kb(self.pair.service.pid)
+        consistent = (
+            kpis.delivered == outcome.delivered
+            and kpis.failed == outcome.hard_bounced + outcome.expired
+            and kpis.pending == 0
+            and outcome.delivered + outcome.hard_bounced + outcome.expired == n
+        )
+        self.result.info["ingest"] = {
+            "seconds": round(elapsed, 2),
+            "events": events,
+            "events_per_s": round(events / elapsed, 1),
+            "events_per_message": round(events / n, 3),
+            # Overlapped: the ingest's CPU is in the relay's figures.
+            "cpu": None if self.overlapped else CpuMeter.between(before, after),
+            "service_vmhwm_mb": round(memory.get("VmHWM", 0) / 1024, 1),
+            "stub": {
+                "delivered": outcome.delivered,
+                "hard_bounced": outcome.hard_bounced,
+                "soft_bounced": outcome.soft_bounced,
+                "opened": outcome.opened,
+                "clicked": outcome.clicked,
+            },
+            "kpis_match_stub": consistent,
+            "overlapped_with_relay": self.overlapped,
+        }
+        if not consistent:
+            self.console.log(
+                f"[red]the KPIs do not match the stub's record: {kpis} vs {outcome}[/red]"
+            )
+        if measured:
+            self.result.figures["ingest_events_per_s"] = events / elapsed
+        cpu = self.result.info["ingest"]["cpu"] or "counted with the relay"
+        self.console.log(
+            f"ingest: {events:,} events ({events / n:.2f} per message) in {elapsed:.1f} s = "
+            f"{events / elapsed:,.0f}/s; cpu {cpu}"
+        )
+
+    # --- 4. GetKpis ------------------------------------------------------------------
+
+    def kpis(self) -> None:
+        c = self.config
+        # The small delivery goes through relay and feedback like the big one, unmeasured,
+        # so that its counters are sharded the same way.
+        self._confirm(self.small)
+        small_n = c.small_messages
+
+        def small_settled() -> tuple[bool, int]:
+            got = self._outcomes(self.small)
+            done = (
+                got.accepted == small_n
+                and got.in_flight == 0
+                and got.unacknowledged_events == 0
+                and self._state(self.small) == pb.STATE_SENT
+            )
+            return done, int(got.accepted)
+
+        wait_for(
+            small_settled,
+            f"set-up: the {small_n:,} delivery",
+            self.console,
+            timeout=c.stage_timeout,
+            stall=c.stall_timeout,
+        )
+        for label, delivery_id in (("small", self.small), ("big", self.big)):
+            with self.profiler.record(f"kpis-{label}", {"service": self._pids()["service"]}):
+                latencies = self._kpis_latencies(delivery_id)
+            p50, p99 = percentile(latencies, 0.50), percentile(latencies, 0.99)
+            self.result.figures[f"kpis_p50_ms_{label}"] = p50
+            self.result.figures[f"kpis_p99_ms_{label}"] = p99
+            self.result.info[f"kpis_{label}"] = {
+                "calls": len(latencies),
+                "mean_ms": round(statistics.fmean(latencies), 3),
+                "max_ms": round(latencies[-1], 3),
+            }
+            self.console.log(
+                f"GetKpis on the {label} delivery: p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+                f"max {latencies[-1]:.2f} ms over {len(latencies):,} calls"
+            )
+
+    def _kpis_latencies(self, delivery_id: int) -> list[float]:
+        """Sorted latencies in ms of sequential unary calls on one channel, after a warm-up."""
+        request = pb.GetKpisRequest(delivery_id=delivery_id)
+        call = self.api.GetKpis
+        for _ in range(200):
+            call(request, timeout=5)
+        latencies = []
+        with self.console.status(f"GetKpis x {self.config.kpis_calls:,}..."):
+            for _ in range(self.config.kpis_calls):
+                started = time.perf_counter_ns()
+                call(request, timeout=5)
+                latencies.append((time.perf_counter_ns() - started) / 1e6)
+        latencies.sort()
+        return latencies
+
+    # --- 5. ComputeStats -------------------------------------------------------------
+
+    def stats(self) -> None:
+        started = time.perf_counter()
+        with self.console.status(f"ComputeStats on {self.config.messages:,}..."):
+            got = self.api.ComputeStats(
+                pb.ComputeStatsRequest(delivery_id=self.big), timeout=self.config.stage_timeout
+            )
+        elapsed = time.perf_counter() - started
+        self.result.figures["stats_s"] = elapsed
+        self.result.info["stats"] = {"repaired_counters": got.repaired_counters}
+        self.console.log(
+            f"ComputeStats on {self.config.messages:,}: {elapsed:.2f} s, "
+            f"{got.repaired_counters} counters repaired"
+        )
+
+    # --- 3. the database's ceiling ---------------------------------------------------
+
+    def ceiling(self) -> None:
+        with self.console.status("ceiling: plain SQL..."):
+            got = ceiling.measure(self.url, self.big, self.config.ceiling_parts)
+        self.result.info["ceiling"] = got.info()
+        ingest: float = self.result.info["ingest"]["events_per_s"]
+        self.result.figures["ceiling_events_per_s"] = got.events_per_s
+        self.result.figures["ingest_ceiling_ratio"] = ingest / got.events_per_s
+        self.console.log(
+            f"ceiling: {got.events:,} events, {got.messages:,} sending logs in "
+            f"{got.seconds:.2f} s = {got.events_per_s:,.0f} events/s "
+            f"({got.rows_per_s:,.0f} rows/s); same end state as the service: {got.same_state}"
+        )
+        if not got.same_state:
+            raise RuntimeError(f"the ceiling ended in another state than the service: {got}")
+
+    def stop_services(self) -> None:
+        for channel in self.channels:
+            channel.close()
+        self.channels = []
+        if self.pair is not None:
+            self.pair.stop()
+            self.pair = None
