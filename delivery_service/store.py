@@ -362,13 +362,16 @@ class Store:
     # --- KPIs ------------------------------------------------------------------------
 
     async def delivery_and_counters(self, delivery_id: int) -> tuple[Row, Counters]:
-        async with self._tx() as conn:
-            delivery = await self._one(conn, "get_delivery", id=delivery_id)
-            if delivery is None:
-                raise NotFound(f"delivery {delivery_id} does not exist")
-            counters = await self._one(conn, "counters", delivery_id=delivery_id)
-        assert counters is not None
-        return delivery, Counters(**counters)
+        # One statement, no explicit transaction: a single round trip.
+        try:
+            async with self.pool.connection() as conn:
+                row = await self._one(conn, "delivery_with_counters", id=delivery_id)
+        except psycopg.OperationalError as exc:
+            raise Unavailable(str(exc)) from exc
+        if row is None:
+            raise NotFound(f"delivery {delivery_id} does not exist")
+        counters = Counters(**{name: row.pop(name) for name in fb.COUNTER_NAMES})
+        return row, counters
 
     async def compute_stats(self, delivery_id: int) -> tuple[Row, Counters, int]:
         """Recounts a delivery from its logs, repairs its counters and refreshes its stats.
