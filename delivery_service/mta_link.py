@@ -94,7 +94,13 @@ class MtaLink:
         stream.next_seq += 1
         future: asyncio.Future[mta.RelayAck] = asyncio.get_running_loop().create_future()
         stream.pending[seq] = future
-        await stream.write(mta.ExchangeRequest(relay=mta.RelayBatch(seq=seq, messages=messages)))
+        request = mta.ExchangeRequest(relay=mta.RelayBatch(seq=seq, messages=messages))
+        try:
+            # Shielded: a relay task cancelled mid-write must not cancel the whole call.
+            await asyncio.shield(stream.write(request))
+        except BaseException:
+            stream.pending.pop(seq, None)
+            raise
         return await future
 
     async def run(self) -> None:
@@ -113,6 +119,13 @@ class MtaLink:
                     stub = mta_grpc.MtaServiceStub(channel)
                     await self._serve(stub)
                     delay = 0.05
+            except asyncio.CancelledError:
+                # A cancelled call surfaces as CancelledError from read(); only our own
+                # cancellation (stop) may end the loop.
+                task = asyncio.current_task()
+                if self._stopping or (task is not None and task.cancelling()):
+                    raise
+                log.warning("MTA stream lost: the call was cancelled")
             except (grpc.aio.AioRpcError, LinkDown) as exc:
                 if self._stopping:
                     break

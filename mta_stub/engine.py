@@ -15,12 +15,12 @@ from typing import NamedTuple
 
 from mta_stub import scenarios
 from mta_stub.scenarios import Event, Fate, Faults, Mix, Scenario, Step, Timing
-from mta_stub.spool import Outcomes, Scheduled, Spool, Transition
+from mta_stub.spool import RUN_MAX, Outcomes, Scheduled, Spool, Transition
 
 log = logging.getLogger(__name__)
 
-# Most events in one FeedbackBatch.
-BATCH_MAX = 500
+# Most events in one FeedbackBatch: an outbox row's worth, so that batches are whole rows.
+BATCH_MAX = RUN_MAX
 # Longest that waiting events linger for a fuller batch.
 FLUSH_SECONDS = 0.02
 # Steps fired in one go before the scheduler lets the streams run.
@@ -57,6 +57,8 @@ class Engine:
         # A spool that outlived a stub keeps its last SetScenario; the flags apply otherwise.
         saved = self._spool.scenario()
         self._scenario = saved if saved is not None else Scenario(timing)
+        if saved is not None:
+            log.info("scenario restored from the spool: %s", saved)
         self._sessions: set[Session] = set()
         self._schedule_changed = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None

@@ -286,6 +286,15 @@ async def create_server(settings: Settings) -> tuple[grpc.aio.Server, int, App]:
     Raises OSError if the port cannot be bound, spool.SpoolError if the spool cannot be used.
     """
     spool = Spool(settings.spool or IN_MEMORY)
+    if settings.spool:
+        held = spool.outcomes(0)
+        log.info(
+            "spool %s: %d messages accepted, %d in flight, %d events unacknowledged",
+            settings.spool,
+            held.accepted,
+            held.in_flight,
+            held.unacknowledged_events,
+        )
     engine = Engine(
         Timing(settings.retry_interval_ms / 1000, settings.engagement_delay_ms / 1000), spool
     )

@@ -8,16 +8,19 @@ so it stays exact across a crash.
 
 Memory stays bounded: the held ids, the schedule and the outbox live in SQLite only.
 Memory keeps the outcome record (a row per delivery, so that GetOutcomes runs no query)
-and, per open stream, the id ranges of the batches sent and not acknowledged.
+and, per open stream, which outbox rows its unacknowledged batches were made of.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import itertools
 import json
 import re
 import sqlite3
+import struct
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
@@ -39,6 +42,12 @@ IN_MEMORY = ":memory:"
 SCHEMA_VERSION = 1
 # Enough page cache for the hot ends of the tables (the newest ids, the earliest steps).
 _CACHE_KIB = 64 * 1024
+# Most events in an outbox row: a full feedback batch (engine.BATCH_MAX) is one row, so
+# that a batch is usually whole rows and its acknowledgement deletes them.
+RUN_MAX = 500
+# An event in an outbox row, little-endian: message_id, delivery_id, kind, attempt,
+# reason, link_index, event_time; the fields of scenarios.Event, in its order.
+_EVENT = struct.Struct("<qqBiBid")
 
 
 def _load_queries() -> dict[str, str]:
@@ -99,16 +108,11 @@ class Outcomes:
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
-# An id range of the outbox, (after, upto]. A batch, or what is left of one, owns every
-# event in its ranges: ranges never overlap, and new events get ids above all of them.
-_Range = tuple[int, int]
-
-
 @dataclass(slots=True)
 class _Batch:
-    """A feedback batch sent on a stream and not acknowledged yet."""
+    """A feedback batch sent on a stream and not acknowledged yet: whole outbox rows."""
 
-    ranges: list[_Range]
+    runs: list[int]
     size: int
     per_delivery: Counter[int]
 
@@ -142,7 +146,7 @@ class Spool:
             self._outcomes = {
                 row[0]: Outcomes(*row[1:]) for row in self._db.execute(_Q["all_outcomes"])
             }
-            stored, last_id = self._db.execute(_Q["event_ids"]).fetchone()
+            stored, next_event = self._db.execute(_Q["outbox_size"]).fetchone()
         except (sqlite3.Error, SpoolError) as exc:
             self._db.close()
             if isinstance(exc, SpoolError):
@@ -150,12 +154,12 @@ class Spool:
             hint = " (another stub is using it)" if "locked" in str(exc) else ""
             raise SpoolError(f"cannot use the spool {path}: {exc}{hint}") from exc
         self._stored: int = stored
-        self._last_event_id: int = last_id
-        # Events handed to a stream since the spool opened: ids up to here. Streams do
-        # not outlive the process, so after a restart every stored event is sent again.
+        self._next_event: int = next_event
+        # Events handed to a stream since the spool opened: numbers up to this one. Streams
+        # do not outlive the process, so after a restart every stored event is sent again.
         self._cursor = 0
-        # Ranges of closed streams' unacknowledged batches: first in line.
-        self._requeued: deque[_Range] = deque()
+        # Rows of closed streams' unacknowledged batches: first in line.
+        self._requeued: deque[int] = deque()
         self._streams: dict[int, _Stream] = {}
         self._next_stream = 1
         self._in_streams = 0
@@ -306,39 +310,56 @@ class Spool:
         Closed streams' events come first, then the oldest never handed out. The seq is
         allocated even when no event is left, for a batch of resent copies.
         """
-        rows: list[Any] = []
-        ranges: list[_Range] = []
-        requeued = self._requeued
-        while requeued and len(rows) < limit:
-            after, upto = requeued[0]
-            room = limit - len(rows)
-            found = self._db.execute(_Q["events_between"], (after, upto, room)).fetchall()
-            rows += found
-            if len(found) == room and found[-1][0] < upto:
-                # The range goes on past this batch: split it.
-                requeued[0] = (found[-1][0], upto)
-                upto = found[-1][0]
+        runs: list[int] = []
+        events: list[Event] = []
+        room = limit
+        while room > 0:
+            run = self._next_run()
+            if run is None:
+                break
+            first, count, packed = run
+            if count > room:
+                if events:
+                    break
+                # Only faults make room for less than a row: cut it, so batches stay whole rows.
+                count, packed = self._cut(first, count, packed, room)
+            if self._requeued:
+                self._requeued.popleft()
             else:
-                requeued.popleft()
-            ranges.append((after, upto))
-        if len(rows) < limit:
-            cursor = self._cursor
-            fresh = self._db.execute(_Q["events_after"], (cursor, limit - len(rows))).fetchall()
-            if fresh:
-                self._cursor = fresh[-1][0]
-                ranges.append((cursor, self._cursor))
-                rows += fresh
-        events = [
-            Event(message_id, delivery_id, _KIND[kind], attempt, _REASON[reason], link, when)
-            for _id, message_id, delivery_id, kind, attempt, reason, link, when in rows
-        ]
+                # The last event taken: a requeued row cut later gets a number below it.
+                self._cursor = first + count - 1
+            runs.append(first)
+            events += _unpack(packed)
+            room -= count
         state = self._streams[stream]
         state.last_seq += 1
         if events:
             per_delivery = Counter(event.delivery_id for event in events)
-            state.batches[state.last_seq] = _Batch(ranges, len(events), per_delivery)
+            state.batches[state.last_seq] = _Batch(runs, len(events), per_delivery)
             self._in_streams += len(events)
         return state.last_seq, events
+
+    def _next_run(self) -> tuple[int, int, bytes] | None:
+        if self._requeued:
+            row: tuple[int, int, bytes] = self._db.execute(
+                _Q["run"], (self._requeued[0],)
+            ).fetchone()
+            return row
+        found: tuple[int, int, bytes] | None = self._db.execute(
+            _Q["runs_after"], (self._cursor,)
+        ).fetchone()
+        return found
+
+    def _cut(self, first: int, count: int, packed: bytes, keep: int) -> tuple[int, bytes]:
+        """Splits a row in two, the first keep events and the rest; returns the first part."""
+        head, tail = packed[: keep * _EVENT.size], packed[keep * _EVENT.size :]
+        with self._transaction() as db:
+            db.execute(_Q["cut_run"], (keep, head, first))
+            db.execute(_Q["insert_run"], (first + keep, count - keep, tail))
+        if self._requeued:
+            # The rest is still first in line, after the part taken now.
+            self._requeued.insert(1, first + keep)
+        return keep, head
 
     def ack(self, stream: int, seq: int) -> int:
         """Forgets a stream's batch for good; returns how many events (0 if acked before).
@@ -353,7 +374,7 @@ class Spool:
             for delivery_id, n in batch.per_delivery.items()
         }
         with self._transaction() as db:
-            db.executemany(_Q["delete_events_between"], batch.ranges)
+            db.executemany(_Q["delete_run"], [(first,) for first in batch.runs])
             self._add_outcomes(db, deltas)
         self._committed(deltas, -batch.size)
         self._in_streams -= batch.size
@@ -362,9 +383,9 @@ class Spool:
     def close_stream(self, stream: int) -> int:
         """Puts a closed stream's unacknowledged events back first in line; returns how many."""
         batches = self._streams.pop(stream).batches
-        ranges = [r for seq in sorted(batches) for r in batches[seq].ranges]
+        runs = [first for seq in sorted(batches) for first in batches[seq].runs]
         # Reversed, so that they keep their order at the front of the line.
-        self._requeued.extendleft(reversed(ranges))
+        self._requeued.extendleft(reversed(runs))
         requeued = sum(batch.size for batch in batches.values())
         self._in_streams -= requeued
         return requeued
@@ -384,8 +405,13 @@ class Spool:
         return total
 
     def _insert_events(self, db: sqlite3.Connection, events: list[Event]) -> None:
-        first = self._last_event_id + 1
-        db.executemany(_Q["insert_event"], [(i, *e) for i, e in enumerate(events, first)])
+        rows = []
+        first = self._next_event
+        for start in range(0, len(events), RUN_MAX):
+            run = events[start : start + RUN_MAX]
+            packed = _packer(len(run)).pack(*itertools.chain.from_iterable(run))
+            rows.append((first + start, len(run), packed))
+        db.executemany(_Q["insert_run"], rows)
 
     def _add_outcomes(self, db: sqlite3.Connection, deltas: dict[int, Outcomes]) -> None:
         db.executemany(
@@ -398,8 +424,21 @@ class Spool:
         for delivery_id, delta in deltas.items():
             _delta(self._outcomes, delivery_id).add(delta)
         if events_added > 0:
-            self._last_event_id += events_added
+            self._next_event += events_added
         self._stored += events_added
+
+
+@functools.lru_cache(maxsize=RUN_MAX)
+def _packer(count: int) -> struct.Struct:
+    """Packs count events at once: one call, not one per event."""
+    return struct.Struct("<" + _EVENT.format.lstrip("<") * count)
+
+
+def _unpack(packed: bytes) -> list[Event]:
+    return [
+        Event(message_id, delivery_id, _KIND[kind], attempt, _REASON[reason], link, when)
+        for message_id, delivery_id, kind, attempt, reason, link, when in _EVENT.iter_unpack(packed)
+    ]
 
 
 def _delta(deltas: dict[int, Outcomes], delivery_id: int) -> Outcomes:

@@ -24,16 +24,14 @@ CREATE TABLE IF NOT EXISTS schedule (
     -- Keyed by due time: firing reads and deletes a prefix of the key.
     PRIMARY KEY (due, message_id)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-    -- The outbox: events not acknowledged yet, in the order they happened (by id).
-    id INTEGER PRIMARY KEY,
-    message_id INTEGER NOT NULL,
-    delivery_id INTEGER NOT NULL,
-    kind INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    reason INTEGER NOT NULL,
-    link_index INTEGER NOT NULL,
-    event_time REAL NOT NULL
+CREATE TABLE IF NOT EXISTS outbox (
+    -- Events not acknowledged yet, numbered in the order they happened, a run of up to
+    -- a feedback batch's worth per row, packed (spool.py says how): the outbox is
+    -- written and read at tens of thousands of events a second, a row each is too slow.
+    -- A row is the number of its first event: rows sort in event order.
+    first_event INTEGER PRIMARY KEY,
+    count INTEGER NOT NULL,
+    events BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outcomes (
     -- GetOutcomes, per delivery; changed in the transaction of what it counts.
@@ -84,34 +82,29 @@ DELETE FROM schedule WHERE (due, message_id) <= (?, ?);
 -- When the earliest step is due; NULL when nothing is scheduled.
 SELECT min(due) FROM schedule;
 
--- name: insert_event
--- Puts an event in the outbox.
-INSERT INTO events (id, message_id, delivery_id, kind, attempt, reason, link_index, event_time)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+-- name: insert_run
+-- Puts a run of events in the outbox.
+INSERT INTO outbox (first_event, count, events) VALUES (?, ?, ?);
 
--- name: events_after
--- The outbox from an id on, oldest first.
-SELECT id, message_id, delivery_id, kind, attempt, reason, link_index, event_time
-FROM events
-WHERE id > ?
-ORDER BY id
-LIMIT ?;
+-- name: runs_after
+-- The outbox's runs after a run, in event order.
+SELECT first_event, count, events FROM outbox WHERE first_event > ? ORDER BY first_event;
 
--- name: events_between
--- The outbox in an id range (after, upto], oldest first.
-SELECT id, message_id, delivery_id, kind, attempt, reason, link_index, event_time
-FROM events
-WHERE id > ? AND id <= ?
-ORDER BY id
-LIMIT ?;
+-- name: run
+-- One run of the outbox.
+SELECT first_event, count, events FROM outbox WHERE first_event = ?;
 
--- name: delete_events_between
--- Forgets acknowledged events: an id range (after, upto].
-DELETE FROM events WHERE id > ? AND id <= ?;
+-- name: cut_run
+-- Keeps the first events of a run (the rest goes to a run of its own).
+UPDATE outbox SET count = ?, events = ? WHERE first_event = ?;
 
--- name: event_ids
--- How many events the outbox holds, and the highest id given out.
-SELECT count(*), coalesce(max(id), 0) FROM events;
+-- name: delete_run
+-- Forgets an acknowledged run.
+DELETE FROM outbox WHERE first_event = ?;
+
+-- name: outbox_size
+-- How many events the outbox holds, and the number the next event gets.
+SELECT coalesce(sum(count), 0), coalesce(max(first_event + count), 1) FROM outbox;
 
 -- name: add_outcomes
 -- Adds to a delivery's record, creating it at the first count.

@@ -39,6 +39,7 @@ def test_postgres_restart_during_ingest(servers: Servers) -> None:
         scenario.wait_finished(lambda: service.address, delivery_id)
         outcome = scenario.assert_exact(url, service.address, stub.address, delivery_id, N)
         assert outcome.unacknowledged_events == 0
+        scenario.assert_no_drift([service.log_path])
     finally:
         embedded_pg.stop(data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,13 +120,16 @@ def test_requeued_batches_come_first_in_order_and_split_across_smaller_batches(
     assert spool.pending_count() == 1
     assert spool.close_stream(first) == 6
     second = spool.open_stream()
-    ids = []
-    while True:
-        _seq, events = spool.take_feedback(second, 4)
-        if not events:
-            break
-        ids += [e.message_id for e in events]
-    assert ids == [1, 2, 3, 7, 8, 9, 10]
+    batches = []
+    while events := spool.take_feedback(second, 2)[1]:
+        batches.append([e.message_id for e in events])
+    assert batches == [[1, 2], [3], [7, 8], [9, 10]]
+    # Cut or not, each event is acknowledged once.
+    for seq in range(1, 5):
+        spool.ack(second, seq)
+    assert spool.outcomes(D).unacknowledged_events == 0
+    spool = reopen(spool)
+    assert event_ids(spool) == []
     spool.close()
 
 
@@ -287,4 +292,60 @@ def test_event_kinds_and_reasons_come_back_as_enums(spool: Spool) -> None:
     (event,) = spool.take_feedback(stream, 10)[1]
     assert event.kind is EventKind.HARD_BOUNCE
     assert event.reason is scenarios.BounceReason.UNREACHABLE
+    spool.close()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_takes_acks_closes_and_reopens_lose_nothing_and_ack_each_event_once(
+    spool: Spool, seed: int
+) -> None:
+    rng = random.Random(seed)
+    accepted = 0
+    acked = Counter[int]()
+    # Per open stream, its unacknowledged batches: seq -> message ids.
+    streams: dict[int, dict[int, list[int]]] = {}
+    for _ in range(300):
+        op = rng.choice(["accept", "take", "take", "ack", "close", "reopen"])
+        if op == "accept" or accepted == 0:
+            count = rng.randint(1, 30)
+            spool.accept([admission(i) for i in range(accepted + 1, accepted + count + 1)])
+            accepted += count
+        elif op == "take":
+            if len(streams) < 3 and rng.random() < 0.3:
+                streams[spool.open_stream()] = {}
+            if streams:
+                stream = rng.choice(list(streams))
+                seq, events = spool.take_feedback(stream, rng.randint(1, 12))
+                ids = [e.message_id for e in events]
+                in_flight = {i for batches in streams.values() for b in batches.values() for i in b}
+                assert not set(ids) & (in_flight | set(acked))
+                if ids:
+                    streams[stream][seq] = ids
+        elif op == "ack" and any(streams.values()):
+            stream = rng.choice([s for s, batches in streams.items() if batches])
+            seq = rng.choice(list(streams[stream]))
+            assert spool.ack(stream, seq) == len(streams[stream][seq])
+            acked.update(streams[stream].pop(seq))
+        elif op == "close" and streams:
+            stream = rng.choice(list(streams))
+            spool.close_stream(stream)
+            del streams[stream]
+        elif op == "reopen":
+            spool = reopen(spool)
+            streams.clear()
+        unacknowledged = accepted - sum(acked.values())
+        assert spool.outcomes(D).unacknowledged_events == unacknowledged
+        assert spool.pending_count() == unacknowledged - sum(
+            len(b) for batches in streams.values() for b in batches.values()
+        )
+    spool = reopen(spool)
+    stream = spool.open_stream()
+    while True:
+        seq, events = spool.take_feedback(stream, rng.randint(1, 500))
+        if not events:
+            break
+        spool.ack(stream, seq)
+        acked.update(e.message_id for e in events)
+    assert acked == Counter(range(1, accepted + 1))
+    assert spool.outcomes(D).unacknowledged_events == 0
     spool.close()
