@@ -13,7 +13,10 @@ from mta.v1 import mta_service_pb2 as mta
 from tests.conftest import Servers
 from tests.reliability import scenario
 
-N = 5000
+# Delays of up to 1 s per batch slow the feedback to a few hundred events a second: the
+# delivery is sized so that every report lands inside its validity (30 s), as it must for
+# the stub's record and the final figures to be comparable.
+N = 2000
 
 
 def scrape(port: int, name: str) -> float:
@@ -29,13 +32,13 @@ def test_duplicated_reordered_dropped_delayed_feedback(fresh_db_url: str, server
         metrics_port = s.getsockname()[1]
     stub = servers.mta_stub("--retry-interval-ms", "200", "--engagement-delay-ms", "50")
     service = servers.delivery_service(
-        fresh_db_url, stub.address, "--finalize-grace", "4", "--metrics-port", str(metrics_port)
+        fresh_db_url, stub.address, "--finalize-grace", "5", "--metrics-port", str(metrics_port)
     )
     faults = mta.Faults(
         duplicate_events=True, reorder_window=100, drop_stream_every=5, max_delay_ms=1000
     )
     delivery_id = scenario.start_delivery(
-        fresh_db_url, service.address, stub.address, N, 20, faults
+        fresh_db_url, service.address, stub.address, N, 30, faults
     )
     scenario.wait_finished(lambda: service.address, delivery_id)
     scenario.call_mta(stub.address, "SetScenario", mta.SetScenarioRequest(faults=mta.Faults()))
