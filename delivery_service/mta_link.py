@@ -85,8 +85,9 @@ class MtaLink:
     async def wait_connected(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
 
-    async def relay(self, messages: list[mta.Message]) -> mta.RelayAck:
-        """Sends one batch; returns the MTA's acknowledgement, or raises LinkDown."""
+    async def relay(self, request: mta.ExchangeRequest) -> mta.RelayAck:
+        """Sends one relay batch (its seq is set here); returns the MTA's acknowledgement,
+        or raises LinkDown."""
         stream = self._stream
         if stream is None or stream.closed:
             raise LinkDown("not connected to the MTA")
@@ -94,7 +95,7 @@ class MtaLink:
         stream.next_seq += 1
         future: asyncio.Future[mta.RelayAck] = asyncio.get_running_loop().create_future()
         stream.pending[seq] = future
-        request = mta.ExchangeRequest(relay=mta.RelayBatch(seq=seq, messages=messages))
+        request.relay.seq = seq
         try:
             # Shielded: a relay task cancelled mid-write must not cancel the whole call.
             await asyncio.shield(stream.write(request))

@@ -61,6 +61,10 @@ class Relayer:
     async def _relay_leased(self, delivery_id: int) -> None:
         delivery = await self.db.get_delivery(delivery_id)
         mode = fb.FeedbackMode(delivery["feedback_mode"])
+        # Sent once per batch, not once per message.
+        content = mta.Content(
+            subject=delivery["subject"], body=delivery["body"], links=delivery["links"]
+        )
         expire_time = timestamp_pb2.Timestamp()
         expire_time.FromDatetime(delivery["validity_end_time"])
         await self.link.wait_connected()
@@ -68,29 +72,27 @@ class Relayer:
         after = 0
         try:
             while True:
-                batch = await self.db.queued_messages(delivery_id, after, self.batch_size)
-                if not batch:
+                ids, emails = await self.db.queued_messages(delivery_id, after, self.batch_size)
+                if not ids:
                     break
-                after = batch[-1].message_id
-                messages = [
-                    mta.Message(
-                        message_id=m.message_id,
-                        delivery_id=delivery_id,
-                        email=m.email,
-                        subject=delivery["subject"],
-                        body=delivery["body"],
-                        links=delivery["links"],
-                        expire_time=expire_time,
-                    )
-                    for m in batch
-                ]
+                request = mta.ExchangeRequest()
+                batch = request.relay
+                batch.delivery_id = delivery_id
+                batch.content.CopyFrom(content)
+                batch.expire_time.CopyFrom(expire_time)
+                add = batch.messages.add  # in place: the cheapest way to fill a batch
+                for message_id, email in zip(ids, emails, strict=True):
+                    add(message_id=message_id, email=email)
                 while len(in_flight) >= self.window:
                     done, in_flight = await asyncio.wait(
                         in_flight, return_when=asyncio.FIRST_COMPLETED
                     )
                     for task in done:
                         task.result()  # a broken stream ends this round
-                in_flight.add(asyncio.create_task(self._send(delivery_id, mode, messages)))
+                in_flight.add(
+                    asyncio.create_task(self._send(delivery_id, mode, request, after, ids[-1]))
+                )
+                after = ids[-1]
             await asyncio.gather(*in_flight)
             in_flight = set()
         finally:
@@ -100,9 +102,15 @@ class Relayer:
             log.info("delivery %d: every message relayed", delivery_id)
 
     async def _send(
-        self, delivery_id: int, mode: fb.FeedbackMode, batch: list[mta.Message]
+        self,
+        delivery_id: int,
+        mode: fb.FeedbackMode,
+        request: mta.ExchangeRequest,
+        after: int,
+        upto: int,
     ) -> None:
-        await self.link.relay(batch)
-        marked = await self.db.mark_relayed(delivery_id, mode, [m.message_id for m in batch])
+        """Relays the queued messages in (after, upto], then marks them relayed."""
+        await self.link.relay(request)
+        marked = await self.db.mark_relayed(delivery_id, mode, after, upto)
         observability.MESSAGES_RELAYED.inc(marked)
-        observability.BATCH_SIZE.labels("relay").observe(len(batch))
+        observability.BATCH_SIZE.labels("relay").observe(len(request.relay.messages))

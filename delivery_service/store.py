@@ -17,7 +17,7 @@ from importlib import resources
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from delivery_service.domain import feedback as fb
@@ -64,14 +64,6 @@ QUERIES = _load_queries()
 
 def _q(name: str) -> bytes:
     return QUERIES[name].encode()
-
-
-@dataclass(frozen=True)
-class Message:
-    """A queued message, as the relay reads it."""
-
-    message_id: int
-    email: str
 
 
 @dataclass(frozen=True)
@@ -468,23 +460,36 @@ class Store:
         except psycopg.OperationalError as exc:
             raise Unavailable(str(exc)) from exc
 
-    async def queued_messages(self, delivery_id: int, after: int, limit: int) -> list[Message]:
-        async with self._tx() as conn:
-            rows = await self._all(
-                conn, "queued_messages", delivery_id=delivery_id, after=after, limit=limit
-            )
-        return [Message(r["message_id"], r["email"]) for r in rows]
+    async def queued_messages(
+        self, delivery_id: int, after: int, limit: int
+    ) -> tuple[list[int], list[str]]:
+        """The next queued messages after `after`, in message order: (ids, addresses)."""
+        try:
+            async with self.pool.connection() as conn:
+                # Plain tuples: no dict per message on the relay's hot path.
+                cur = conn.cursor(row_factory=tuple_row)
+                await cur.execute(
+                    _q("queued_messages"),
+                    {"delivery_id": delivery_id, "after": after, "limit": limit},
+                )
+                rows = await cur.fetchall()
+        except psycopg.OperationalError as exc:
+            raise Unavailable(str(exc)) from exc
+        return [r[0] for r in rows], [r[1] for r in rows]
 
     async def mark_relayed(
-        self, delivery_id: int, mode: fb.FeedbackMode, message_ids: list[int]
+        self, delivery_id: int, mode: fb.FeedbackMode, after: int, upto: int
     ) -> int:
-        """Marks messages relayed; returns how many this call marked."""
+        """Marks relayed the batch the MTA acknowledged: the queued messages of the
+        delivery in (after, upto]. Returns how many this call marked."""
         async with self._tx() as conn:
             await conn.execute(_q("lock_counters_shared"), {"delivery_ids": [delivery_id]})
             cur = await conn.execute(
                 _q("mark_relayed"),
                 {
-                    "message_ids": message_ids,
+                    "delivery_id": delivery_id,
+                    "after": after,
+                    "upto": upto,
                     "status": fb.status_of(mode, True, fb.Outcome.NONE),
                 },
             )

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = mta_service_pb2.DESCRIPTOR.services_by_name["MtaService"].full_name
 MAX_RELAY_MESSAGES = 10_000
-# A full RelayBatch carries 10,000 bodies: far over gRPC's default 4 MiB.
+# A RelayBatch of 10,000 messages with a large body can pass gRPC's default 4 MiB.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 # Responses waiting to be written on one stream; a slow reader holds back the feeding.
 _OUTGOING_LIMIT = 8
@@ -211,21 +211,20 @@ def _relayed(batch: mta_service_pb2.RelayBatch) -> list[Relayed]:
     count = len(batch.messages)
     if not 1 <= count <= MAX_RELAY_MESSAGES:
         raise BadRequest(f"relay.messages: must hold 1 to {MAX_RELAY_MESSAGES}, not {count}")
-    relayed = []
-    for index, message in enumerate(batch.messages):
-        message_id = message.message_id
-        delivery_id = message.delivery_id
-        email = message.email
-        if message_id <= 0:
+    delivery_id = batch.delivery_id
+    if delivery_id <= 0:
+        raise BadRequest("relay.delivery_id: must be positive")
+    if not batch.content.subject:
+        raise BadRequest("relay.content.subject: required")
+    if not batch.HasField("expire_time"):
+        raise BadRequest("relay.expire_time: required")
+    expire_at = batch.expire_time.seconds + batch.expire_time.nanos / 1e9
+    relayed = [Relayed(m.message_id, delivery_id, m.email, expire_at) for m in batch.messages]
+    for index, message in enumerate(relayed):
+        if message.message_id <= 0:
             raise BadRequest(f"relay.messages[{index}].message_id: must be positive")
-        if delivery_id <= 0:
-            raise BadRequest(f"relay.messages[{index}].delivery_id: must be positive")
-        if not email:
+        if not message.email:
             raise BadRequest(f"relay.messages[{index}].email: required")
-        if not message.HasField("expire_time"):
-            raise BadRequest(f"relay.messages[{index}].expire_time: required")
-        expire = message.expire_time
-        relayed.append(Relayed(message_id, delivery_id, email, expire.seconds + expire.nanos / 1e9))
     return relayed
 
 

@@ -250,11 +250,14 @@ ORDER BY message_id
 LIMIT %(limit)s;
 
 -- name: mark_relayed
--- Marks messages relayed once the MTA holds them; a message feedback already
--- marked is left alone, so each is counted once.
+-- Marks relayed a batch the MTA holds: the delivery's queued messages in
+-- (after, upto], which are exactly the batch (it was read as the first of them in
+-- message order). A message feedback already marked is left alone, so each is
+-- counted once.
 UPDATE sending_logs
 SET relay_time = now(), status = %(status)s, update_time = now()
-WHERE message_id = ANY (%(message_ids)s::bigint[]) AND relay_time IS NULL;
+WHERE delivery_id = %(delivery_id)s AND message_id > %(after)s AND message_id <= %(upto)s
+  AND relay_time IS NULL;
 
 -- name: set_sent
 -- Every message is relayed: the delivery is SENT.

@@ -97,26 +97,17 @@ BOUNCE_REASON_UNREACHABLE: BounceReason.ValueType  # 5
 Global___BounceReason: _TypeAlias = BounceReason  # noqa: Y015
 
 @_typing.final
-class Message(_message.Message):
-    """A message relayed to the MTA."""
+class Content(_message.Message):
+    """What every message of a delivery shares. A RelayBatch carries it once for
+    all its messages rather than once per message: a 4 KiB body sent with each
+    of a million messages would be 4 GB on the wire.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    MESSAGE_ID_FIELD_NUMBER: _builtins.int
-    DELIVERY_ID_FIELD_NUMBER: _builtins.int
-    EMAIL_FIELD_NUMBER: _builtins.int
     SUBJECT_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     LINKS_FIELD_NUMBER: _builtins.int
-    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
-    message_id: _builtins.int
-    """Required. The message's id: unique, and the idempotency key. A message
-    whose id the MTA already holds is acknowledged and not sent again.
-    """
-    delivery_id: _builtins.int
-    """Required. The delivery the message belongs to."""
-    email: _builtins.str
-    """Required. The recipient's address."""
     subject: _builtins.str
     """Required. The subject line."""
     body: _builtins.str
@@ -125,26 +116,44 @@ class Message(_message.Message):
     def links(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The tracked links of the body."""
 
-    @_builtins.property
-    def expire_time(self) -> _timestamp_pb2.Timestamp:
-        """Required. The end of the message's validity: the MTA retries soft
-        bounces until then, and then gives the message up.
-        """
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+        body: _builtins.str = ...,
+        links: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "links", b"links", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+Global___Content: _TypeAlias = Content  # noqa: Y015
+
+@_typing.final
+class Message(_message.Message):
+    """A message relayed to the MTA: one recipient of its batch's delivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.int
+    """Required. The message's id: unique, and the idempotency key. A message
+    whose id the MTA already holds is acknowledged and not sent again.
+    """
+    email: _builtins.str
+    """Required. The recipient's address."""
     def __init__(
         self,
         *,
         message_id: _builtins.int = ...,
-        delivery_id: _builtins.int = ...,
         email: _builtins.str = ...,
-        subject: _builtins.str = ...,
-        body: _builtins.str = ...,
-        links: _abc.Iterable[_builtins.str] | None = ...,
-        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "delivery_id", b"delivery_id", "email", b"email", "expire_time", b"expire_time", "links", b"links", "message_id", b"message_id", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "message_id", b"message_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -174,29 +183,47 @@ Global___Hello: _TypeAlias = Hello  # noqa: Y015
 
 @_typing.final
 class RelayBatch(_message.Message):
-    """A batch of relayed messages."""
+    """A batch of relayed messages, all of one delivery."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQ_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Required. The batch's sequence number on this stream, increasing from 1;
     the RelayAck names it.
     """
+    delivery_id: _builtins.int
+    """Required. The delivery every message of the batch belongs to."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
         """Required. The messages, 1 to 10,000."""
+
+    @_builtins.property
+    def content(self) -> Global___Content:
+        """Required. The delivery's content, the same for every message of the batch."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """Required. The end of the messages' validity: the MTA retries soft
+        bounces until then, and then gives the messages up.
+        """
 
     def __init__(
         self,
         *,
         seq: _builtins.int = ...,
         messages: _abc.Iterable[Global___Message] | None = ...,
+        delivery_id: _builtins.int = ...,
+        content: Global___Content | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "delivery_id", b"delivery_id", "expire_time", b"expire_time", "messages", b"messages", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -323,7 +350,7 @@ class FeedbackEvent(_message.Message):
     attempt: _builtins.int
     """The delivery attempt the event is about, from 1."""
     link_index: _builtins.int
-    """For clicks, the index of the clicked link in Message.links."""
+    """For clicks, the index of the clicked link in Content.links."""
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
