@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
+from collections.abc import Iterable
 
 from mta.v1 import mta_service_pb2 as mta
 
@@ -19,27 +19,34 @@ class FeedbackIngest:
     def __init__(self, db: store.Store) -> None:
         self.db = db
 
-    async def __call__(self, events: list[mta.FeedbackEvent]) -> None:
-        batch = [
-            store.Event(
-                event_id=e.event_id,
-                message_id=e.message_id,
-                delivery_id=e.delivery_id,
-                kind=fb.EventKind(e.kind),
-                reason=e.reason,
-                attempt=e.attempt,
-                link_index=e.link_index,
-                event_time=e.event_time.ToDatetime(tzinfo=dt.UTC),
-            )
-            for e in events
-            if e.kind in _KINDS and e.event_id
-        ]
-        if len(batch) < len(events):
-            log.warning("ignored %d malformed feedback events", len(events) - len(batch))
+    async def __call__(self, events: Iterable[mta.FeedbackEvent]) -> None:
+        batch = store.EventBatch()
+        seen: set[str] = set()
+        malformed = repeated = 0
+        for e in events:
+            event_id = e.event_id
+            if e.kind not in _KINDS or not event_id:
+                malformed += 1
+                continue
+            if event_id in seen:  # sent twice in one batch: applied once, counted a duplicate
+                repeated += 1
+                continue
+            seen.add(event_id)
+            batch.event_ids.append(event_id)
+            batch.message_ids.append(e.message_id)
+            batch.delivery_ids.append(e.delivery_id)
+            batch.kinds.append(e.kind)
+            batch.reasons.append(e.reason)
+            batch.attempts.append(e.attempt)
+            batch.link_indexes.append(e.link_index)
+            t = e.event_time
+            batch.event_micros.append(t.seconds * 1_000_000 + t.nanos // 1000)
+        if malformed:
+            log.warning("ignored %d malformed feedback events", malformed)
         if not batch:
             return
         result = await self.db.apply_feedback(batch)
         observability.BATCH_SIZE.labels("feedback").observe(len(batch))
         observability.FEEDBACK_APPLIED.inc(result.applied)
-        observability.FEEDBACK_DEDUPLICATED.inc(result.duplicates)
+        observability.FEEDBACK_DEDUPLICATED.inc(result.duplicates + repeated)
         observability.FEEDBACK_UNKNOWN.inc(result.unknown)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import grpc
 from mta.v1 import mta_service_pb2 as mta
@@ -23,7 +23,7 @@ from delivery_service import observability
 
 log = logging.getLogger(__name__)
 
-FeedbackHandler = Callable[[list[mta.FeedbackEvent]], Awaitable[None]]
+FeedbackHandler = Callable[[Iterable[mta.FeedbackEvent]], Awaitable[None]]
 
 
 class LinkDown(Exception):
@@ -171,7 +171,7 @@ class MtaLink:
             delay = 0.05
             while not stream.closed:
                 try:
-                    await self.on_feedback(list(batch.events))
+                    await self.on_feedback(batch.events)
                     break
                 except Exception as exc:  # the database may be restarting: try again
                     log.warning("feedback batch %d not applied yet: %s", batch.seq, exc)

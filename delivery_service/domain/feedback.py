@@ -52,6 +52,9 @@ class EventKind(enum.IntEnum):
     CLICKED = 6
 
 
+# Opens and clicks: they report engagement, not a fate. A click implies an open.
+ENGAGEMENTS = frozenset({EventKind.OPENED, EventKind.CLICKED})
+
 # delivery.v1.FailureReason: 1-5 are the MTA's bounce reasons, same numbers; 6 is expiry.
 REASON_EXPIRED = 6
 
@@ -171,7 +174,7 @@ def apply_event(
         message.relayed = True
         deltas["relayed"] += 1
         changed = True
-    if kind is EventKind.OPENED or kind is EventKind.CLICKED:
+    if kind in ENGAGEMENTS:
         if not message.opened:
             message.opened = True
             deltas["opened"] += 1

@@ -266,28 +266,120 @@ WHERE id = %(id)s AND state = 'SENDING'
   AND NOT EXISTS (SELECT 1 FROM sending_logs
                   WHERE delivery_id = %(id)s AND relay_time IS NULL AND outcome = 0);
 
--- name: lock_messages
--- The messages a feedback batch is about, locked in a fixed order.
-SELECT s.message_id, s.delivery_id, s.relay_time IS NOT NULL AS relayed, s.outcome,
-       s.failure_reason, s.opened, s.clicked, d.feedback_mode, d.state
-FROM sending_logs s JOIN deliveries d ON d.id = s.delivery_id
-WHERE s.message_id = ANY (%(message_ids)s::bigint[])
-ORDER BY s.message_id
-FOR UPDATE OF s;
-
--- name: insert_events
--- Logs the feedback events of known messages; returns the ids not seen before.
-INSERT INTO feedback_events (event_id, message_id, delivery_id, kind, reason, attempt,
-                             link_index, event_time)
-SELECT e.*
-FROM unnest(%(event_ids)s::text[], %(message_ids)s::bigint[],
-            %(delivery_ids)s::bigint[], %(kinds)s::smallint[],
-            %(reasons)s::smallint[], %(attempts)s::integer[],
-            %(link_indexes)s::integer[], %(event_times)s::timestamptz[])
-     AS e (event_id, message_id, delivery_id, kind, reason, attempt, link_index, event_time)
-JOIN sending_logs s ON s.message_id = e.message_id AND s.delivery_id = e.delivery_id
-ON CONFLICT (event_id) DO NOTHING
-RETURNING event_id;
+-- name: apply_feedback
+-- Applies a batch of feedback events in one set-based statement: every event of
+-- a known message is logged once (an event id already logged is skipped), each
+-- message touched is folded and rewritten once, and the counter deltas go to one
+-- shard. The rules are delivery_service.domain.feedback's, for whole sets: a
+-- message's outcome (0 none, 1 soft bounced, 2 delivered, 3 expired, 4 hard
+-- bounced) only moves up, to the highest one reported; its bounce reason is that
+-- of the first event that moved it; the status, failure type and failure reason of
+-- each (mode, outcome) come from tables store.py builds from the domain functions;
+-- a FINISHED delivery's fates no longer change, though opens and clicks still
+-- count. The messages are locked in id order before they are read, so a
+-- concurrent batch about the same message waits, then folds into what this one
+-- wrote.
+WITH batch AS (
+    SELECT e.*, (%(outcome_of_kind)s::smallint[])[e.kind] AS outcome
+    FROM unnest(%(event_ids)s::text[], %(message_ids)s::bigint[],
+                %(delivery_ids)s::bigint[], %(kinds)s::smallint[],
+                %(reasons)s::smallint[], %(attempts)s::integer[],
+                %(link_indexes)s::integer[], %(event_micros)s::bigint[]) WITH ORDINALITY
+         AS e (event_id, message_id, delivery_id, kind, reason, attempt, link_index,
+               event_micros, ord)
+),
+known AS (
+    SELECT b.*, d.state = 'FINISHED' AS finished
+    FROM batch b
+    JOIN sending_logs s ON s.message_id = b.message_id AND s.delivery_id = b.delivery_id
+    JOIN deliveries d ON d.id = b.delivery_id
+),
+new_events AS (
+    INSERT INTO feedback_events (event_id, message_id, delivery_id, kind, reason, attempt,
+                                 link_index, event_time)
+    SELECT event_id, message_id, delivery_id, kind, reason, attempt, link_index,
+           timestamptz 'epoch' + event_micros * interval '1 microsecond'
+    FROM known
+    -- In key order: concurrent batches wait on a shared id in the same order.
+    ORDER BY event_id
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+),
+applied AS (
+    SELECT k.* FROM known k JOIN new_events n USING (event_id)
+    WHERE k.outcome = 0 OR NOT k.finished
+),
+per_message AS (
+    SELECT message_id,
+           max(outcome) AS outcome,
+           (array_agg(reason ORDER BY outcome DESC, ord))[1] AS reason,
+           bool_or((%(opens)s::boolean[])[kind]) AS opened,
+           bool_or((%(clicks)s::boolean[])[kind]) AS clicked
+    FROM applied
+    GROUP BY message_id
+),
+current AS (
+    SELECT l.message_id, l.delivery_id, l.relay_time IS NOT NULL AS was_relayed,
+           l.outcome, l.failure_reason, l.opened, l.clicked
+    FROM sending_logs l
+    WHERE l.message_id IN (SELECT message_id FROM per_message)
+    ORDER BY l.message_id
+    FOR NO KEY UPDATE
+),
+folded AS (
+    SELECT c.message_id, c.delivery_id, c.was_relayed,
+           (d.feedback_mode = 'EFS')::integer + 1 AS mode,
+           c.outcome AS old_outcome, greatest(c.outcome, p.outcome) AS outcome,
+           CASE WHEN p.outcome > c.outcome THEN p.reason ELSE c.failure_reason END
+               AS bounce_reason,
+           c.opened AS old_opened, c.opened OR p.opened AS opened,
+           c.clicked AS old_clicked, c.clicked OR p.clicked AS clicked
+    FROM current c
+    JOIN per_message p USING (message_id)
+    JOIN deliveries d ON d.id = c.delivery_id
+),
+changes AS (
+    SELECT f.*,
+           (%(statuses)s::smallint[])[f.mode][f.outcome + 1] AS status,
+           (%(failure_types)s::smallint[])[f.mode][f.outcome + 1] AS failure_type,
+           coalesce((%(failure_reasons)s::smallint[])[f.mode][f.outcome + 1], f.bounce_reason)
+               AS failure_reason
+    FROM folded f
+    WHERE NOT f.was_relayed OR f.outcome <> f.old_outcome
+       OR f.opened <> f.old_opened OR f.clicked <> f.old_clicked
+),
+updated AS (
+    UPDATE sending_logs s
+    SET status = c.status, outcome = c.outcome, failure_type = c.failure_type,
+        failure_reason = c.failure_reason, opened = c.opened, clicked = c.clicked,
+        relay_time = coalesce(s.relay_time, now()), update_time = now()
+    FROM changes c
+    WHERE s.message_id = c.message_id
+),
+counted AS (
+    INSERT INTO delivery_counters AS k (delivery_id, shard, relayed, delivered, soft_bounced,
+                                        hard_bounced, expired, opened, clicked)
+    SELECT delivery_id, %(shard)s,
+           count(*) FILTER (WHERE NOT was_relayed),
+           count(*) FILTER (WHERE outcome = 2) - count(*) FILTER (WHERE old_outcome = 2),
+           count(*) FILTER (WHERE outcome = 1) - count(*) FILTER (WHERE old_outcome = 1),
+           count(*) FILTER (WHERE outcome = 4) - count(*) FILTER (WHERE old_outcome = 4),
+           count(*) FILTER (WHERE outcome = 3) - count(*) FILTER (WHERE old_outcome = 3),
+           count(*) FILTER (WHERE opened AND NOT old_opened),
+           count(*) FILTER (WHERE clicked AND NOT old_clicked)
+    FROM changes
+    GROUP BY delivery_id
+    ORDER BY delivery_id
+    ON CONFLICT (delivery_id, shard) DO UPDATE
+    SET relayed = k.relayed + excluded.relayed,
+        delivered = k.delivered + excluded.delivered,
+        soft_bounced = k.soft_bounced + excluded.soft_bounced,
+        hard_bounced = k.hard_bounced + excluded.hard_bounced,
+        expired = k.expired + excluded.expired,
+        opened = k.opened + excluded.opened,
+        clicked = k.clicked + excluded.clicked
+)
+SELECT (SELECT count(*) FROM known) AS known, (SELECT count(*) FROM new_events) AS applied;
 
 -- name: update_messages
 -- Writes the new state of messages that feedback changed.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -192,12 +193,15 @@ class Feed:
             self.relay_seq += 1
             seq = self.relay_seq
             await self.call.write(pb.ExchangeRequest(relay=relay_batch(seq, group)))
-            await self.read_until(lambda: any(a.seq == seq for a in self.relay_acks))
+            await self.read_until(functools.partial(self.acked, seq))
             ack = next(a for a in self.relay_acks if a.seq == seq)
             total.seq = seq
             total.accepted += ack.accepted
             total.duplicates += ack.duplicates
         return total
+
+    def acked(self, seq: int) -> bool:
+        return any(a.seq == seq for a in self.relay_acks)
 
     async def read_until(self, done: Callable[[], bool]) -> None:
         async with asyncio.timeout(WAIT):

@@ -1,11 +1,13 @@
 """Feedback applied by storage alone, on a real database: duplicated, reordered and
-concurrent batches end in the same exact figures as one clean pass."""
+concurrent batches end in the same exact figures as one clean pass, and the set-based
+SQL folds events exactly as the domain's reference rules (domain.feedback.apply_event)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import random
+from typing import NamedTuple
 
 from delivery_service import store
 from delivery_service.domain import feedback as fb
@@ -16,9 +18,31 @@ N = 400
 K = fb.EventKind
 
 
-def timeline(message_id: int, delivery_id: int, rng: random.Random) -> list[store.Event]:
+class Event(NamedTuple):
+    event_id: str
+    message_id: int
+    delivery_id: int
+    kind: fb.EventKind
+    reason: int
+    attempt: int
+
+
+def batch_of(events: list[Event]) -> store.EventBatch:
+    now = int(dt.datetime.now(dt.UTC).timestamp() * 1_000_000)
+    return store.EventBatch(
+        event_ids=[e.event_id for e in events],
+        message_ids=[e.message_id for e in events],
+        delivery_ids=[e.delivery_id for e in events],
+        kinds=[int(e.kind) for e in events],
+        reasons=[e.reason for e in events],
+        attempts=[e.attempt for e in events],
+        link_indexes=[0 for _ in events],
+        event_micros=[now for _ in events],
+    )
+
+
+def timeline(message_id: int, delivery_id: int, rng: random.Random) -> list[Event]:
     """What an MTA could report for one message, with stable event ids."""
-    now = dt.datetime.now(dt.UTC)
     kinds = rng.choice(
         [
             [K.DELIVERED, K.OPENED, K.CLICKED],
@@ -29,8 +53,8 @@ def timeline(message_id: int, delivery_id: int, rng: random.Random) -> list[stor
         ]
     )
     return [
-        store.Event(f"{message_id}:{kind.name}:{attempt}", message_id, delivery_id, kind,
-                    2 if kind in (K.HARD_BOUNCE, K.SOFT_BOUNCE) else 0, attempt, 0, now)
+        Event(f"{message_id}:{kind.name}:{attempt}", message_id, delivery_id, kind,
+              2 if kind in (K.HARD_BOUNCE, K.SOFT_BOUNCE) else 0, attempt)
         for attempt, kind in enumerate(kinds, start=1)
     ]  # fmt: skip
 
@@ -69,12 +93,12 @@ async def test_duplicated_reordered_concurrent_feedback_is_exact(fresh_db_url: s
                 for i, m in enumerate(noisy_messages)
                 for e in timeline(m, noisy_id, random.Random(seed + clean_messages[i]))
             ]
-            await db.apply_feedback(clean)
+            await db.apply_feedback(batch_of(clean))
             # Every event three times, shuffled, in batches applied by 4 tasks at once.
             shuffled = noisy * 3
             rng.shuffle(shuffled)
             batches = [shuffled[i : i + 97] for i in range(0, len(shuffled), 97)]
-            await asyncio.gather(*(db.apply_feedback(b) for b in batches))
+            await asyncio.gather(*(db.apply_feedback(batch_of(b)) for b in batches))
             _, clean_counters = await db.delivery_and_counters(clean_id)
             _, noisy_counters = await db.delivery_and_counters(noisy_id)
             _, recounted, repaired = await db.compute_stats(noisy_id)
@@ -88,5 +112,60 @@ async def test_duplicated_reordered_concurrent_feedback_is_exact(fresh_db_url: s
             ]
             results[mode] = clean_counters
         assert results[fb.FeedbackMode.EFS] != Counters()
+    finally:
+        await db.close()
+
+
+async def test_the_set_based_fold_is_the_domain_rules(fresh_db_url: str) -> None:
+    """Random events of every kind and reason, repeated, some about unknown messages, half
+    the messages relayed first, in random batches: every sending log and counter ends as
+    the domain's reference fold says, event by event in arrival order."""
+    db = store.Store(fresh_db_url, max_size=4)
+    await db.open()
+    try:
+        rng = random.Random(11)
+        for mode in fb.FeedbackMode:
+            delivery_id, message_ids = await sent_delivery(db, mode)
+            relayed = set(message_ids[: N // 2])
+            await db.mark_relayed(delivery_id, mode, 0, message_ids[N // 2 - 1])
+            model = {
+                m: fb.MessageState(m, delivery_id, mode, m in relayed, fb.Outcome.NONE, 0,
+                                   False, False)
+                for m in message_ids
+            }  # fmt: skip
+            deltas = fb.empty_deltas()
+            deltas["relayed"] = len(relayed)
+            events = [
+                Event(f"{m}:{i}", m, delivery_id, rng.choice(list(K)), rng.randint(1, 5), i)
+                for m in message_ids
+                for i in range(rng.randint(0, 5))
+            ]
+            events += rng.sample(events, len(events) // 3)  # sent again
+            events += [Event(f"x{i}", 10**12 + i, delivery_id, K.DELIVERED, 0, 1) for i in range(5)]
+            rng.shuffle(events)
+            seen: set[str] = set()
+            applied = duplicates = unknown = 0
+            for start in range(0, len(events), 150):
+                part = events[start : start + 150]
+                result = await db.apply_feedback(batch_of(part))
+                applied += result.applied
+                duplicates += result.duplicates
+                unknown += result.unknown
+                for e in part:
+                    if e.message_id not in model:
+                        continue
+                    if e.event_id not in seen:
+                        seen.add(e.event_id)
+                        fb.apply_event(model[e.message_id], e.kind, e.reason, deltas)
+            assert (applied, unknown) == (len(seen), 5)
+            assert duplicates == len(events) - 5 - len(seen)
+            rows = await db.list_sending_logs(delivery_id, None, 0, N)
+            keys = ("message_id", "status", "outcome", "failure_type", "failure_reason",
+                    "opened", "clicked")  # fmt: skip
+            assert [tuple(r[k] for k in keys) for r in rows] == [
+                model[m].row() for m in message_ids
+            ]
+            _, counters = await db.delivery_and_counters(delivery_id)
+            assert counters == Counters(**deltas)
     finally:
         await db.close()
