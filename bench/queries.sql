@@ -108,7 +108,8 @@ COPY staging FROM STDIN (FORMAT binary);
 -- (after, upto], in one set-based statement, counted in one shard. Events of
 -- unknown messages are dropped and an event id already logged is skipped, as the
 -- service does; a message's outcome only moves up (none 0 < soft 1 < delivered 2 <
--- expired 3 < hard 4); status, failure type and reason follow
+-- expired 3 < hard 4), its bounce reason is the lowest reported with that outcome;
+-- status, failure type and reason follow
 -- delivery_service.domain.feedback; the counters get the difference between the old
 -- and the new buckets. Every CTE reads the same snapshot, so `changes` sees the rows
 -- as they were before `updated` rewrites them.
@@ -129,7 +130,7 @@ per_message AS (
     SELECT message_id,
            max(CASE kind WHEN 3 THEN 1 WHEN 1 THEN 2 WHEN 4 THEN 3 WHEN 2 THEN 4 ELSE 0 END)
                AS rank,
-           max(reason) FILTER (WHERE kind = 2) AS hard_reason,
+           min(reason) FILTER (WHERE kind = 2) AS hard_reason,
            min(reason) FILTER (WHERE kind = 3) AS soft_reason,
            bool_or(kind IN (5, 6)) AS opened,
            bool_or(kind = 6) AS clicked
@@ -142,7 +143,12 @@ folded AS (
            l.outcome AS old_outcome, greatest(l.outcome, p.rank) AS outcome,
            CASE WHEN p.rank > l.outcome AND p.rank = 4 THEN p.hard_reason
                 WHEN p.rank > l.outcome AND p.rank = 1 THEN p.soft_reason
+                WHEN p.rank = l.outcome AND p.rank = 4
+                    THEN least(l.failure_reason, p.hard_reason)
+                WHEN p.rank = l.outcome AND p.rank = 1
+                    THEN least(l.failure_reason, p.soft_reason)
                 ELSE l.failure_reason END AS bounce_reason,
+           l.failure_reason AS old_failure_reason,
            l.opened AS old_opened, l.opened OR p.opened AS opened,
            l.clicked AS old_clicked, l.clicked OR p.clicked AS clicked
     FROM per_message p
@@ -169,6 +175,7 @@ changes AS (
     FROM typed t
     WHERE NOT t.was_relayed OR t.outcome <> t.old_outcome
        OR t.opened <> t.old_opened OR t.clicked <> t.old_clicked
+       OR (t.failure_type <> 0 AND t.outcome <> 3 AND t.bounce_reason <> t.old_failure_reason)
     -- In the table's order: each heap and index page is visited once, not at random.
     ORDER BY t.message_id
 ),

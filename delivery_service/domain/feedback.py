@@ -52,6 +52,8 @@ class EventKind(enum.IntEnum):
     CLICKED = 6
 
 
+BOUNCES = frozenset({Outcome.SOFT_BOUNCED, Outcome.HARD_BOUNCED})
+
 # Opens and clicks: they report engagement, not a fate. A click implies an open.
 ENGAGEMENTS = frozenset({EventKind.OPENED, EventKind.CLICKED})
 
@@ -185,10 +187,17 @@ def apply_event(
             changed = True
         return changed
     new = outcome_of(kind)
-    if new is None or new <= message.outcome:
+    if new is None or new < message.outcome:
+        return changed
+    if new == message.outcome:
+        # The same bounce reported again, maybe with another reason: the lowest reason
+        # code stays, so that the fate does not depend on the order reports arrive in.
+        if new in BOUNCES and reason < message.bounce_reason:
+            message.bounce_reason = reason
+            return True
         return changed
     move_outcome(message, new, deltas)
-    if new in (Outcome.SOFT_BOUNCED, Outcome.HARD_BOUNCED):
+    if new in BOUNCES:
         message.bounce_reason = reason
     return True
 

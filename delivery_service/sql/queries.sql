@@ -272,27 +272,23 @@ WHERE id = %(id)s AND state = 'SENDING'
 -- message touched is folded and rewritten once, and the counter deltas go to one
 -- shard. The rules are delivery_service.domain.feedback's, for whole sets: a
 -- message's outcome (0 none, 1 soft bounced, 2 delivered, 3 expired, 4 hard
--- bounced) only moves up, to the highest one reported; its bounce reason is that
--- of the first event that moved it; the status, failure type and failure reason of
--- each (mode, outcome) come from tables store.py builds from the domain functions;
--- a FINISHED delivery's fates no longer change, though opens and clicks still
--- count. The messages are locked in id order before they are read, so a
+-- bounced) only moves up, to the highest one reported; the bounce reason is the
+-- lowest one reported with that outcome; the status, failure type and failure
+-- reason of each (mode, outcome) come from tables store.py builds from the domain
+-- functions; a FINISHED delivery's fates no longer change, though opens and clicks
+-- still count. The messages are locked in id order before they are read, so a
 -- concurrent batch about the same message waits, then folds into what this one
--- wrote.
-WITH batch AS (
-    SELECT e.*, (%(outcome_of_kind)s::smallint[])[e.kind] AS outcome
+-- wrote. No two CTEs are joined with each other: each join has a table on one side,
+-- so that no plan can turn quadratic in the batch's size.
+WITH known AS (
+    SELECT e.*
     FROM unnest(%(event_ids)s::text[], %(message_ids)s::bigint[],
                 %(delivery_ids)s::bigint[], %(kinds)s::smallint[],
                 %(reasons)s::smallint[], %(attempts)s::integer[],
-                %(link_indexes)s::integer[], %(event_micros)s::bigint[]) WITH ORDINALITY
+                %(link_indexes)s::integer[], %(event_micros)s::bigint[])
          AS e (event_id, message_id, delivery_id, kind, reason, attempt, link_index,
-               event_micros, ord)
-),
-known AS (
-    SELECT b.*, d.state = 'FINISHED' AS finished
-    FROM batch b
-    JOIN sending_logs s ON s.message_id = b.message_id AND s.delivery_id = b.delivery_id
-    JOIN deliveries d ON d.id = b.delivery_id
+               event_micros)
+    JOIN sending_logs s ON s.message_id = e.message_id AND s.delivery_id = e.delivery_id
 ),
 new_events AS (
     INSERT INTO feedback_events (event_id, message_id, delivery_id, kind, reason, attempt,
@@ -303,50 +299,59 @@ new_events AS (
     -- In key order: concurrent batches wait on a shared id in the same order.
     ORDER BY event_id
     ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
-),
-applied AS (
-    SELECT k.* FROM known k JOIN new_events n USING (event_id)
-    WHERE k.outcome = 0 OR NOT k.finished
+    RETURNING message_id, delivery_id, kind, reason
 ),
 per_message AS (
-    SELECT message_id,
-           max(outcome) AS outcome,
-           (array_agg(reason ORDER BY outcome DESC, ord))[1] AS reason,
-           bool_or((%(opens)s::boolean[])[kind]) AS opened,
-           bool_or((%(clicks)s::boolean[])[kind]) AS clicked
-    FROM applied
-    GROUP BY message_id
+    SELECT n.message_id,
+           max(o.outcome) AS outcome,
+           (array_agg(n.reason ORDER BY o.outcome DESC, n.reason))[1] AS reason,
+           bool_or((%(opens)s::boolean[])[n.kind]) AS opened,
+           bool_or((%(clicks)s::boolean[])[n.kind]) AS clicked
+    FROM new_events n
+    JOIN deliveries d ON d.id = n.delivery_id
+    CROSS JOIN LATERAL (SELECT (%(outcome_of_kind)s::smallint[])[n.kind] AS outcome) o
+    -- A fate reported after the end of the validity changes nothing; opens and clicks
+    -- still count.
+    WHERE o.outcome = 0 OR d.state <> 'FINISHED'
+    GROUP BY n.message_id
 ),
 current AS (
+    -- The messages with what their new events report, locked: a row changed by a
+    -- concurrent batch is read as that batch left it.
     SELECT l.message_id, l.delivery_id, l.relay_time IS NOT NULL AS was_relayed,
-           l.outcome, l.failure_reason, l.opened, l.clicked
-    FROM sending_logs l
-    WHERE l.message_id IN (SELECT message_id FROM per_message)
+           l.outcome, l.failure_reason, l.opened, l.clicked,
+           p.outcome AS reported, p.reason AS reported_reason,
+           p.opened AS reported_open, p.clicked AS reported_click
+    FROM per_message p
+    JOIN sending_logs l ON l.message_id = p.message_id
     ORDER BY l.message_id
-    FOR NO KEY UPDATE
+    FOR NO KEY UPDATE OF l
 ),
 folded AS (
     SELECT c.message_id, c.delivery_id, c.was_relayed,
            (d.feedback_mode = 'EFS')::integer + 1 AS mode,
-           c.outcome AS old_outcome, greatest(c.outcome, p.outcome) AS outcome,
-           CASE WHEN p.outcome > c.outcome THEN p.reason ELSE c.failure_reason END
-               AS bounce_reason,
-           c.opened AS old_opened, c.opened OR p.opened AS opened,
-           c.clicked AS old_clicked, c.clicked OR p.clicked AS clicked
+           c.outcome AS old_outcome, greatest(c.outcome, c.reported) AS outcome,
+           CASE WHEN c.reported > c.outcome THEN c.reported_reason
+                WHEN c.reported = c.outcome THEN least(c.failure_reason, c.reported_reason)
+                ELSE c.failure_reason END AS bounce_reason,
+           c.failure_reason AS old_failure_reason,
+           c.opened AS old_opened, c.opened OR c.reported_open AS opened,
+           c.clicked AS old_clicked, c.clicked OR c.reported_click AS clicked
     FROM current c
-    JOIN per_message p USING (message_id)
     JOIN deliveries d ON d.id = c.delivery_id
 ),
 changes AS (
-    SELECT f.*,
-           (%(statuses)s::smallint[])[f.mode][f.outcome + 1] AS status,
-           (%(failure_types)s::smallint[])[f.mode][f.outcome + 1] AS failure_type,
-           coalesce((%(failure_reasons)s::smallint[])[f.mode][f.outcome + 1], f.bounce_reason)
-               AS failure_reason
-    FROM folded f
-    WHERE NOT f.was_relayed OR f.outcome <> f.old_outcome
-       OR f.opened <> f.old_opened OR f.clicked <> f.old_clicked
+    SELECT r.* FROM (
+        SELECT f.*,
+               (%(statuses)s::smallint[])[f.mode][f.outcome + 1] AS status,
+               (%(failure_types)s::smallint[])[f.mode][f.outcome + 1] AS failure_type,
+               coalesce((%(failure_reasons)s::smallint[])[f.mode][f.outcome + 1],
+                        f.bounce_reason) AS failure_reason
+        FROM folded f
+    ) r
+    WHERE NOT r.was_relayed OR r.outcome <> r.old_outcome
+       OR r.failure_reason <> r.old_failure_reason
+       OR r.opened <> r.old_opened OR r.clicked <> r.old_clicked
 ),
 updated AS (
     UPDATE sending_logs s
