@@ -69,7 +69,7 @@ class MtaLink:
         *,
         client_id: str = "delivery-service",
         ingest_concurrency: int = 2,
-        ingest_max_events: int = 4000,
+        ingest_max_events: int = 10000,
         reconnect_max_delay: float = 2.0,
     ) -> None:
         self.address = address
