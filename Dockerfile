@@ -8,6 +8,7 @@ WORKDIR /src
 # Just what the package is made of: its config and the packages it installs.
 COPY pyproject.toml ./
 COPY protos ./protos
+COPY grpc_common ./grpc_common
 COPY delivery_service ./delivery_service
 COPY mta_stub ./mta_stub
 COPY campaign_cli ./campaign_cli
@@ -23,5 +24,5 @@ RUN pip install /wheels/*.whl \
 # The services keep no files: state is in PostgreSQL (and in memory in the stub).
 USER app
 WORKDIR /tmp
-EXPOSE 50051 50052 9100
+EXPOSE 50051 50052 9100 9101
 CMD ["python", "-m", "delivery_service", "--host", "0.0.0.0"]

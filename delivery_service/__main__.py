@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -12,32 +11,7 @@ import sys
 
 from delivery_service import auth, config, migrations, store
 from delivery_service.domain.lifecycle import Role
-from delivery_service.observability import RequestIdFilter
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "request_id": getattr(record, "request_id", "-"),
-            "message": record.getMessage(),
-        }
-        for key in ("method", "code", "duration_ms"):
-            if hasattr(record, key):
-                line[key] = getattr(record, key)
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line)
-
-
-def setup_logging(level: str, as_json: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RequestIdFilter())
-    text = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
-    handler.setFormatter(_JsonFormatter() if as_json else logging.Formatter(text))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+from grpc_common.observability import setup_logging
 
 
 async def serve(settings: config.Settings) -> None:

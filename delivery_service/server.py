@@ -7,7 +7,6 @@ import contextlib
 import logging
 
 import grpc
-import prometheus_client
 from delivery.v1 import delivery_service_pb2 as pb
 from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,6 +19,7 @@ from delivery_service.feedback import FeedbackIngest
 from delivery_service.mta_link import MtaLink
 from delivery_service.relay import Relayer
 from delivery_service.scheduler import Scheduler
+from grpc_common import observability as shared
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class App:
         )
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[observability.ObservabilityInterceptor()],
+            interceptors=[observability.interceptor()],
             options=[
                 ("grpc.max_receive_message_length", 64 << 20),
                 ("grpc.max_send_message_length", 64 << 20),
@@ -81,8 +81,7 @@ class App:
         gauge.labels("size").set_function(lambda: stats().get("pool_size", 0))
         gauge.labels("idle").set_function(lambda: stats().get("pool_available", 0))
         gauge.labels("waiting").set_function(lambda: stats().get("requests_waiting", 0))
-        prometheus_client.start_http_server(self.settings.metrics_port, self.settings.host)
-        log.info("metrics on http://%s:%d/metrics", self.settings.host, self.settings.metrics_port)
+        shared.serve_metrics(self.settings.metrics_port, self.settings.host)
 
     async def stop(self) -> None:
         """Drains: NOT_SERVING first, then in-flight calls finish within the grace."""

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from grpc_common import observability
 from mta_stub.config import Settings, parse_settings
 from mta_stub.server import create_server
 from mta_stub.spool import SpoolError
@@ -17,6 +18,9 @@ log = logging.getLogger("mta_stub")
 
 async def serve(settings: Settings) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
+    if settings.metrics_port:
+        # First: a busy metrics port then fails the start before anything needs closing.
+        observability.serve_metrics(settings.metrics_port, settings.host)
     _server, port, app = await create_server(settings)
     await app.start()
     stopping = asyncio.Event()
@@ -33,11 +37,7 @@ async def serve(settings: Settings) -> None:
 
 def main() -> int:
     settings = parse_settings(sys.argv[1:], os.environ)
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    observability.setup_logging(settings.log_level, settings.log_json)
     # gRPC's own debug output is about its internals, not the stub's behaviour.
     logging.getLogger("grpc").setLevel(max(logging.INFO, logging.getLogger().level))
     try:

@@ -16,6 +16,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 50052
     log_level: str = "INFO"
+    log_json: bool = False
+    # The Prometheus metrics HTTP port on host; 0: no metrics endpoint.
+    metrics_port: int = 0
     retry_interval_ms: int = 1000
     engagement_delay_ms: int = 200
     grace_seconds: float = 5.0
@@ -52,6 +55,20 @@ def parse_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Se
     option("--host", "MTA_HOST", defaults.host, str, "interface to listen on")
     option("--port", "MTA_PORT", defaults.port, _port, "port to listen on; 0 picks a free one")
     option("--log-level", "LOG_LEVEL", defaults.log_level, _log_level, "logging level")
+    # A switch: its variable is on unless empty or 0, as for the delivery service.
+    parser.add_argument(
+        "--log-json",
+        action="store_true",
+        default=environ.get("LOG_JSON", "") not in ("", "0"),
+        help="JSON log lines (env LOG_JSON, default off)",
+    )
+    option(
+        "--metrics-port",
+        "MTA_METRICS_PORT",
+        defaults.metrics_port,
+        _port,
+        "Prometheus metrics HTTP port; 0: off",
+    )
     option(
         "--retry-interval-ms",
         "MTA_RETRY_INTERVAL_MS",
@@ -86,6 +103,8 @@ def parse_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Se
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        log_json=args.log_json,
+        metrics_port=args.metrics_port,
         retry_interval_ms=args.retry_interval_ms,
         engagement_delay_ms=args.engagement_delay_ms,
         grace_seconds=args.grace,

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from mta.v1 import mta_service_pb2, mta_service_pb2_grpc
 
+from mta_stub import observability
 from mta_stub.config import Settings
 from mta_stub.engine import AckError, Batch, Engine, Relayed, Session
 from mta_stub.scenarios import BounceReason, EventKind, Faults, Mix, ScenarioError, Timing
@@ -75,6 +76,7 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
             asyncio.create_task(_guarded(self._read(requests, session, outgoing), outgoing)),
             asyncio.create_task(_guarded(self._feed(session, outgoing), outgoing)),
         ]
+        observability.OPEN_STREAMS.inc()
         try:
             while True:
                 item = await outgoing.get()
@@ -82,8 +84,12 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
                     if item.code is not None:
                         await context.abort(item.code, item.details)
                     return
+                if item.HasField("feedback"):
+                    observability.FEEDBACK_BATCHES_SENT.inc()
+                    observability.FEEDBACK_EVENTS_SENT.inc(len(item.feedback.events))
                 yield item
         finally:
+            observability.OPEN_STREAMS.dec()
             for task in tasks:
                 task.cancel()
             self._engine.close_session(session)
@@ -166,6 +172,8 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
         if kind == "relay":
             batch = request.relay
             accepted, duplicates = self._engine.relay(_relayed(batch))
+            observability.MESSAGES_ACCEPTED.inc(accepted)
+            observability.MESSAGES_DUPLICATE.inc(duplicates)
             ack = mta_service_pb2.RelayAck(seq=batch.seq, accepted=accepted, duplicates=duplicates)
             return mta_service_pb2.ExchangeResponse(relay_ack=ack)
         if kind == "ack":
@@ -173,6 +181,7 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
                 session.ack(request.ack.seq)
             except AckError as exc:
                 raise BadRequest(str(exc)) from exc
+            observability.FEEDBACK_ACKS.inc()
             return None
         if kind == "hello":
             raise BadRequest("hello: only the first message of a stream may be a hello")
@@ -297,12 +306,13 @@ async def create_server(settings: Settings) -> tuple[grpc.aio.Server, int, App]:
         Timing(settings.retry_interval_ms / 1000, settings.engagement_delay_ms / 1000), spool
     )
     server = grpc.aio.server(
+        interceptors=[observability.interceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # A second stub on a busy port must fail, not share the port with the first.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     mta_service_pb2_grpc.add_MtaServiceServicer_to_server(MtaServicer(engine), server)
     health_servicer = health.aio.HealthServicer()

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import socket
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
 from delivery.v1 import delivery_service_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from mta.v1 import mta_service_pb2 as mta
 
 from tests.integration import flows
 from tests.integration.conftest import Pair, open_pair
-from tests.support.processes import ServerProcess
+from tests.support.processes import ServerProcess, await_until
+
+WAIT = 60.0
 
 
 def listed_services(address: str) -> set[str]:
@@ -55,23 +63,28 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        body: bytes = r.read()
+    return body.decode()
+
+
 async def test_metrics_move_after_a_delivery(
     start_mta_stub: Callable[..., ServerProcess],
     start_delivery_service: Callable[..., ServerProcess],
     fresh_db_url: str,
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     stub = start_mta_stub()
     service = start_delivery_service(fresh_db_url, stub.address, "--metrics-port", str(port))
-
-    def scrape() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-            body: bytes = r.read()
-        return body.decode()
-
-    before = scrape()
+    before = scrape(port)
     pair: Pair
     async for pair in open_pair(service, stub, fresh_db_url):
         emails = [f"u{i}@example.com" for i in range(40)] + ["hard-refused@example.com"]
@@ -80,7 +93,7 @@ async def test_metrics_move_after_a_delivery(
         (log,) = [x for x in await flows.logs(pair, delivery.id) if x.email.startswith("hard")]
         await flows.wait_event(pair, log.message_id, flows.HARD_BOUNCE)
         await pair.api.GetKpis(pb.GetKpisRequest(delivery_id=delivery.id))
-    after = scrape()
+    after = scrape(port)
     assert (
         metric(after, "delivery_messages_relayed_total")
         - metric(before, "delivery_messages_relayed_total")
@@ -94,3 +107,127 @@ async def test_metrics_move_after_a_delivery(
     assert metric(after, "grpc_server_handling_seconds_count", grpc_method="CreateDelivery") == 1
     assert metric(after, "delivery_batch_size_count", direction="relay") >= 1
     assert metric(after, "delivery_db_pool_connections", state="size") >= 1
+
+
+def handled(text: str) -> Counter[tuple[str, str]]:
+    """grpc_server_handled_total by (method, code), from a scrape."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for match in re.finditer(r"^grpc_server_handled_total\{(.*)\} (\S+)$", text, re.MULTILINE):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        method = f"/{labels['grpc_service']}/{labels['grpc_method']}"
+        counts[method, labels["grpc_code"]] += int(float(match.group(2)))
+    return +counts  # without the zeros
+
+
+def rpc_lines(log_path: Path | None) -> list[dict[str, Any]]:
+    """The JSON log lines of the stub's RPCs (anything else in its log is skipped)."""
+    assert log_path is not None
+    lines = []
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue  # say, gRPC's own output
+        record = json.loads(line)
+        if record["logger"] == "mta_stub.rpc":
+            lines.append(record)
+    return lines
+
+
+async def deliver_and_wait_for_feedback(pair: Pair) -> None:
+    """41 messages, one a hard bounce; returns once the service holds feedback for each."""
+    emails = [f"u{i}@example.com" for i in range(40)] + ["hard-refused@example.com"]
+    delivery = await flows.send(pair, flows.request(emails))
+    await flows.wait_relayed(pair, delivery.id)
+    ids = [x.message_id for x in await flows.logs(pair, delivery.id)]
+
+    async def every_message_reported() -> bool:
+        rows = pair.sql(
+            "SELECT count(DISTINCT message_id) FROM feedback_events WHERE message_id = ANY(%s)",
+            ids,
+        )
+        return bool(rows[0][0] == len(emails))
+
+    await await_until(every_message_reported, WAIT, message="feedback for every message")
+
+
+async def test_stub_metrics_and_rpc_log_lines(
+    start_mta_stub: Callable[..., ServerProcess],
+    start_delivery_service: Callable[..., ServerProcess],
+    fresh_db_url: str,
+) -> None:
+    port = free_port()
+    stub = start_mta_stub("--metrics-port", str(port), "--log-json")
+    service = start_delivery_service(fresh_db_url, stub.address)
+
+    async def stub_metrics() -> str:
+        return await asyncio.to_thread(scrape, port)
+
+    before = await stub_metrics()
+    assert metric(before, "mta_stub_relayed_messages_total", result="accepted") == 0
+    pair: Pair
+    async for pair in open_pair(service, stub, fresh_db_url):
+        # A request id given by the caller is logged and comes back in the trailers.
+        call = pair.mta.SetScenario(
+            mta.SetScenarioRequest(), metadata=[("x-request-id", "obs-set")], timeout=10
+        )
+        await call
+        assert ("x-request-id", "obs-set") in tuple(await call.trailing_metadata())
+        bad = mta.SetScenarioRequest(mix=mta.Mix(hard_bounce_rate=2.0))
+        try:
+            await pair.mta.SetScenario(bad, metadata=[("x-request-id", "obs-bad")], timeout=10)
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        else:
+            raise AssertionError("a hard bounce rate of 2 was accepted")
+
+        await deliver_and_wait_for_feedback(pair)
+
+        async def stub_counted() -> str:
+            text = await stub_metrics()
+            acks = metric(text, "mta_stub_feedback_acks_received_total")
+            return text if acks >= 1 else ""
+
+        during = await await_until(stub_counted, WAIT, message="a feedback ack counted")
+        assert metric(during, "mta_stub_relayed_messages_total", result="accepted") == 41
+        assert metric(during, "mta_stub_relayed_messages_total", result="duplicate") == 0
+        # At least one event per message: delivered, or the hard bounce.
+        assert metric(during, "mta_stub_feedback_events_sent_total") >= 41
+        assert metric(during, "mta_stub_feedback_batches_sent_total") >= 1
+        assert metric(during, "mta_stub_open_streams") == 1
+        started = metric(during, "grpc_server_started_total", grpc_method="Exchange")
+        assert started >= 1
+        counts = handled(during)
+        assert counts["/mta.v1.MtaService/SetScenario", "OK"] == 1
+        assert counts["/mta.v1.MtaService/SetScenario", "INVALID_ARGUMENT"] == 1
+        assert metric(during, "grpc_server_handling_seconds_count", grpc_method="SetScenario") == 2
+
+    # The delivery service's stream ends when it stops: the stub counts and logs it then.
+    assert service.terminate(timeout=20) == 0
+
+    async def stream_ended() -> str:
+        text = await stub_metrics()
+        ended = sum(n for (m, _), n in handled(text).items() if m.endswith("/Exchange"))
+        return text if ended >= started and metric(text, "mta_stub_open_streams") == 0 else ""
+
+    await await_until(stream_ended, WAIT, message="the Exchange stream counted as ended")
+
+    # One log line per RPC: the lines match the handled counter, method and code alike.
+    # (The counter moves just before the line is written: waited for, not assumed.)
+    async def logged_as_counted() -> list[dict[str, Any]]:
+        lines = rpc_lines(stub.log_path)
+        counts = handled(await stub_metrics())
+        logged = Counter((line["method"], line["code"]) for line in lines)
+        return lines if logged == counts else []
+
+    lines = await await_until(
+        logged_as_counted, WAIT, message=lambda: f"log lines and counters differ: {stub.log_path}"
+    )
+    assert any(line["method"] == "/mta.v1.MtaService/Exchange" for line in lines)
+    for line in lines:
+        assert line["duration_ms"] >= 0
+        assert line["request_id"] not in ("", "-")
+        assert line["message"].startswith(f"rpc {line['method']} {line['code']} ")
+    by_id = {line["request_id"]: line for line in lines}
+    assert by_id["obs-set"]["method"] == "/mta.v1.MtaService/SetScenario"
+    assert by_id["obs-set"]["code"] == "OK"
+    assert by_id["obs-bad"]["code"] == "INVALID_ARGUMENT"
+    assert sum(line["request_id"] in ("obs-set", "obs-bad") for line in lines) == 2

@@ -1,0 +1,1 @@
+"""What both gRPC servers of the project share: request ids, RPC logs and metrics."""
