@@ -5,6 +5,7 @@ SQL folds events exactly as the domain's reference rules (domain.feedback.apply_
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import random
 from typing import NamedTuple
@@ -167,5 +168,41 @@ async def test_the_set_based_fold_is_the_domain_rules(fresh_db_url: str) -> None
             ]
             _, counters = await db.delivery_and_counters(delivery_id)
             assert counters == Counters(**deltas)
+    finally:
+        await db.close()
+
+
+async def test_after_the_validity_only_opens_and_clicks_count(fresh_db_url: str) -> None:
+    """Reports that arrive after FINISHED are logged, but change no fate; an open or a
+    click still counts."""
+    db = store.Store(fresh_db_url, max_size=4)
+    await db.open()
+    try:
+        delivery_id, message_ids = await sent_delivery(db, fb.FeedbackMode.EFS)
+        await db.mark_relayed(delivery_id, fb.FeedbackMode.EFS, 0, message_ids[N // 2 - 1])
+        assert await db.finish(delivery_id)
+        keys = ("status", "outcome", "failure_type", "failure_reason")
+        before = await db.list_sending_logs(delivery_id, None, 0, N)
+        _, counted = await db.delivery_and_counters(delivery_id)
+        late = [
+            *(Event(f"{m}:h", m, delivery_id, K.HARD_BOUNCE, 1, 1) for m in message_ids[:10]),
+            *(Event(f"{m}:d", m, delivery_id, K.DELIVERED, 0, 1) for m in message_ids[:10]),
+            *(Event(f"{m}:o", m, delivery_id, K.OPENED, 0, 1) for m in message_ids[10:20]),
+            *(Event(f"{m}:c", m, delivery_id, K.CLICKED, 0, 1) for m in message_ids[20:25]),
+        ]
+        result = await db.apply_feedback(batch_of(late))
+        assert (result.applied, result.duplicates, result.unknown) == (len(late), 0, 0)
+        after = await db.list_sending_logs(delivery_id, None, 0, N)
+        assert [tuple(r[k] for k in keys) for r in after] == [
+            tuple(r[k] for k in keys) for r in before
+        ]
+        assert [m for m, r in zip(message_ids, after, strict=True) if r["opened"]] == (
+            message_ids[10:25]
+        )
+        assert [m for m, r in zip(message_ids, after, strict=True) if r["clicked"]] == (
+            message_ids[20:25]
+        )
+        _, now = await db.delivery_and_counters(delivery_id)
+        assert now == dataclasses.replace(counted, opened=15, clicked=5)
     finally:
         await db.close()
