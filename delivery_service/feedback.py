@@ -13,6 +13,12 @@ from delivery_service.domain import feedback as fb
 log = logging.getLogger(__name__)
 
 _KINDS = {int(k) for k in fb.EventKind}
+# What the database can hold, checked here so that one bad event from the MTA is
+# dropped instead of failing its whole batch again and again: event ids short enough
+# for the primary key's index and without NUL (text cannot hold it), times within
+# google.protobuf.Timestamp's range (years 1 to 9999).
+MAX_EVENT_ID_CHARS = 256
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
 
 class FeedbackIngest:
@@ -25,7 +31,13 @@ class FeedbackIngest:
         malformed = repeated = 0
         for e in events:
             event_id = e.event_id
-            if e.kind not in _KINDS or not event_id:
+            t = e.event_time
+            if (
+                e.kind not in _KINDS
+                or not 0 < len(event_id) <= MAX_EVENT_ID_CHARS
+                or "\x00" in event_id
+                or not _MIN_SECONDS <= t.seconds <= _MAX_SECONDS
+            ):
                 malformed += 1
                 continue
             if event_id in seen:  # sent twice in one batch: applied once, counted a duplicate
@@ -36,10 +48,11 @@ class FeedbackIngest:
             batch.message_ids.append(e.message_id)
             batch.delivery_ids.append(e.delivery_id)
             batch.kinds.append(e.kind)
-            batch.reasons.append(e.reason)
+            # A reason this version does not know (a newer MTA's) is kept as unspecified.
+            reason = e.reason
+            batch.reasons.append(reason if reason in fb.MTA_BOUNCE_REASONS else 0)
             batch.attempts.append(e.attempt)
             batch.link_indexes.append(e.link_index)
-            t = e.event_time
             batch.event_micros.append(t.seconds * 1_000_000 + t.nanos // 1000)
         if malformed:
             log.warning("ignored %d malformed feedback events", malformed)

@@ -59,6 +59,7 @@ ENGAGEMENTS = frozenset({EventKind.OPENED, EventKind.CLICKED})
 
 # delivery.v1.FailureReason: 1-5 are the MTA's bounce reasons, same numbers; 6 is expiry.
 REASON_EXPIRED = 6
+MTA_BOUNCE_REASONS = frozenset(range(1, REASON_EXPIRED))
 
 _OUTCOME_OF_KIND = {
     EventKind.DELIVERED: Outcome.DELIVERED,

@@ -10,7 +10,10 @@ import datetime as dt
 import random
 from typing import NamedTuple
 
-from delivery_service import store
+from google.protobuf import timestamp_pb2
+from mta.v1 import mta_service_pb2 as mta
+
+from delivery_service import feedback, store
 from delivery_service.domain import feedback as fb
 from delivery_service.domain.kpis import Counters
 from delivery_service.domain.lifecycle import ApprovalStep
@@ -204,5 +207,41 @@ async def test_after_the_validity_only_opens_and_clicks_count(fresh_db_url: str)
         )
         _, now = await db.delivery_and_counters(delivery_id)
         assert now == dataclasses.replace(counted, opened=15, clicked=5)
+    finally:
+        await db.close()
+
+
+async def test_malformed_events_are_dropped_not_retried_forever(fresh_db_url: str) -> None:
+    """What the database could not hold is dropped by the ingest, so the rest of the
+    batch commits: a NUL or an overlong event id, a time out of Timestamp's range, an
+    unknown kind. An unknown bounce reason is kept as unspecified."""
+    db = store.Store(fresh_db_url, max_size=4)
+    await db.open()
+    try:
+        delivery_id, (m1, m2, m3, *_) = await sent_delivery(db, fb.FeedbackMode.EFS)
+
+        def event(
+            event_id: str, message_id: int, kind: int, reason: int = 0, seconds: int = 1_764_000_000
+        ) -> mta.FeedbackEvent:
+            return mta.FeedbackEvent(
+                event_id=event_id, message_id=message_id, delivery_id=delivery_id,
+                kind=mta.EventKind.ValueType(kind), reason=mta.BounceReason.ValueType(reason),
+                attempt=1, event_time=timestamp_pb2.Timestamp(seconds=seconds),
+            )  # fmt: skip
+
+        await feedback.FeedbackIngest(db)(
+            [
+                event("good", m1, K.DELIVERED),
+                event("nul\x00", m2, K.HARD_BOUNCE, 1),
+                event("x" * 257, m2, K.HARD_BOUNCE, 1),
+                event("late", m2, K.HARD_BOUNCE, 1, seconds=10**12),
+                event("kind", m2, 9),
+                event("reason", m3, K.HARD_BOUNCE, 40_000),
+            ]
+        )
+        rows = {r["message_id"]: r for r in await db.list_sending_logs(delivery_id, None, 0, N)}
+        assert rows[m1]["status"] == fb.Status.SENT
+        assert rows[m2]["outcome"] == fb.Outcome.NONE
+        assert (rows[m3]["outcome"], rows[m3]["failure_reason"]) == (fb.Outcome.HARD_BOUNCED, 0)
     finally:
         await db.close()
