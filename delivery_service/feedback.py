@@ -56,10 +56,25 @@ class FeedbackIngest:
             batch.event_micros.append(t.seconds * 1_000_000 + t.nanos // 1000)
         if malformed:
             log.warning("ignored %d malformed feedback events", malformed)
+            observability.FEEDBACK_REJECTED.inc(malformed)
         if not batch:
             return
-        result = await self.db.apply_feedback(batch)
+        result = await self._apply(batch)
         observability.BATCH_SIZE.labels("feedback").observe(len(batch))
         observability.FEEDBACK_APPLIED.inc(result.applied)
         observability.FEEDBACK_DEDUPLICATED.inc(result.duplicates + repeated)
         observability.FEEDBACK_UNKNOWN.inc(result.unknown)
+
+    async def _apply(self, batch: store.EventBatch) -> store.IngestResult:
+        """Applies a batch; if the database refuses its data, applies each half on its
+        own, down to the event it refuses, which is dropped. One bad event must not stop
+        the stream: it would be sent again, and refused again, forever."""
+        try:
+            return await self.db.apply_feedback(batch)
+        except store.Rejected as exc:
+            if len(batch) == 1:
+                log.error("feedback event %r refused, dropped: %s", batch.event_ids[0], exc)
+                observability.FEEDBACK_REJECTED.inc()
+                return store.IngestResult()
+            half = len(batch) // 2
+            return await self._apply(batch[:half]) + await self._apply(batch[half:])

@@ -18,6 +18,10 @@ FEEDBACK_DEDUPLICATED = Counter(
 FEEDBACK_UNKNOWN = Counter(
     "delivery_feedback_events_unknown_total", "Feedback events about unknown messages."
 )
+FEEDBACK_REJECTED = Counter(
+    "delivery_feedback_events_rejected_total",
+    "Feedback events dropped as malformed or refused by the database (each logged).",
+)
 STREAM_RECONNECTS = Counter("delivery_mta_stream_reconnects_total", "Reconnects to the MTA.")
 BATCH_SIZE = Histogram(
     "delivery_batch_size",

@@ -12,7 +12,7 @@ import random
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import Any
 
@@ -47,6 +47,10 @@ class Conflict(StoreError):
 
 class Unavailable(StoreError):
     """The database cannot be reached right now."""
+
+
+class Rejected(StoreError):
+    """The database refused the data itself: trying it again would fail again."""
 
 
 def _load_queries() -> dict[str, str]:
@@ -84,12 +88,23 @@ class EventBatch:
     def __len__(self) -> int:
         return len(self.event_ids)
 
+    def __getitem__(self, part: slice) -> EventBatch:
+        """The events in a slice of the batch, as a batch."""
+        return EventBatch(*(getattr(self, f.name)[part] for f in fields(self)))
+
 
 @dataclass(frozen=True)
 class IngestResult:
-    applied: int
-    duplicates: int
-    unknown: int
+    applied: int = 0
+    duplicates: int = 0
+    unknown: int = 0
+
+    def __add__(self, other: IngestResult) -> IngestResult:
+        return IngestResult(
+            self.applied + other.applied,
+            self.duplicates + other.duplicates,
+            self.unknown + other.unknown,
+        )
 
 
 @dataclass(frozen=True)
@@ -565,8 +580,15 @@ class Store:
         Events for unknown messages are dropped (counted); an event id already
         applied is skipped; a FINISHED delivery's fates no longer change, though
         opens and clicks still count. One round trip: the counters' shared lock and
-        the set-based statement (queries.sql, apply_feedback), pipelined.
+        the set-based statement (queries.sql, apply_feedback), pipelined. Raises
+        Rejected if the database refuses the data (nothing is then written).
         """
+        try:
+            return await self._apply_feedback(batch)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            raise Rejected(str(exc)) from exc
+
+    async def _apply_feedback(self, batch: EventBatch) -> IngestResult:
         async with self._tx() as conn, conn.pipeline():
             await conn.execute(
                 _q("lock_counters_shared"),
