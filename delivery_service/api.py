@@ -190,8 +190,8 @@ def recurring_pb(row: store.Row) -> pb.RecurringDelivery:
     )
 
 
-def _next_token(rows: list[store.Row], key: str, limit: int) -> str:
-    return validation.encode_page_token(rows[-1][key]) if len(rows) == limit else ""
+def _next_token(rows: list[store.Row], key: str, limit: int, scope: str) -> str:
+    return validation.encode_page_token(rows[-1][key], scope) if len(rows) == limit else ""
 
 
 class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
@@ -276,12 +276,13 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         self, request: pb.ListDeliveriesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListDeliveriesResponse:
         limit = validation.page_size("page_size", request.page_size)
-        before = validation.page_token("page_token", request.page_token, 2**63 - 1)
         state = None
         if request.state != pb.STATE_UNSPECIFIED:
             state = validation.enum_value("state", request.state, validation.STATES)
         if request.recurring_delivery_id < 0:
             raise Invalid("recurring_delivery_id", "must not be negative")
+        scope = f"ListDeliveries:{state}:{request.recurring_delivery_id}"
+        before = validation.page_token("page_token", request.page_token, 2**63 - 1, scope)
         rows = await self.db.list_deliveries(
             before_id=before,
             state=state,
@@ -290,7 +291,7 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         )
         return pb.ListDeliveriesResponse(
             deliveries=[delivery_pb(r) for r in rows],
-            next_page_token=_next_token(rows, "id", limit),
+            next_page_token=_next_token(rows, "id", limit, scope),
         )
 
     async def WatchDeployment(
@@ -350,11 +351,12 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         if request.status != pb.SENDING_STATUS_UNSPECIFIED:
             status = validation.enum_value("status", request.status, _STATUSES)
         limit = validation.page_size("page_size", request.page_size)
-        after = validation.page_token("page_token", request.page_token, 0)
+        scope = f"ListSendingLogs:{delivery_id}:{status}"
+        after = validation.page_token("page_token", request.page_token, 0, scope)
         rows = await self.db.list_sending_logs(delivery_id, status, after, limit)
         return pb.ListSendingLogsResponse(
             sending_logs=[sending_log_pb(r) for r in rows],
-            next_page_token=_next_token(rows, "message_id", limit),
+            next_page_token=_next_token(rows, "message_id", limit, scope),
         )
 
     @_errors
@@ -370,11 +372,12 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         else:
             raise Invalid("profile", "required: profile_id or email")
         limit = validation.page_size("page_size", request.page_size)
-        before = validation.page_token("page_token", request.page_token, 2**63 - 1)
+        scope = f"GetProfileHistory:{profile_id}:{email}"
+        before = validation.page_token("page_token", request.page_token, 2**63 - 1, scope)
         rows = await self.db.history(profile_id=profile_id, email=email, before=before, limit=limit)
         return pb.GetProfileHistoryResponse(
             sending_logs=[sending_log_pb(r) for r in rows],
-            next_page_token=_next_token(rows, "message_id", limit),
+            next_page_token=_next_token(rows, "message_id", limit, scope),
         )
 
     @_errors

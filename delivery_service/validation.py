@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
 from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -120,24 +121,33 @@ def page_size(field: str, value: int) -> int:
     return value or DEFAULT_PAGE_SIZE
 
 
-def encode_page_token(position: int) -> str:
-    return base64.urlsafe_b64encode(f"v1:{position}".encode()).decode()
+def encode_page_token(position: int, scope: str) -> str:
+    """A keyset position, bound to the request it continues: `scope` names the RPC and
+    its filters, and a token is refused with other ones (a page of one filter is no
+    place to resume another)."""
+    return base64.urlsafe_b64encode(f"v2:{position}:{_digest(scope)}".encode()).decode()
 
 
-def page_token(field: str, token: str, first: int) -> int:
+def _digest(scope: str) -> str:
+    return hashlib.sha256(scope.encode()).hexdigest()[:16]
+
+
+def page_token(field: str, token: str, first: int, scope: str) -> int:
     """The keyset position a page token carries; `first` for an empty token."""
     if not token:
         return first
     try:
-        version, _, position = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if version != "v1":
+        version, position, digest = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        if version != "v2":
             raise ValueError(version)
         value = int(position)
         if not 0 <= value < 2**63:
             raise ValueError(position)
-        return value
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise Invalid(field, "is not a token this service issued") from None
+    if digest != _digest(scope):
+        raise Invalid(field, "was issued for other filters: send the first page's filters")
+    return value
 
 
 def content(field: str, value: pb.Content) -> tuple[str, str, list[str]]:

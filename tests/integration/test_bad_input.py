@@ -214,3 +214,36 @@ async def test_wrong_state_writes_nothing(module_pair: Pair) -> None:
             pb.ConfirmSendRequest(delivery_id=delivery.id), metadata=pair.sender
         )
     assert err.value.code() == PRECONDITION
+
+
+async def test_a_page_token_only_continues_the_request_it_came_from(module_pair: Pair) -> None:
+    """A token carries its RPC and filters: resuming with other filters, or in another
+    RPC, is refused rather than answered with a page of something else."""
+    pair = module_pair
+    delivery = await flows.create_and_approve(
+        pair, flows.request(["p1@example.com", "p2@example.com", "p3@example.com"])
+    )
+
+    async def logs_page(token: str = "", **filters: Any) -> pb.ListSendingLogsResponse:
+        request = pb.ListSendingLogsRequest(delivery_id=delivery.id, page_size=1, page_token=token)
+        for name, value in filters.items():
+            setattr(request, name, value)
+        got: pb.ListSendingLogsResponse = await pair.api.ListSendingLogs(request, timeout=30)
+        return got
+
+    first = await logs_page()
+    second = await logs_page(first.next_page_token)
+    assert second.sending_logs[0].message_id > first.sending_logs[0].message_id
+    deliveries = await pair.api.ListDeliveries(pb.ListDeliveriesRequest(page_size=1), timeout=30)
+    for call in (
+        logs_page(first.next_page_token, status=pb.SENDING_STATUS_QUEUED),
+        logs_page(first.next_page_token, delivery_id=delivery.id + 1),
+        logs_page(deliveries.next_page_token),
+        pair.api.ListDeliveries(
+            pb.ListDeliveriesRequest(state=pb.STATE_APPROVED, page_token=deliveries.next_page_token)
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == INVALID
+        assert (err.value.details() or "").startswith("page_token: ")

@@ -1094,7 +1094,9 @@ class ListDeliveriesRequest(_message.Message):
     page_size: _builtins.int
     """The most deliveries to return, 1 to 1,000; 0 means 100."""
     page_token: _builtins.str
-    """The next_page_token of a previous response; empty for the first page."""
+    """The next_page_token of a previous response; empty for the first page. The
+    other fields, but page_size, must be those of the first page's request.
+    """
     state: Global___State.ValueType
     """Only deliveries in this state; all if unspecified."""
     recurring_delivery_id: _builtins.int
@@ -1318,7 +1320,9 @@ class ListSendingLogsRequest(_message.Message):
     page_size: _builtins.int
     """The most logs to return, 1 to 1,000; 0 means 100."""
     page_token: _builtins.str
-    """The next_page_token of a previous response; empty for the first page."""
+    """The next_page_token of a previous response; empty for the first page. The
+    other fields, but page_size, must be those of the first page's request.
+    """
     def __init__(
         self,
         *,
@@ -1380,7 +1384,9 @@ class GetProfileHistoryRequest(_message.Message):
     page_size: _builtins.int
     """The most messages to return, 1 to 1,000; 0 means 100."""
     page_token: _builtins.str
-    """The next_page_token of a previous response; empty for the first page."""
+    """The next_page_token of a previous response; empty for the first page. The
+    other fields, but page_size, must be those of the first page's request.
+    """
     def __init__(
         self,
         *,
