@@ -23,10 +23,6 @@ VACUUM (ANALYZE) feedback_events, delivery_counters;
 -- Feedback events committed for a delivery.
 SELECT count(*) AS n FROM feedback_events WHERE delivery_id = %(delivery_id)s;
 
--- name: count_unrelayed
--- Messages of a delivery not marked relayed.
-SELECT count(*) AS n FROM sending_logs WHERE delivery_id = %(delivery_id)s AND relay_time IS NULL;
-
 -- name: fingerprint_logs
 -- The state feedback gave a delivery's sending logs, as one digest: the ceiling must
 -- end in exactly the state the service did.
