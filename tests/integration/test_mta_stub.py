@@ -457,17 +457,33 @@ async def test_set_scenario_rejects_bad_input(
     assert (raised.value.details() or "").startswith(f"{field_name}: ")
 
 
-async def test_a_relay_batch_missing_an_email_is_rejected_whole(
+@pytest.mark.parametrize(
+    ("spoil", "details"),
+    [
+        (lambda b: setattr(b.messages[1], "email", ""), "relay.messages[1].email: required"),
+        (lambda b: setattr(b.messages[0], "message_id", -3),
+         "relay.messages[0].message_id: must be positive"),
+        (lambda b: setattr(b, "delivery_id", 0), "relay.delivery_id: must be positive"),
+        (lambda b: b.ClearField("expire_time"), "relay.expire_time: required"),
+        (lambda b: setattr(b.content, "subject", ""), "relay.content.subject: required"),
+        (lambda b: b.ClearField("messages"), "relay.messages: must hold 1 to 10000, not 0"),
+    ],
+    ids=["email", "message_id", "delivery_id", "expire_time", "subject", "no messages"],
+)  # fmt: skip
+async def test_a_bad_relay_batch_is_rejected_whole(
     mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+    spoil: Callable[[pb.RelayBatch], object],
+    details: str,
 ) -> None:
     d = 105
     feed = await Feed.open(mta)
-    batch = relay_batch(1, [message(1051, d, "a@example.com"), message(1052, d, "")])
+    batch = relay_batch(1, [message(1051, d, "a@example.com"), message(1052, d, "b@example.com")])
+    spoil(batch)
     await feed.call.write(pb.ExchangeRequest(relay=batch))
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await feed.read_until(lambda: False)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert raised.value.details() == "relay.messages[1].email: required"
+    assert raised.value.details() == details
     outcomes = await mta.GetOutcomes(pb.GetOutcomesRequest(delivery_id=d), timeout=5)
     assert outcomes.accepted == 0
 
