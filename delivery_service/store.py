@@ -157,14 +157,20 @@ class Store:
         await self.pool.close()
 
     @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+        """A pooled connection, in autocommit; an unreachable database is Unavailable."""
         try:
-            async with self.pool.connection() as conn, conn.transaction():
+            async with self.pool.connection() as conn:
                 yield conn
         except psycopg.OperationalError as exc:
             raise Unavailable(str(exc)) from exc
         except TimeoutError as exc:  # the pool had no connection in time
             raise Unavailable("no database connection available") from exc
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+        async with self._connection() as conn, conn.transaction():
+            yield conn
 
     @staticmethod
     async def _one(conn: psycopg.AsyncConnection[Row], name: str, **params: Any) -> Row | None:
@@ -375,11 +381,8 @@ class Store:
 
     async def delivery_and_counters(self, delivery_id: int) -> tuple[Row, Counters]:
         # One statement, no explicit transaction: a single round trip.
-        try:
-            async with self.pool.connection() as conn:
-                row = await self._one(conn, "delivery_with_counters", id=delivery_id)
-        except psycopg.OperationalError as exc:
-            raise Unavailable(str(exc)) from exc
+        async with self._connection() as conn:
+            row = await self._one(conn, "delivery_with_counters", id=delivery_id)
         if row is None:
             raise NotFound(f"delivery {delivery_id} does not exist")
         counters = Counters(**{name: row.pop(name) for name in fb.COUNTER_NAMES})
@@ -467,34 +470,27 @@ class Store:
         A session advisory lock on a connection kept for the lease: it ends by
         itself if this process or its connection dies.
         """
-        try:
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(_q("try_relay_lock"), {"delivery_id": delivery_id})
-                row = await cur.fetchone()
-                locked = bool(row and row["locked"])
-                try:
-                    yield locked
-                finally:
-                    if locked and not conn.closed:
-                        await conn.execute(_q("relay_unlock"), {"delivery_id": delivery_id})
-        except psycopg.OperationalError as exc:
-            raise Unavailable(str(exc)) from exc
+        async with self._connection() as conn:
+            cur = await conn.execute(_q("try_relay_lock"), {"delivery_id": delivery_id})
+            row = await cur.fetchone()
+            locked = bool(row and row["locked"])
+            try:
+                yield locked
+            finally:
+                if locked and not conn.closed:
+                    await conn.execute(_q("relay_unlock"), {"delivery_id": delivery_id})
 
     async def queued_messages(
         self, delivery_id: int, after: int, limit: int
     ) -> tuple[list[int], list[str]]:
         """The next queued messages after `after`, in message order: (ids, addresses)."""
-        try:
-            async with self.pool.connection() as conn:
-                # Plain tuples: no dict per message on the relay's hot path.
-                cur = conn.cursor(row_factory=tuple_row)
-                await cur.execute(
-                    _q("queued_messages"),
-                    {"delivery_id": delivery_id, "after": after, "limit": limit},
-                )
-                rows = await cur.fetchall()
-        except psycopg.OperationalError as exc:
-            raise Unavailable(str(exc)) from exc
+        async with self._connection() as conn:
+            # Plain tuples: no dict per message on the relay's hot path.
+            cur = conn.cursor(row_factory=tuple_row)
+            await cur.execute(
+                _q("queued_messages"), {"delivery_id": delivery_id, "after": after, "limit": limit}
+            )
+            rows = await cur.fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
 
     async def mark_relayed(
@@ -739,6 +735,10 @@ def _int_array(values: Iterable[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+def _bool_array(values: Iterable[bool]) -> str:
+    return "{" + ",".join("true" if v else "false" for v in values) + "}"
+
+
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -772,8 +772,8 @@ def _feedback_rules() -> dict[str, str]:
     ]
     return {
         "outcome_of_kind": _int_array(int(fb.outcome_of(k) or fb.Outcome.NONE) for k in kinds),
-        "opens": "{" + ",".join(str(k in fb.ENGAGEMENTS).lower() for k in kinds) + "}",
-        "clicks": "{" + ",".join(str(k is fb.EventKind.CLICKED).lower() for k in kinds) + "}",
+        "opens": _bool_array(k in fb.ENGAGEMENTS for k in kinds),
+        "clicks": _bool_array(k is fb.EventKind.CLICKED for k in kinds),
         "statuses": _table([int(fb.status_of(m, True, o)) for o in fb.Outcome] for m in modes),
         "failure_types": _table([int(fb.failure_type_of(m, o)) for o in fb.Outcome] for m in modes),
         "failure_reasons": _table(reasons),

@@ -39,7 +39,8 @@ from mta_stub.scenarios import (
 
 IN_MEMORY = ":memory:"
 # The schema's version, in PRAGMA user_version: a spool made by another one is refused.
-SCHEMA_VERSION = 1
+# 2: the outbox holds packed runs of events (1 held one row per event).
+SCHEMA_VERSION = 2
 # Enough page cache for the hot ends of the tables (the newest ids, the earliest steps).
 _CACHE_KIB = 64 * 1024
 # Most events in an outbox row: a full feedback batch (engine.BATCH_MAX) is one row, so

@@ -87,8 +87,8 @@ SELECT min(due) FROM schedule;
 INSERT INTO outbox (first_event, count, events) VALUES (?, ?, ?);
 
 -- name: runs_after
--- The outbox's runs after a run, in event order.
-SELECT first_event, count, events FROM outbox WHERE first_event > ? ORDER BY first_event;
+-- The outbox's first run after a run, in event order.
+SELECT first_event, count, events FROM outbox WHERE first_event > ? ORDER BY first_event LIMIT 1;
 
 -- name: run
 -- One run of the outbox.
