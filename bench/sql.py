@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+from grpc_common import named_queries
 
-
-def _load() -> dict[str, str]:
-    text = (Path(__file__).parent / "queries.sql").read_text("utf-8")
-    queries: dict[str, str] = {}
-    for chunk in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
-        name, _, body = chunk.partition("\n")
-        lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
-        queries[name.strip()] = "\n".join(lines).strip().rstrip(";")
-    return queries
-
-
-QUERIES = _load()
+QUERIES = named_queries.load("bench", "queries.sql")
 
 
 def q(name: str) -> bytes:

@@ -18,15 +18,14 @@ import dataclasses
 import functools
 import itertools
 import json
-import re
 import sqlite3
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
-from importlib import resources
 from typing import Any, NamedTuple
 
+from grpc_common import named_queries
 from mta_stub.scenarios import (
     BounceReason,
     Event,
@@ -51,17 +50,7 @@ RUN_MAX = 500
 _EVENT = struct.Struct("<qqBiBid")
 
 
-def _load_queries() -> dict[str, str]:
-    text = (resources.files("mta_stub") / "spool.sql").read_text("utf-8")
-    queries: dict[str, str] = {}
-    for chunk in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
-        name, _, body = chunk.partition("\n")
-        lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
-        queries[name.strip()] = "\n".join(lines).strip()
-    return queries
-
-
-_Q = _load_queries()
+_Q = named_queries.load("mta_stub", "spool.sql")
 
 
 class SpoolError(Exception):
