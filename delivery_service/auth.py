@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from delivery_service import store
 from delivery_service.domain.lifecycle import Role
+from delivery_service.store import operators
+from delivery_service.store.connection import Database
 
 TOKEN_BYTES = 32
 
@@ -37,21 +38,14 @@ def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | 
     return None
 
 
-async def create_operator(db: store.Store, name: str, roles: list[Role]) -> str:
-    """Creates an operator; returns its token, which is stored only as a hash."""
-    token = new_token()
-    await db.create_operator(name, token_hash(token), [str(r) for r in roles])
-    return token
-
-
-async def require(db: store.Store, token: str | None, role: Role) -> str:
+async def require(db: Database, token: str | None, role: Role) -> str:
     """The name of the operator holding the token, if it has the role."""
     if token is None:
         raise Unauthenticated("an operator token is required: authorization: Bearer <token>")
-    operator = await db.find_operator(token_hash(token))
+    async with db.connection() as conn:
+        operator = await operators.find(conn, token_hash(token))
     if operator is None:
         raise Unauthenticated("the token is not an operator's")
-    if str(role) not in operator["roles"]:
-        raise PermissionDenied(f"operator {operator['name']!r} lacks the role {role}")
-    name: str = operator["name"]
-    return name
+    if str(role) not in operator.roles:
+        raise PermissionDenied(f"operator {operator.name!r} lacks the role {role}")
+    return operator.name

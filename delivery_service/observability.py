@@ -22,6 +22,11 @@ FEEDBACK_REJECTED = Counter(
     "delivery_feedback_events_rejected_total",
     "Feedback events dropped as malformed or refused by the database (each logged).",
 )
+FEEDBACK_FAILED_BATCHES = Counter(
+    "delivery_feedback_batches_failed_total",
+    "Feedback batches an unexpected error kept from being applied (logged with its "
+    "traceback; the MTA sends them again after the reconnect).",
+)
 STREAM_RECONNECTS = Counter("delivery_mta_stream_reconnects_total", "Reconnects to the MTA.")
 BATCH_SIZE = Histogram(
     "delivery_batch_size",

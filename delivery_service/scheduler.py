@@ -1,4 +1,4 @@
-"""The background rounds: start relays, end validity periods, refresh stats, start occurrences."""
+"""The background rounds: start occurrences and relays, end validity periods, refresh stats."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import datetime as dt
 import logging
 import time
 
-from delivery_service import store
-from delivery_service.relay import Relayer
+from delivery_service.mta.relay import Relayer
+from delivery_service.store.connection import Database, Unavailable
+from delivery_service.usecases import figures, recurring
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 class Scheduler:
     def __init__(
         self,
-        db: store.Store,
+        db: Database,
         relayer: Relayer,
         *,
         tick: float,
@@ -34,23 +35,21 @@ class Scheduler:
         while True:
             try:
                 await self.round()
-            except store.Unavailable as exc:
+            except Unavailable as exc:
                 log.warning("scheduler round skipped: %s", exc)
+            except Exception:
+                # A round must never end the scheduler: expiry and occurrences would stop.
+                log.exception("scheduler round failed; the next one tries again")
             await asyncio.sleep(self.tick)
 
     async def round(self) -> None:
-        for delivery_id, started in await self.db.start_due_occurrences():
-            log.info(
-                "occurrence %d created (%s)",
-                delivery_id,
-                "sending" if started else "waiting for confirmation",
-            )
+        await recurring.start_due_occurrences(self.db)
         await self.relayer.pick_up()
-        for delivery_id in await self.db.expiring_deliveries(self.finalize_grace):
-            if await self.db.finish(delivery_id):
+        for delivery_id in await figures.expiring(self.db, self.finalize_grace):
+            if await figures.finish(self.db, delivery_id):
                 log.info("delivery %d finished: validity period over", delivery_id)
         now = time.monotonic()
         # Checked often, done at most once a stats interval per delivery (the SQL says which).
         if now - self._last_stats >= min(self.stats_interval.total_seconds(), 60.0):
             self._last_stats = now
-            await self.db.refresh_stats(self.stats_interval)
+            await figures.refresh_stats(self.db, self.stats_interval)

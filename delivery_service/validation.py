@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 from delivery.v1 import delivery_service_pb2 as pb
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from delivery_service import store
+from delivery_service import proto_enums
 from delivery_service.domain import addresses, lifecycle
-from delivery_service.domain import feedback as fb
+from delivery_service.domain.requests import NewDelivery, ProfileUpdate, Recipient
 
 T = TypeVar("T")
 
@@ -36,23 +36,11 @@ MAX_VALIDITY = dt.timedelta(days=30)
 MIN_INTERVAL = dt.timedelta(seconds=1)
 MAX_INTERVAL = dt.timedelta(days=366)
 
-FEEDBACK_MODES = {
-    pb.FEEDBACK_MODE_WITHOUT_EFS: fb.FeedbackMode.WITHOUT_EFS,
-    pb.FEEDBACK_MODE_EFS: fb.FeedbackMode.EFS,
-}
-APPROVAL_STEPS = {
-    pb.APPROVAL_STEP_TARGET: lifecycle.ApprovalStep.TARGET,
-    pb.APPROVAL_STEP_CONTENT: lifecycle.ApprovalStep.CONTENT,
-}
-STATES = {
-    pb.STATE_DRAFT: lifecycle.State.DRAFT,
-    pb.STATE_PREPARED: lifecycle.State.PREPARED,
-    pb.STATE_APPROVED: lifecycle.State.APPROVED,
-    pb.STATE_SENDING: lifecycle.State.SENDING,
-    pb.STATE_SENT: lifecycle.State.SENT,
-    pb.STATE_FINISHED: lifecycle.State.FINISHED,
-    pb.STATE_STOPPED: lifecycle.State.STOPPED,
-}
+# Proto values to domain members, paired by name in one place.
+FEEDBACK_MODES = proto_enums.MODE_OF
+APPROVAL_STEPS = proto_enums.STEP_OF
+STATES = proto_enums.STATE_OF
+STATUSES = proto_enums.STATUS_OF
 
 
 class Invalid(Exception):
@@ -165,7 +153,7 @@ def content(field: str, value: pb.Content) -> tuple[str, str, list[str]]:
     return subject, body, list(value.links)
 
 
-def target(field: str, value: pb.Target) -> tuple[str | None, list[store.Recipient]]:
+def target(field: str, value: pb.Target) -> tuple[str | None, list[Recipient]]:
     kind = value.WhichOneof("target")
     if kind == "segment":
         return text(f"{field}.segment", value.segment, MAX_SEGMENT), []
@@ -181,11 +169,9 @@ def target(field: str, value: pb.Target) -> tuple[str | None, list[store.Recipie
         name = f"{field}.recipients.recipients[{i}]"
         which = r.WhichOneof("recipient")
         if which == "profile_id":
-            recipients.append(
-                store.Recipient(text(f"{name}.profile_id", r.profile_id, MAX_ID), None)
-            )
+            recipients.append(Recipient(text(f"{name}.profile_id", r.profile_id, MAX_ID), None))
         elif which == "email":
-            recipients.append(store.Recipient(None, email(f"{name}.email", r.email)))
+            recipients.append(Recipient(None, email(f"{name}.email", r.email)))
         else:
             raise Invalid(name, "required: profile_id or email")
     return None, recipients
@@ -203,7 +189,7 @@ def approval_steps(field: str, values: list[int]) -> list[lifecycle.ApprovalStep
 
 def new_delivery(
     request: pb.CreateDeliveryRequest | pb.CreateRecurringDeliveryRequest,
-) -> store.NewDelivery:
+) -> NewDelivery:
     """The shared part of CreateDelivery and CreateRecurringDelivery (same field names)."""
     if not request.HasField("content"):
         raise Invalid("content", "required")
@@ -212,7 +198,7 @@ def new_delivery(
     content_value, target_value = request.content, request.target
     subject, body, links = content("content", content_value)
     segment, recipients = target("target", target_value)
-    return store.NewDelivery(
+    return NewDelivery(
         label=text("label", request.label, MAX_LABEL),
         subject=subject,
         body=body,
@@ -228,13 +214,13 @@ def new_delivery(
     )
 
 
-def profiles(values: list[pb.Profile]) -> list[dict[str, object]]:
+def profiles(values: list[pb.Profile]) -> list[ProfileUpdate]:
     if not values:
         raise Invalid("profiles", "must have at least one profile")
     if len(values) > MAX_PROFILES:
         raise Invalid("profiles", f"must have at most {MAX_PROFILES} profiles")
     seen: set[str] = set()
-    out: list[dict[str, object]] = []
+    out: list[ProfileUpdate] = []
     for i, p in enumerate(values):
         name = f"profiles[{i}]"
         profile_id = text(f"{name}.profile_id", p.profile_id, MAX_ID)
@@ -247,12 +233,5 @@ def profiles(values: list[pb.Profile]) -> list[dict[str, object]]:
             raise Invalid(f"{name}.segments", f"must have at most {MAX_SEGMENTS} segments")
         for j, segment in enumerate(p.segments):
             text(f"{name}.segments[{j}]", segment, MAX_SEGMENT)
-        out.append(
-            {
-                "profile_id": profile_id,
-                "email": p.email,
-                "quarantined": p.quarantined,
-                "segments": list(p.segments),
-            }
-        )
+        out.append(ProfileUpdate(profile_id, p.email, p.quarantined, list(p.segments)))
     return out

@@ -52,14 +52,26 @@ class EventKind(enum.IntEnum):
     CLICKED = 6
 
 
+class FailureReason(enum.IntEnum):
+    """The values are delivery.v1.FailureReason's; 1-5 are also mta.v1.BounceReason's."""
+
+    NONE = 0
+    USER_UNKNOWN = 1
+    MAILBOX_FULL = 2
+    INVALID_DOMAIN = 3
+    REFUSED = 4
+    UNREACHABLE = 5
+    EXPIRED = 6
+
+
 BOUNCES = frozenset({Outcome.SOFT_BOUNCED, Outcome.HARD_BOUNCED})
 
 # Opens and clicks: they report engagement, not a fate. A click implies an open.
 ENGAGEMENTS = frozenset({EventKind.OPENED, EventKind.CLICKED})
 
-# delivery.v1.FailureReason: 1-5 are the MTA's bounce reasons, same numbers; 6 is expiry.
-REASON_EXPIRED = 6
-MTA_BOUNCE_REASONS = frozenset(range(1, REASON_EXPIRED))
+# The MTA's bounce reasons: every failure reason but expiry, which the service decides.
+REASON_EXPIRED = FailureReason.EXPIRED
+MTA_BOUNCE_REASONS = frozenset(range(FailureReason.USER_UNKNOWN, REASON_EXPIRED))
 
 _OUTCOME_OF_KIND = {
     EventKind.DELIVERED: Outcome.DELIVERED,

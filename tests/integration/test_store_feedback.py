@@ -7,16 +7,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import random
 from typing import NamedTuple
 
 from google.protobuf import timestamp_pb2
 from mta.v1 import mta_service_pb2 as mta
 
-from delivery_service import feedback, store
 from delivery_service.domain import feedback as fb
 from delivery_service.domain.kpis import Counters
 from delivery_service.domain.lifecycle import ApprovalStep
+from delivery_service.domain.requests import NewDelivery, Recipient
+from delivery_service.mta.ingest import FeedbackIngest
+from delivery_service.store import ingest, relay
+from delivery_service.store.connection import Database
+from delivery_service.usecases import deliveries, figures
 
 N = 400
 K = fb.EventKind
@@ -31,9 +36,9 @@ class Event(NamedTuple):
     attempt: int
 
 
-def batch_of(events: list[Event]) -> store.EventBatch:
+def batch_of(events: list[Event]) -> ingest.EventBatch:
     now = int(dt.datetime.now(dt.UTC).timestamp() * 1_000_000)
-    return store.EventBatch(
+    return ingest.EventBatch(
         event_ids=[e.event_id for e in events],
         message_ids=[e.message_id for e in events],
         delivery_ids=[e.delivery_id for e in events],
@@ -63,24 +68,43 @@ def timeline(message_id: int, delivery_id: int, rng: random.Random) -> list[Even
     ]  # fmt: skip
 
 
-async def sent_delivery(db: store.Store, mode: fb.FeedbackMode) -> tuple[int, list[int]]:
-    row = await db.create_delivery(
-        store.NewDelivery(
+# What feedback can change on a sending log, as stored.
+LOG_COLUMNS = "message_id, status, outcome, failure_type, failure_reason, opened, clicked"
+
+
+async def sending_logs(db: Database, delivery_id: int) -> list[tuple[int, ...]]:
+    """Every sending log of a delivery, as stored, in message order."""
+    async with db.connection() as conn:
+        cur = await conn.execute(
+            f"SELECT {LOG_COLUMNS} FROM sending_logs WHERE delivery_id = %s ORDER BY message_id",
+            (delivery_id,),
+        )
+        return await cur.fetchall()
+
+
+async def counters(db: Database, delivery_id: int) -> Counters:
+    return (await figures.current(db, delivery_id)).counters
+
+
+async def sent_delivery(db: Database, mode: fb.FeedbackMode) -> tuple[int, list[int]]:
+    created = await deliveries.create(
+        db,
+        NewDelivery(
             label="store", subject="s", body="b", links=[], feedback_mode=mode,
             validity_period=dt.timedelta(hours=1), required_approvals=[ApprovalStep.TARGET],
-            segment=None, recipients=[store.Recipient(None, f"u{i}@example.com") for i in range(N)],
+            segment=None, recipients=[Recipient(None, f"u{i}@example.com") for i in range(N)],
             request_id=None,
         )
     )  # fmt: skip
-    await db.prepare(row["id"])
-    await db.approve(row["id"], ApprovalStep.TARGET)
-    await db.confirm(row["id"], "test")
-    message_ids, _ = await db.queued_messages(row["id"], 0, N)
-    return row["id"], message_ids
+    await deliveries.prepare(db, created.id)
+    await deliveries.approve(db, created.id, ApprovalStep.TARGET)
+    await deliveries.confirm(db, created.id, "test")
+    message_ids, _ = await relay.queued_messages(db, created.id, 0, N)
+    return created.id, message_ids
 
 
 async def test_duplicated_reordered_concurrent_feedback_is_exact(fresh_db_url: str) -> None:
-    db = store.Store(fresh_db_url, max_size=8)
+    db = Database(fresh_db_url, max_size=8)
     await db.open()
     try:
         rng = random.Random(3)
@@ -97,23 +121,21 @@ async def test_duplicated_reordered_concurrent_feedback_is_exact(fresh_db_url: s
                 for i, m in enumerate(noisy_messages)
                 for e in timeline(m, noisy_id, random.Random(seed + clean_messages[i]))
             ]
-            await db.apply_feedback(batch_of(clean))
+            await ingest.apply_feedback(db, batch_of(clean))
             # Every event three times, shuffled, in batches applied by 4 tasks at once.
             shuffled = noisy * 3
             rng.shuffle(shuffled)
             batches = [shuffled[i : i + 97] for i in range(0, len(shuffled), 97)]
-            await asyncio.gather(*(db.apply_feedback(batch_of(b)) for b in batches))
-            _, clean_counters = await db.delivery_and_counters(clean_id)
-            _, noisy_counters = await db.delivery_and_counters(noisy_id)
-            _, recounted, repaired = await db.compute_stats(noisy_id)
-            assert noisy_counters == clean_counters == recounted
+            await asyncio.gather(*(ingest.apply_feedback(db, batch_of(b)) for b in batches))
+            clean_counters = await counters(db, clean_id)
+            noisy_counters = await counters(db, noisy_id)
+            _, repaired = await figures.compute_stats(db, noisy_id)
+            assert noisy_counters == clean_counters == await counters(db, noisy_id)
             assert repaired == 0
-            clean_rows = await db.list_sending_logs(clean_id, None, 0, N)
-            noisy_rows = await db.list_sending_logs(noisy_id, None, 0, N)
-            keys = ("status", "outcome", "failure_type", "failure_reason", "opened", "clicked")
-            assert [tuple(r[k] for k in keys) for r in clean_rows] == [
-                tuple(r[k] for k in keys) for r in noisy_rows
-            ]
+            clean_rows = await sending_logs(db, clean_id)
+            noisy_rows = await sending_logs(db, noisy_id)
+            # The same fates, message for message (ids differ: two deliveries).
+            assert [r[1:] for r in clean_rows] == [r[1:] for r in noisy_rows]
             results[mode] = clean_counters
         assert results[fb.FeedbackMode.EFS] != Counters()
     finally:
@@ -124,14 +146,14 @@ async def test_the_set_based_fold_is_the_domain_rules(fresh_db_url: str) -> None
     """Random events of every kind and reason, repeated, some about unknown messages, half
     the messages relayed first, in random batches: every sending log and counter ends as
     the domain's reference fold says, event by event in arrival order."""
-    db = store.Store(fresh_db_url, max_size=4)
+    db = Database(fresh_db_url, max_size=4)
     await db.open()
     try:
         rng = random.Random(11)
         for mode in fb.FeedbackMode:
             delivery_id, message_ids = await sent_delivery(db, mode)
             relayed = set(message_ids[: N // 2])
-            await db.mark_relayed(delivery_id, mode, 0, message_ids[N // 2 - 1])
+            await relay.mark_relayed(db, delivery_id, mode, 0, message_ids[N // 2 - 1])
             model = {
                 m: fb.MessageState(m, delivery_id, mode, m in relayed, fb.Outcome.NONE, 0,
                                    False, False)
@@ -151,7 +173,7 @@ async def test_the_set_based_fold_is_the_domain_rules(fresh_db_url: str) -> None
             applied = duplicates = unknown = 0
             for start in range(0, len(events), 150):
                 part = events[start : start + 150]
-                result = await db.apply_feedback(batch_of(part))
+                result = await ingest.apply_feedback(db, batch_of(part))
                 applied += result.applied
                 duplicates += result.duplicates
                 unknown += result.unknown
@@ -163,14 +185,8 @@ async def test_the_set_based_fold_is_the_domain_rules(fresh_db_url: str) -> None
                         fb.apply_event(model[e.message_id], e.kind, e.reason, deltas)
             assert (applied, unknown) == (len(seen), 5)
             assert duplicates == len(events) - 5 - len(seen)
-            rows = await db.list_sending_logs(delivery_id, None, 0, N)
-            keys = ("message_id", "status", "outcome", "failure_type", "failure_reason",
-                    "opened", "clicked")  # fmt: skip
-            assert [tuple(r[k] for k in keys) for r in rows] == [
-                model[m].row() for m in message_ids
-            ]
-            _, counters = await db.delivery_and_counters(delivery_id)
-            assert counters == Counters(**deltas)
+            assert await sending_logs(db, delivery_id) == [model[m].row() for m in message_ids]
+            assert await counters(db, delivery_id) == Counters(**deltas)
     finally:
         await db.close()
 
@@ -178,34 +194,28 @@ async def test_the_set_based_fold_is_the_domain_rules(fresh_db_url: str) -> None
 async def test_after_the_validity_only_opens_and_clicks_count(fresh_db_url: str) -> None:
     """Reports that arrive after FINISHED are logged, but change no fate; an open or a
     click still counts."""
-    db = store.Store(fresh_db_url, max_size=4)
+    db = Database(fresh_db_url, max_size=4)
     await db.open()
     try:
         delivery_id, message_ids = await sent_delivery(db, fb.FeedbackMode.EFS)
-        await db.mark_relayed(delivery_id, fb.FeedbackMode.EFS, 0, message_ids[N // 2 - 1])
-        assert await db.finish(delivery_id)
-        keys = ("status", "outcome", "failure_type", "failure_reason")
-        before = await db.list_sending_logs(delivery_id, None, 0, N)
-        _, counted = await db.delivery_and_counters(delivery_id)
+        await relay.mark_relayed(db, delivery_id, fb.FeedbackMode.EFS, 0, message_ids[N // 2 - 1])
+        assert await figures.finish(db, delivery_id)
+        before = await sending_logs(db, delivery_id)
+        counted = await counters(db, delivery_id)
         late = [
             *(Event(f"{m}:h", m, delivery_id, K.HARD_BOUNCE, 1, 1) for m in message_ids[:10]),
             *(Event(f"{m}:d", m, delivery_id, K.DELIVERED, 0, 1) for m in message_ids[:10]),
             *(Event(f"{m}:o", m, delivery_id, K.OPENED, 0, 1) for m in message_ids[10:20]),
             *(Event(f"{m}:c", m, delivery_id, K.CLICKED, 0, 1) for m in message_ids[20:25]),
         ]
-        result = await db.apply_feedback(batch_of(late))
+        result = await ingest.apply_feedback(db, batch_of(late))
         assert (result.applied, result.duplicates, result.unknown) == (len(late), 0, 0)
-        after = await db.list_sending_logs(delivery_id, None, 0, N)
-        assert [tuple(r[k] for k in keys) for r in after] == [
-            tuple(r[k] for k in keys) for r in before
-        ]
-        assert [m for m, r in zip(message_ids, after, strict=True) if r["opened"]] == (
-            message_ids[10:25]
-        )
-        assert [m for m, r in zip(message_ids, after, strict=True) if r["clicked"]] == (
-            message_ids[20:25]
-        )
-        _, now = await db.delivery_and_counters(delivery_id)
+        after = await sending_logs(db, delivery_id)
+        # message_id, status, outcome, failure_type, failure_reason: unchanged.
+        assert [r[:5] for r in after] == [r[:5] for r in before]
+        assert [r[0] for r in after if r[5]] == message_ids[10:25]
+        assert [r[0] for r in after if r[6]] == message_ids[20:25]
+        now = await counters(db, delivery_id)
         assert now == dataclasses.replace(counted, opened=15, clicked=5)
     finally:
         await db.close()
@@ -215,7 +225,7 @@ async def test_malformed_events_are_dropped_not_retried_forever(fresh_db_url: st
     """What the database could not hold is dropped by the ingest, so the rest of the
     batch commits: a NUL or an overlong event id, a time out of Timestamp's range, an
     unknown kind. An unknown bounce reason is kept as unspecified."""
-    db = store.Store(fresh_db_url, max_size=4)
+    db = Database(fresh_db_url, max_size=4)
     await db.open()
     try:
         delivery_id, (m1, m2, m3, *_) = await sent_delivery(db, fb.FeedbackMode.EFS)
@@ -229,7 +239,7 @@ async def test_malformed_events_are_dropped_not_retried_forever(fresh_db_url: st
                 attempt=1, event_time=timestamp_pb2.Timestamp(seconds=seconds),
             )  # fmt: skip
 
-        await feedback.FeedbackIngest(db)(
+        await FeedbackIngest(functools.partial(ingest.apply_feedback, db)).apply_events(
             [
                 event("good", m1, K.DELIVERED),
                 event("nul\x00", m2, K.HARD_BOUNCE, 1),
@@ -239,9 +249,9 @@ async def test_malformed_events_are_dropped_not_retried_forever(fresh_db_url: st
                 event("reason", m3, K.HARD_BOUNCE, 40_000),
             ]
         )
-        rows = {r["message_id"]: r for r in await db.list_sending_logs(delivery_id, None, 0, N)}
-        assert rows[m1]["status"] == fb.Status.SENT
-        assert rows[m2]["outcome"] == fb.Outcome.NONE
-        assert (rows[m3]["outcome"], rows[m3]["failure_reason"]) == (fb.Outcome.HARD_BOUNCED, 0)
+        rows = {r[0]: r for r in await sending_logs(db, delivery_id)}
+        assert rows[m1][1] == fb.Status.SENT
+        assert rows[m2][2] == fb.Outcome.NONE
+        assert (rows[m3][2], rows[m3][4]) == (fb.Outcome.HARD_BOUNCED, 0)
     finally:
         await db.close()

@@ -9,7 +9,9 @@ from google.protobuf import timestamp_pb2
 from mta.v1 import mta_service_pb2 as mta
 from prometheus_client import REGISTRY
 
-from delivery_service import feedback, store
+from delivery_service.mta.ingest import FeedbackIngest
+from delivery_service.store.connection import Rejected
+from delivery_service.store.ingest import EventBatch, IngestResult
 
 
 class RefusingStore:
@@ -19,12 +21,12 @@ class RefusingStore:
         self.applied: list[str] = []
         self.calls = 0
 
-    async def apply_feedback(self, batch: store.EventBatch) -> store.IngestResult:
+    async def apply_feedback(self, batch: EventBatch) -> IngestResult:
         self.calls += 1
         if any(event_id.startswith("poison") for event_id in batch.event_ids):
-            raise store.Rejected("value out of range")
+            raise Rejected("value out of range")
         self.applied.extend(batch.event_ids)
-        return store.IngestResult(applied=len(batch))
+        return IngestResult(applied=len(batch))
 
 
 def event(event_id: str, message_id: int) -> mta.FeedbackEvent:
@@ -44,12 +46,12 @@ def rejected() -> float:
 
 def test_a_refused_event_is_isolated_and_dropped_and_the_rest_applied() -> None:
     db = RefusingStore()
-    ingest = feedback.FeedbackIngest(db)  # type: ignore[arg-type]
+    ingest = FeedbackIngest(db.apply_feedback)
     events = [event(f"e{i}", i) for i in range(1, 1001)]
     events[17] = event("poison-a", 18)
     events[700] = event("poison-b", 701)
     before = rejected()
-    asyncio.run(ingest(events))
+    asyncio.run(ingest.apply_events(events))
     assert db.applied == [e.event_id for e in events if not e.event_id.startswith("poison")]
     assert rejected() - before == 2
     # Halving finds each refused event in about log2(1000) rounds, not 1,000 calls.
@@ -59,5 +61,5 @@ def test_a_refused_event_is_isolated_and_dropped_and_the_rest_applied() -> None:
 def test_repeats_within_a_batch_are_applied_once() -> None:
     db = RefusingStore()
     events = [event("a", 1), event("b", 2), event("a", 1)]
-    asyncio.run(feedback.FeedbackIngest(db)(events))  # type: ignore[arg-type]
+    asyncio.run(FeedbackIngest(db.apply_feedback).apply_events(events))
     assert db.applied == ["a", "b"]

@@ -107,7 +107,7 @@ CREATE TABLE sending_logs (
     profile_id     text,
     email          text NOT NULL,
     status         smallint NOT NULL,
-    outcome        smallint NOT NULL DEFAULT 0,
+    outcome        smallint NOT NULL DEFAULT {Outcome.NONE},
     failure_type   smallint NOT NULL DEFAULT 0,
     failure_reason smallint NOT NULL DEFAULT 0,
     opened         boolean NOT NULL DEFAULT false,
@@ -140,7 +140,7 @@ CREATE INDEX feedback_events_delivery_idx ON feedback_events (delivery_id, kind)
 CREATE VIEW tracking_logs AS
     SELECT event_id, message_id, delivery_id, kind, link_index, event_time
     FROM feedback_events
-    WHERE kind IN (5, 6);
+    WHERE kind IN ({EventKind.OPENED}, {EventKind.CLICKED});
 
 -- KPI counters, sharded so that concurrent feedback batches do not queue on
 -- one hot row; a delivery's figures are the sum of its few shards.

@@ -19,6 +19,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _State:
@@ -860,6 +865,7 @@ class PrepareDeliveryResponse(_message.Message):
     TO_DELIVER_FIELD_NUMBER: _builtins.int
     DROPPED_BY_REASON_FIELD_NUMBER: _builtins.int
     DROPPED_FIELD_NUMBER: _builtins.int
+    DROPPED_COUNTS_FIELD_NUMBER: _builtins.int
     targeted: _builtins.int
     """The number of recipients the target named."""
     to_deliver: _builtins.int
@@ -869,12 +875,22 @@ class PrepareDeliveryResponse(_message.Message):
         """The delivery, PREPARED or APPROVED."""
 
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def dropped_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """The number of recipients dropped, for each reason."""
+        """Deprecated: use dropped_counts, keyed by the DropReason enum. The number of
+        recipients dropped, keyed by the DropReason value's name without its prefix
+        ("DUPLICATE", "QUARANTINED", ...). Still filled, for callers written before.
+        """
 
     @_builtins.property
     def dropped(self) -> _containers.RepeatedCompositeFieldContainer[Global___DroppedRecipient]:
         """The first dropped recipients (at most 1,000), with their reasons."""
+
+    @_builtins.property
+    def dropped_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___DropCount]:
+        """The number of recipients dropped for each reason, one entry per reason that
+        dropped at least one, in the order of DropReason's values.
+        """
 
     def __init__(
         self,
@@ -884,14 +900,41 @@ class PrepareDeliveryResponse(_message.Message):
         to_deliver: _builtins.int = ...,
         dropped_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         dropped: _abc.Iterable[Global___DroppedRecipient] | None = ...,
+        dropped_counts: _abc.Iterable[Global___DropCount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "dropped", b"dropped", "dropped_by_reason", b"dropped_by_reason", "targeted", b"targeted", "to_deliver", b"to_deliver"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "dropped", b"dropped", "dropped_by_reason", b"dropped_by_reason", "dropped_counts", b"dropped_counts", "targeted", b"targeted", "to_deliver", b"to_deliver"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PrepareDeliveryResponse: _TypeAlias = PrepareDeliveryResponse  # noqa: Y015
+
+@_typing.final
+class DropCount(_message.Message):
+    """How many recipients preparation dropped for one reason."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    reason: Global___DropReason.ValueType
+    """The reason."""
+    count: _builtins.int
+    """The number of recipients dropped for it."""
+    def __init__(
+        self,
+        *,
+        reason: Global___DropReason.ValueType = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DropCount: _TypeAlias = DropCount  # noqa: Y015
 
 @_typing.final
 class ApproveDeliveryRequest(_message.Message):
@@ -1178,14 +1221,29 @@ class WatchDeploymentResponse(_message.Message):
     RELAYED_FIELD_NUMBER: _builtins.int
     PERCENT_FIELD_NUMBER: _builtins.int
     KPIS_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
     state: Global___State.ValueType
     """The delivery's state."""
     to_deliver: _builtins.int
     """The number of messages to deliver."""
-    relayed: _builtins.int
-    """The number of messages relayed so far."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def relayed(self) -> _builtins.int:
+        """Deprecated: the same figure as sent (and Kpis.sent), under its old name. Still
+        filled, for callers written before.
+        """
+
+    @relayed.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def relayed(self, value: _builtins.int) -> None:
+        """Deprecated: the same figure as sent (and Kpis.sent), under its old name. Still
+        filled, for callers written before.
+        """
+
     percent: _builtins.float
-    """relayed / to_deliver, from 0 to 100."""
+    """sent / to_deliver, from 0 to 100."""
+    sent: _builtins.int
+    """The number of messages relayed to the MTA so far: Kpis.sent."""
     @_builtins.property
     def kpis(self) -> Global___Kpis:
         """The KPIs now."""
@@ -1198,10 +1256,11 @@ class WatchDeploymentResponse(_message.Message):
         relayed: _builtins.int = ...,
         percent: _builtins.float = ...,
         kpis: Global___Kpis | None = ...,
+        sent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["kpis", b"kpis"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kpis", b"kpis", "percent", b"percent", "relayed", b"relayed", "state", b"state", "to_deliver", b"to_deliver"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kpis", b"kpis", "percent", b"percent", "relayed", b"relayed", "sent", b"sent", "state", b"state", "to_deliver", b"to_deliver"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -15,16 +15,19 @@ import logging
 from google.protobuf import timestamp_pb2
 from mta.v1 import mta_service_pb2 as mta
 
-from delivery_service import observability, store
+from delivery_service import observability
 from delivery_service.domain import feedback as fb
-from delivery_service.mta_link import LinkDown, MtaLink
+from delivery_service.mta.link import LinkDown, MtaLink
+from delivery_service.store import relay as relay_store
+from delivery_service.store.connection import Database, Unavailable
+from delivery_service.usecases import deliveries
 
 log = logging.getLogger(__name__)
 
 
 class Relayer:
     def __init__(
-        self, db: store.Store, link: MtaLink, *, batch_size: int = 1000, window: int = 4
+        self, db: Database, link: MtaLink, *, batch_size: int = 1000, window: int = 4
     ) -> None:
         self.db = db
         self.link = link
@@ -35,7 +38,7 @@ class Relayer:
 
     async def pick_up(self) -> None:
         """Starts relaying every SENDING delivery this process is not relaying yet."""
-        for delivery_id in await self.db.sending_deliveries():
+        for delivery_id in await relay_store.sending_deliveries(self.db):
             task = self._tasks.get(delivery_id)
             if task is None or task.done():
                 self._tasks[delivery_id] = asyncio.create_task(
@@ -51,28 +54,29 @@ class Relayer:
 
     async def _relay(self, delivery_id: int) -> None:
         try:
-            async with self.db.relay_lease(delivery_id) as mine:
+            async with relay_store.lease(self.db, delivery_id) as mine:
                 if mine:
                     await self._relay_leased(delivery_id)
-        except (LinkDown, store.Unavailable) as exc:
+        except (LinkDown, Unavailable) as exc:
             # pick_up starts it again on its next round.
             log.warning("relay of delivery %d interrupted: %s", delivery_id, exc)
 
     async def _relay_leased(self, delivery_id: int) -> None:
-        delivery = await self.db.get_delivery(delivery_id)
-        mode = fb.FeedbackMode(delivery["feedback_mode"])
+        delivery = await deliveries.get(self.db, delivery_id)
+        mode = delivery.feedback_mode
         # Sent once per batch, not once per message.
-        content = mta.Content(
-            subject=delivery["subject"], body=delivery["body"], links=delivery["links"]
-        )
+        content = mta.Content(subject=delivery.subject, body=delivery.body, links=delivery.links)
+        assert delivery.validity_end_time is not None  # set when the send was confirmed
         expire_time = timestamp_pb2.Timestamp()
-        expire_time.FromDatetime(delivery["validity_end_time"])
+        expire_time.FromDatetime(delivery.validity_end_time)
         await self.link.wait_connected()
         in_flight: set[asyncio.Task[None]] = set()
         after = 0
         try:
             while True:
-                ids, emails = await self.db.queued_messages(delivery_id, after, self.batch_size)
+                ids, emails = await relay_store.queued_messages(
+                    self.db, delivery_id, after, self.batch_size
+                )
                 if not ids:
                     break
                 request = mta.ExchangeRequest()
@@ -98,7 +102,7 @@ class Relayer:
         finally:
             for task in in_flight:
                 task.cancel()
-        if await self.db.finish_sending(delivery_id):
+        if await relay_store.finish_sending(self.db, delivery_id):
             log.info("delivery %d: every message relayed", delivery_id)
 
     async def _send(
@@ -111,6 +115,6 @@ class Relayer:
     ) -> None:
         """Relays the queued messages in (after, upto], then marks them relayed."""
         await self.link.relay(request)
-        marked = await self.db.mark_relayed(delivery_id, mode, after, upto)
+        marked = await relay_store.mark_relayed(self.db, delivery_id, mode, after, upto)
         observability.MESSAGES_RELAYED.inc(marked)
         observability.BATCH_SIZE.labels("relay").observe(len(request.relay.messages))

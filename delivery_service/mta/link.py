@@ -2,21 +2,20 @@
 
 The link reconnects by itself. A relay batch is done only once the MTA has
 acknowledged it; if the stream breaks first, the batch fails with LinkDown and
-the relay sends it again (the MTA deduplicates by message id). Feedback is
-acknowledged only after it is committed; what was not acknowledged when a
-stream breaks, the MTA sends again on the next one. Feedback batches that wait
-while others are applied are applied together, in one transaction: under load the
-database gets few large batches rather than many small ones.
+the relay sends it again (the MTA deduplicates by message id). Feedback batches
+are handed to the ingest (mta/ingest.py) as they arrive, each with the stream that
+carried it: a batch is acknowledged on that stream once committed, and what was
+not acknowledged when a stream breaks, the MTA sends again on the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import grpc
 from mta.v1 import mta_service_pb2 as mta
@@ -25,8 +24,6 @@ from mta.v1 import mta_service_pb2_grpc as mta_grpc
 from delivery_service import observability
 
 log = logging.getLogger(__name__)
-
-FeedbackHandler = Callable[[Iterable[mta.FeedbackEvent]], Awaitable[None]]
 
 
 class LinkDown(Exception):
@@ -61,6 +58,33 @@ class _Stream:
         self.pending.clear()
 
 
+@dataclass(frozen=True)
+class ReceivedFeedback:
+    """A feedback batch with the stream that carried it: a seq means nothing on another."""
+
+    batch: mta.FeedbackBatch
+    stream: _Stream
+
+    @property
+    def live(self) -> bool:
+        """False once its stream broke: the MTA sends the batch again on the next one."""
+        return not self.stream.closed
+
+    async def acknowledge(self) -> None:
+        """Tells the MTA the batch is committed (nothing to do if the stream broke)."""
+        with contextlib.suppress(LinkDown):
+            await self.stream.write(mta.ExchangeRequest(ack=mta.FeedbackAck(seq=self.batch.seq)))
+
+    def abandon(self, reason: str) -> None:
+        """Breaks the stream: the MTA sends its unacknowledged feedback again after the
+        reconnect, so the batch is not lost."""
+        self.stream.fail(reason)
+        self.stream.call.cancel()
+
+
+FeedbackHandler = Callable[[ReceivedFeedback], Awaitable[None]]
+
+
 class MtaLink:
     def __init__(
         self,
@@ -68,28 +92,17 @@ class MtaLink:
         on_feedback: FeedbackHandler,
         *,
         client_id: str = "delivery-service",
-        ingest_concurrency: int = 2,
-        ingest_max_events: int = 10000,
         reconnect_max_delay: float = 2.0,
     ) -> None:
         self.address = address
+        # Waits while the ingest is full: reading the stream stops, and the MTA's window
+        # of unacknowledged batches holds the rest back.
         self.on_feedback = on_feedback
         self.client_id = client_id
         self.reconnect_max_delay = reconnect_max_delay
-        self.ingest_concurrency = ingest_concurrency
-        self.ingest_max_events = ingest_max_events
-        # Bounded: when the database falls behind, reading the stream waits, and the
-        # MTA's window of unacknowledged batches holds the rest back.
-        self._feedback: asyncio.Queue[tuple[_Stream, mta.FeedbackBatch]] = asyncio.Queue(
-            4 * ingest_concurrency
-        )
         self._stream: _Stream | None = None
         self._connected = asyncio.Event()
         self._stopping = False
-        self._appliers: list[asyncio.Task[None]] = []
-        self._applying = 0
-        self._idle = asyncio.Event()  # set while no feedback is being applied
-        self._idle.set()
 
     @property
     def connected(self) -> bool:
@@ -119,10 +132,6 @@ class MtaLink:
 
     async def run(self) -> None:
         """Keeps a stream open until stop(); reconnects with backoff."""
-        self._appliers = [
-            asyncio.create_task(self._apply_feedback(), name=f"feedback-{i}")
-            for i in range(self.ingest_concurrency)
-        ]
         delay = 0.05
         while not self._stopping:
             try:
@@ -172,7 +181,7 @@ class MtaLink:
                     if future is not None and not future.done():
                         future.set_result(response.relay_ack)
                 elif kind == "feedback":
-                    await self._feedback.put((stream, response.feedback))
+                    await self.on_feedback(ReceivedFeedback(response.feedback, stream))
         finally:
             self._connected.clear()
             stream.fail("the stream to the MTA broke")
@@ -180,50 +189,9 @@ class MtaLink:
                 self._stream = None
             call.cancel()
 
-    async def _apply_feedback(self) -> None:
-        """Applies the waiting feedback batches, as many together as fit, then acks each."""
-        while True:
-            taken = [await self._feedback.get()]
-            self._applying += 1
-            self._idle.clear()
-            try:
-                size = len(taken[0][1].events)
-                while not self._feedback.empty() and size < self.ingest_max_events:
-                    taken.append(self._feedback.get_nowait())
-                    size += len(taken[-1][1].events)
-                await self._apply(taken)
-            finally:
-                self._applying -= 1
-                if not self._applying:
-                    self._idle.set()
-
-    async def _apply(self, taken: list[tuple[_Stream, mta.FeedbackBatch]]) -> None:
-        delay = 0.05
-        while True:
-            # Events whose stream broke are sent again on the next one: none need applying.
-            live = [(stream, batch) for stream, batch in taken if not stream.closed]
-            if not live:
-                return
-            try:
-                await self.on_feedback(itertools.chain.from_iterable(b.events for _, b in live))
-                break
-            except Exception as exc:  # the database may be restarting: try again
-                log.warning("%d feedback batches not applied yet: %s", len(live), exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        for stream, batch in live:
-            # Acknowledged on the stream that carried it: a seq means nothing on another.
-            with contextlib.suppress(LinkDown):
-                await stream.write(mta.ExchangeRequest(ack=mta.FeedbackAck(seq=batch.seq)))
-
     async def stop(self) -> None:
-        """Stops reconnecting, lets committed feedback be acknowledged, closes the stream."""
+        """Stops reconnecting and closes the stream (the ingest has drained first)."""
         self._stopping = True
-        # A batch cut short is not acknowledged: the MTA sends it again, nothing is lost.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), 5)
-        for task in self._appliers:
-            task.cancel()
         stream = self._stream
         if stream is not None:
             with contextlib.suppress(LinkDown):

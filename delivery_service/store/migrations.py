@@ -1,4 +1,7 @@
-"""The schema manager: applies the numbered SQL files of sql/migrations in order, once each."""
+"""The schema manager: applies the numbered SQL files of sql/migrations in order, once each.
+
+Like the queries, a migration may name the domain's values (`{EventKind.OPENED}`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import logging
 from importlib import resources
 
 import psycopg
+
+from delivery_service.store.connection import Unavailable, render
 
 log = logging.getLogger(__name__)
 
@@ -17,14 +22,22 @@ def available() -> list[tuple[str, str]]:
     """The migrations shipped with the package, as (version, sql), in order."""
     folder = resources.files("delivery_service") / "sql" / "migrations"
     files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
-    return [(f.name.removesuffix(".sql"), f.read_text(encoding="utf-8")) for f in files]
+    return [(f.name.removesuffix(".sql"), render(f.read_text(encoding="utf-8"))) for f in files]
 
 
 def apply(conninfo: str) -> list[str]:
     """Applies the migrations the database lacks; returns their versions.
 
     Safe to call from several processes at once: an advisory lock serialises them.
+    Raises Unavailable if the database cannot be reached.
     """
+    try:
+        return _apply(conninfo)
+    except psycopg.OperationalError as exc:
+        raise Unavailable(str(exc)) from exc
+
+
+def _apply(conninfo: str) -> list[str]:
     applied: list[str] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))

@@ -1,0 +1,62 @@
+"""The delivery service's public admin surface: the one way tools (the CLI, the demo,
+the benchmark, the tests) migrate a database and create operators.
+
+Nothing outside `delivery_service` imports its other modules (tests/unit/test_imports.py
+keeps it so): what a tool needs of the service's database goes through here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from delivery_service import auth
+from delivery_service.domain.lifecycle import Role
+from delivery_service.store import connection, migrations
+from delivery_service.store import operators as operator_store
+
+# The role names an operator can hold, as the CLI offers them.
+ROLES: tuple[str, ...] = tuple(str(r) for r in Role)
+
+
+class AdminError(Exception):
+    """An admin call failed; str() says why."""
+
+
+class OperatorExists(AdminError):
+    """An operator of that name exists already."""
+
+
+class DatabaseUnavailable(AdminError):
+    """The database cannot be reached."""
+
+
+def migrate(database_url: str) -> list[str]:
+    """Brings the database's schema up to date; returns the migrations applied."""
+    try:
+        return migrations.apply(database_url)
+    except connection.Unavailable as exc:
+        raise DatabaseUnavailable(f"cannot reach the database: {exc}") from None
+
+
+async def create_operator(
+    database_url: str, name: str, roles: Sequence[str], *, timeout: float = 30.0
+) -> str:
+    """Creates an operator with the given roles (migrating the schema first if needed);
+    returns its token, which is stored only as a hash and cannot be shown again."""
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        raise AdminError(f"unknown roles {', '.join(unknown)}; roles are {', '.join(ROLES)}")
+    migrate(database_url)
+    db = connection.Database(database_url, min_size=1, max_size=1)
+    try:
+        await db.open(timeout=timeout)
+        token = auth.new_token()
+        async with db.transaction() as conn:
+            await operator_store.create(conn, name, auth.token_hash(token), list(roles))
+        return token
+    except connection.Conflict as exc:
+        raise OperatorExists(str(exc)) from None
+    except connection.Unavailable as exc:
+        raise DatabaseUnavailable(f"cannot reach the database: {exc}") from None
+    finally:
+        await db.close()

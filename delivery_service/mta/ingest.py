@@ -1,0 +1,164 @@
+"""Feedback in: the batches the link receives, checked, applied, then acknowledged.
+
+Batches that wait while others are applied are applied together, in one transaction:
+under load the database gets few large batches rather than many small ones. A batch is
+acknowledged on the stream that carried it only once committed. The database being
+unavailable is worth waiting for, so that is retried; anything else is surfaced (logged
+with its traceback, counted) and the streams that carried the batches are broken, so
+that the MTA sends them again after the reconnect: nothing is lost or acknowledged
+that was not committed, and nothing loops silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+from mta.v1 import mta_service_pb2 as mta
+
+from delivery_service import observability
+from delivery_service.domain import feedback as fb
+from delivery_service.mta.link import ReceivedFeedback
+from delivery_service.store.connection import Rejected, Unavailable
+from delivery_service.store.ingest import EventBatch, IngestResult
+
+log = logging.getLogger(__name__)
+
+ApplyBatch = Callable[[EventBatch], Awaitable[IngestResult]]
+
+_KINDS = {int(k) for k in fb.EventKind}
+# What the database can hold, checked here so that one bad event from the MTA is
+# dropped instead of failing its whole batch again and again: event ids short enough
+# for the primary key's index and without NUL (text cannot hold it), times within
+# google.protobuf.Timestamp's range (years 1 to 9999).
+MAX_EVENT_ID_CHARS = 256
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+RETRY_MAX_DELAY = 2.0
+
+
+class FeedbackIngest:
+    def __init__(
+        self, apply: ApplyBatch, *, concurrency: int = 2, max_events: int = 10_000
+    ) -> None:
+        self.apply = apply
+        self.concurrency = concurrency
+        self.max_events = max_events
+        # Bounded: when the database falls behind, receive() waits, and so does the link.
+        self._queue: asyncio.Queue[ReceivedFeedback] = asyncio.Queue(4 * concurrency)
+        self._applying = 0
+        self._idle = asyncio.Event()  # set while no feedback is being applied
+        self._idle.set()
+
+    async def receive(self, received: ReceivedFeedback) -> None:
+        """Takes a batch from the link; waits while the ingest is full."""
+        await self._queue.put(received)
+
+    async def run(self) -> None:
+        """The appliers, until cancelled."""
+        await asyncio.gather(*(self._applier() for _ in range(self.concurrency)))
+
+    async def drain(self, timeout: float) -> None:
+        """Waits (up to `timeout`) for the batches being applied to be acknowledged. A
+        batch cut short is not acknowledged: the MTA sends it again, nothing is lost."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+
+    async def _applier(self) -> None:
+        """Applies the waiting batches, as many together as fit, then acknowledges each."""
+        while True:
+            taken = [await self._queue.get()]
+            self._applying += 1
+            self._idle.clear()
+            try:
+                size = len(taken[0].batch.events)
+                while not self._queue.empty() and size < self.max_events:
+                    taken.append(self._queue.get_nowait())
+                    size += len(taken[-1].batch.events)
+                await self._commit(taken)
+            finally:
+                self._applying -= 1
+                if not self._applying:
+                    self._idle.set()
+
+    async def _commit(self, taken: list[ReceivedFeedback]) -> None:
+        delay = 0.05
+        while True:
+            # Batches whose stream broke are sent again on the next one: none need applying.
+            live = [r for r in taken if r.live]
+            if not live:
+                return
+            try:
+                await self.apply_events(e for r in live for e in r.batch.events)
+                break
+            except Unavailable as exc:
+                log.warning("%d feedback batches not applied yet: %s", len(live), exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+            except Exception:
+                log.exception("%d feedback batches failed; the MTA will send them again", len(live))
+                observability.FEEDBACK_FAILED_BATCHES.inc(len(live))
+                for r in live:
+                    r.abandon("feedback could not be applied")
+                return
+        for r in live:
+            await r.acknowledge()
+
+    async def apply_events(self, events: Iterable[mta.FeedbackEvent]) -> None:
+        """Checks and applies events: malformed ones and repeats within the batch are
+        dropped (counted), the rest go to the database in one batch."""
+        batch = EventBatch()
+        seen: set[str] = set()
+        malformed = repeated = 0
+        for e in events:
+            event_id = e.event_id
+            t = e.event_time
+            if (
+                e.kind not in _KINDS
+                or not 0 < len(event_id) <= MAX_EVENT_ID_CHARS
+                or "\x00" in event_id
+                or not _MIN_SECONDS <= t.seconds <= _MAX_SECONDS
+            ):
+                malformed += 1
+                continue
+            if event_id in seen:  # sent twice in one batch: applied once, counted a duplicate
+                repeated += 1
+                continue
+            seen.add(event_id)
+            batch.event_ids.append(event_id)
+            batch.message_ids.append(e.message_id)
+            batch.delivery_ids.append(e.delivery_id)
+            batch.kinds.append(e.kind)
+            # A reason this version does not know (a newer MTA's) is kept as unspecified.
+            reason = e.reason
+            batch.reasons.append(reason if reason in fb.MTA_BOUNCE_REASONS else 0)
+            batch.attempts.append(e.attempt)
+            batch.link_indexes.append(e.link_index)
+            batch.event_micros.append(t.seconds * 1_000_000 + t.nanos // 1000)
+        if malformed:
+            log.warning("ignored %d malformed feedback events", malformed)
+            observability.FEEDBACK_REJECTED.inc(malformed)
+        if not batch:
+            return
+        result = await self._apply_isolating(batch)
+        observability.BATCH_SIZE.labels("feedback").observe(len(batch))
+        observability.FEEDBACK_APPLIED.inc(result.applied)
+        observability.FEEDBACK_DEDUPLICATED.inc(result.duplicates + repeated)
+        observability.FEEDBACK_UNKNOWN.inc(result.unknown)
+
+    async def _apply_isolating(self, batch: EventBatch) -> IngestResult:
+        """Applies a batch; if the database refuses its data, applies each half on its
+        own, down to the event it refuses, which is dropped. One bad event must not stop
+        the stream: it would be sent again, and refused again, forever."""
+        try:
+            return await self.apply(batch)
+        except Rejected as exc:
+            if len(batch) == 1:
+                log.error("feedback event %r refused, dropped: %s", batch.event_ids[0], exc)
+                observability.FEEDBACK_REJECTED.inc()
+                return IngestResult()
+            half = len(batch) // 2
+            return await self._apply_isolating(batch[:half]) + await self._apply_isolating(
+                batch[half:]
+            )

@@ -1,0 +1,67 @@
+-- Deliveries: creation, reads and the lifecycle changes callers make.
+-- Each query: a `-- name: <name>` line, then a one-line description.
+
+-- name: insert_target
+-- Creates a target: a segment, or (segment null) a recipient list filled by COPY.
+INSERT INTO targets (segment) VALUES (%(segment)s) RETURNING id;
+
+-- name: copy_target_recipients
+-- Fills a target's recipient list.
+COPY target_recipients (target_id, position, profile_id, email) FROM STDIN;
+
+-- name: insert_delivery
+-- Creates a delivery in state DRAFT; nothing if its request_id is taken.
+INSERT INTO deliveries (label, subject, body, links, target_id, feedback_mode,
+                        validity_period, required_approvals, state, request_id,
+                        recurring_delivery_id)
+VALUES (%(label)s, %(subject)s, %(body)s, %(links)s, %(target_id)s, %(feedback_mode)s,
+        %(validity_period)s, %(required_approvals)s, {State.DRAFT}, %(request_id)s,
+        %(recurring_delivery_id)s)
+ON CONFLICT ON CONSTRAINT deliveries_request_id_key DO NOTHING
+RETURNING id;
+
+-- name: delivery_id_by_request
+-- The delivery a request_id created.
+SELECT id FROM deliveries WHERE request_id = %(request_id)s;
+
+-- name: get_delivery
+-- One delivery.
+SELECT id, label, subject, body, links, target_id, feedback_mode, validity_period,
+       required_approvals, approvals, state, targeted, to_deliver, dropped,
+       recurring_delivery_id, create_time, confirm_time, confirmed_by, validity_end_time
+FROM deliveries WHERE id = %(id)s;
+
+-- name: lock_delivery
+-- One delivery, locked until the transaction ends.
+SELECT id, label, subject, body, links, target_id, feedback_mode, validity_period,
+       required_approvals, approvals, state, targeted, to_deliver, dropped,
+       recurring_delivery_id, create_time, confirm_time, confirmed_by, validity_end_time
+FROM deliveries WHERE id = %(id)s FOR UPDATE;
+
+-- name: list_deliveries
+-- A page of deliveries, newest first, optionally of one state or recurring delivery.
+SELECT id, label, subject, body, links, target_id, feedback_mode, validity_period,
+       required_approvals, approvals, state, targeted, to_deliver, dropped,
+       recurring_delivery_id, create_time, confirm_time, confirmed_by, validity_end_time
+FROM deliveries
+WHERE id < %(before_id)s
+  AND (%(state)s::text IS NULL OR state = %(state)s)
+  AND (%(recurring_delivery_id)s::bigint IS NULL
+       OR recurring_delivery_id = %(recurring_delivery_id)s)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: set_approvals
+-- Records the approval steps done and the state they lead to.
+UPDATE deliveries SET state = %(state)s, approvals = %(approvals)s WHERE id = %(id)s;
+
+-- name: set_confirmed
+-- Starts the send: SENDING, and the validity period runs from now.
+UPDATE deliveries
+SET state = {State.SENDING}, confirm_time = now(), confirmed_by = %(operator)s,
+    validity_end_time = now() + validity_period
+WHERE id = %(id)s;
+
+-- name: set_stopped
+-- Stops a delivery.
+UPDATE deliveries SET state = {State.STOPPED}, finish_time = now() WHERE id = %(id)s;

@@ -1,0 +1,127 @@
+-- Feedback ingest: a batch of events folded into the sending logs and counters.
+-- Each query: a `-- name: <name>` line, then a one-line description.
+
+-- name: apply_feedback
+-- Applies a batch of feedback events in one set-based statement: every event of
+-- a known message is logged once (an event id already logged is skipped), each
+-- message touched is folded and rewritten once, and the counter deltas go to one
+-- shard. The rules are delivery_service.domain.feedback's, for whole sets: a
+-- message's outcome (0 none, 1 soft bounced, 2 delivered, 3 expired, 4 hard
+-- bounced) only moves up, to the highest one reported; the bounce reason is the
+-- lowest one reported with that outcome; the status, failure type and failure
+-- reason of each (mode, outcome) come from tables store.py builds from the domain
+-- functions; a FINISHED delivery's fates no longer change, though opens and clicks
+-- still count. The messages are locked in id order before they are read, so a
+-- concurrent batch about the same message waits, then folds into what this one
+-- wrote. No two CTEs are joined with each other: each join has a table on one side,
+-- so that no plan can turn quadratic in the batch's size.
+WITH known AS (
+    SELECT e.*
+    FROM unnest(%(event_ids)s::text[], %(message_ids)s::bigint[],
+                %(delivery_ids)s::bigint[], %(kinds)s::smallint[],
+                %(reasons)s::smallint[], %(attempts)s::integer[],
+                %(link_indexes)s::integer[], %(event_micros)s::bigint[])
+         AS e (event_id, message_id, delivery_id, kind, reason, attempt, link_index,
+               event_micros)
+    JOIN sending_logs s ON s.message_id = e.message_id AND s.delivery_id = e.delivery_id
+),
+new_events AS (
+    INSERT INTO feedback_events (event_id, message_id, delivery_id, kind, reason, attempt,
+                                 link_index, event_time)
+    SELECT event_id, message_id, delivery_id, kind, reason, attempt, link_index,
+           timestamptz 'epoch' + event_micros * interval '1 microsecond'
+    FROM known
+    -- In key order: concurrent batches wait on a shared id in the same order.
+    ORDER BY event_id
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING message_id, delivery_id, kind, reason
+),
+per_message AS (
+    SELECT n.message_id,
+           max(o.outcome) AS outcome,
+           (array_agg(n.reason ORDER BY o.outcome DESC, n.reason))[1] AS reason,
+           bool_or((%(opens)s::boolean[])[n.kind]) AS opened,
+           bool_or((%(clicks)s::boolean[])[n.kind]) AS clicked
+    FROM new_events n
+    JOIN deliveries d ON d.id = n.delivery_id
+    CROSS JOIN LATERAL (SELECT (%(outcome_of_kind)s::smallint[])[n.kind] AS outcome) o
+    -- A fate reported after the end of the validity changes nothing; opens and clicks
+    -- still count.
+    WHERE o.outcome = {Outcome.NONE} OR d.state <> {State.FINISHED}
+    GROUP BY n.message_id
+),
+current AS (
+    -- The messages with what their new events report, locked: a row changed by a
+    -- concurrent batch is read as that batch left it.
+    SELECT l.message_id, l.delivery_id, l.relay_time IS NOT NULL AS was_relayed,
+           l.outcome, l.failure_reason, l.opened, l.clicked,
+           p.outcome AS reported, p.reason AS reported_reason,
+           p.opened AS reported_open, p.clicked AS reported_click
+    FROM per_message p
+    JOIN sending_logs l ON l.message_id = p.message_id
+    ORDER BY l.message_id
+    FOR NO KEY UPDATE OF l
+),
+folded AS (
+    SELECT c.message_id, c.delivery_id, c.was_relayed,
+           -- The rule tables' first index: 1 without EFS, 2 with it.
+           (d.feedback_mode = {FeedbackMode.EFS})::integer + 1 AS mode,
+           c.outcome AS old_outcome, greatest(c.outcome, c.reported) AS outcome,
+           CASE WHEN c.reported > c.outcome THEN c.reported_reason
+                WHEN c.reported = c.outcome THEN least(c.failure_reason, c.reported_reason)
+                ELSE c.failure_reason END AS bounce_reason,
+           c.failure_reason AS old_failure_reason,
+           c.opened AS old_opened, c.opened OR c.reported_open AS opened,
+           c.clicked AS old_clicked, c.clicked OR c.reported_click AS clicked
+    FROM current c
+    JOIN deliveries d ON d.id = c.delivery_id
+),
+changes AS (
+    SELECT r.* FROM (
+        SELECT f.*,
+               (%(statuses)s::smallint[])[f.mode][f.outcome + 1] AS status,
+               (%(failure_types)s::smallint[])[f.mode][f.outcome + 1] AS failure_type,
+               coalesce((%(failure_reasons)s::smallint[])[f.mode][f.outcome + 1],
+                        f.bounce_reason) AS failure_reason
+        FROM folded f
+    ) r
+    WHERE NOT r.was_relayed OR r.outcome <> r.old_outcome
+       OR r.failure_reason <> r.old_failure_reason
+       OR r.opened <> r.old_opened OR r.clicked <> r.old_clicked
+),
+updated AS (
+    UPDATE sending_logs s
+    SET status = c.status, outcome = c.outcome, failure_type = c.failure_type,
+        failure_reason = c.failure_reason, opened = c.opened, clicked = c.clicked,
+        relay_time = coalesce(s.relay_time, now()), update_time = now()
+    FROM changes c
+    WHERE s.message_id = c.message_id
+),
+counted AS (
+    INSERT INTO delivery_counters AS k (delivery_id, shard, relayed, delivered, soft_bounced,
+                                        hard_bounced, expired, opened, clicked)
+    SELECT delivery_id, %(shard)s,
+           count(*) FILTER (WHERE NOT was_relayed),
+           count(*) FILTER (WHERE outcome = {Outcome.DELIVERED})
+               - count(*) FILTER (WHERE old_outcome = {Outcome.DELIVERED}),
+           count(*) FILTER (WHERE outcome = {Outcome.SOFT_BOUNCED})
+               - count(*) FILTER (WHERE old_outcome = {Outcome.SOFT_BOUNCED}),
+           count(*) FILTER (WHERE outcome = {Outcome.HARD_BOUNCED})
+               - count(*) FILTER (WHERE old_outcome = {Outcome.HARD_BOUNCED}),
+           count(*) FILTER (WHERE outcome = {Outcome.EXPIRED})
+               - count(*) FILTER (WHERE old_outcome = {Outcome.EXPIRED}),
+           count(*) FILTER (WHERE opened AND NOT old_opened),
+           count(*) FILTER (WHERE clicked AND NOT old_clicked)
+    FROM changes
+    GROUP BY delivery_id
+    ORDER BY delivery_id
+    ON CONFLICT (delivery_id, shard) DO UPDATE
+    SET relayed = k.relayed + excluded.relayed,
+        delivered = k.delivered + excluded.delivered,
+        soft_bounced = k.soft_bounced + excluded.soft_bounced,
+        hard_bounced = k.hard_bounced + excluded.hard_bounced,
+        expired = k.expired + excluded.expired,
+        opened = k.opened + excluded.opened,
+        clicked = k.clicked + excluded.clicked
+)
+SELECT (SELECT count(*) FROM known) AS known, (SELECT count(*) FROM new_events) AS applied;

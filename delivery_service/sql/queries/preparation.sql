@@ -1,0 +1,69 @@
+-- Preparation: the analysis of a target into sending logs and dropped recipients.
+-- Each query: a `-- name: <name>` line, then a one-line description.
+
+-- name: analyse_target
+-- Preparation: resolves a target into a temporary table of recipients, each
+-- with the reason it is dropped (null when it gets a message).
+CREATE TEMPORARY TABLE analysis ON COMMIT DROP AS
+WITH candidates AS (
+    SELECT r.position, r.profile_id, coalesce(r.email, p.email) AS email,
+           (r.profile_id IS NOT NULL AND p.profile_id IS NULL) AS unknown_profile
+    FROM target_recipients r
+    LEFT JOIN profiles p ON p.profile_id = r.profile_id
+    WHERE r.target_id = %(target_id)s
+    UNION ALL
+    SELECT (row_number() OVER (ORDER BY p.profile_id))::integer - 1, p.profile_id, p.email, false
+    FROM targets t
+    JOIN profiles p ON t.segment = ANY (p.segments)
+    WHERE t.id = %(target_id)s AND t.segment IS NOT NULL
+),
+quarantine AS (
+    SELECT DISTINCT lower(email) AS address FROM profiles WHERE quarantined AND email IS NOT NULL
+),
+classified AS (
+    SELECT c.position, c.profile_id, c.email,
+           CASE
+               WHEN c.unknown_profile THEN {DropReason.UNKNOWN_PROFILE}
+               WHEN c.email IS NULL OR c.email = '' THEN {DropReason.NO_ADDRESS}
+               WHEN c.email !~ %(address_pattern)s THEN {DropReason.INVALID_ADDRESS}
+               WHEN q.address IS NOT NULL THEN {DropReason.QUARANTINED}
+               WHEN row_number() OVER (PARTITION BY lower(c.email) ORDER BY c.position) > 1
+                   THEN {DropReason.DUPLICATE}
+           END AS reason
+    FROM candidates c
+    LEFT JOIN quarantine q ON q.address = lower(c.email)
+)
+SELECT position, profile_id, email, reason FROM classified;
+
+-- name: queue_messages
+-- Preparation: one sending log per recipient kept, in target order.
+INSERT INTO sending_logs (delivery_id, profile_id, email, status)
+SELECT %(delivery_id)s, profile_id, email, {Status.QUEUED}
+FROM analysis WHERE reason IS NULL
+ORDER BY position;
+
+-- name: record_dropped
+-- Preparation: the recipients dropped, and why.
+INSERT INTO dropped_recipients (delivery_id, position, profile_id, email, reason)
+SELECT %(delivery_id)s, position, profile_id, email, reason
+FROM analysis WHERE reason IS NOT NULL;
+
+-- name: analysis_summary
+-- Preparation: how many recipients were targeted, kept, and dropped for each reason.
+SELECT coalesce(reason, '') AS reason, count(*) AS n FROM analysis GROUP BY reason;
+
+-- name: set_prepared
+-- Records the analysis and moves a delivery to its state after preparation.
+UPDATE deliveries
+SET state = %(state)s, targeted = %(targeted)s, to_deliver = %(to_deliver)s,
+    dropped = %(dropped)s
+WHERE id = %(id)s;
+
+-- name: first_dropped
+-- The first dropped recipients of a delivery.
+SELECT profile_id, email, reason FROM dropped_recipients
+WHERE delivery_id = %(delivery_id)s ORDER BY position LIMIT %(limit)s;
+
+-- name: drop_analysis
+-- Preparation is over: its temporary table goes (it would go at commit anyway).
+DROP TABLE analysis;

@@ -1,0 +1,19 @@
+-- Profiles: created or replaced by callers.
+-- Each query: a `-- name: <name>` line, then a one-line description.
+
+-- name: upsert_profiles
+-- Creates or replaces profiles; says for each whether it was created.
+INSERT INTO profiles AS p (profile_id, email, quarantined, segments)
+SELECT r.profile_id, NULLIF(r.email, ''), r.quarantined, r.segments
+FROM jsonb_to_recordset(%(profiles)s::jsonb)
+     AS r (profile_id text, email text, quarantined boolean, segments text[])
+ON CONFLICT (profile_id) DO UPDATE
+    SET email = excluded.email,
+        quarantined = excluded.quarantined,
+        segments = excluded.segments,
+        update_time = now()
+RETURNING (xmax = 0) AS created;
+
+-- name: profile_exists
+-- Whether a profile exists.
+SELECT 1 FROM profiles WHERE profile_id = %(profile_id)s;

@@ -1,0 +1,116 @@
+"""Deliveries: their creation, reads, and the lifecycle changes callers make."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from delivery_service.domain import lifecycle
+from delivery_service.domain.requests import NewDelivery, Recipient
+from delivery_service.store.connection import (
+    Conn,
+    NotFound,
+    copy_rows,
+    execute,
+    fetch_all,
+    fetch_one,
+    fetch_value,
+)
+from delivery_service.store.records import Delivery
+
+
+async def insert_target(conn: Conn, segment: str | None, recipients: Sequence[Recipient]) -> int:
+    """A target: a segment, or a list of recipients loaded by COPY, in order."""
+    target_id: int = await fetch_value(conn, "insert_target", segment=segment)
+    if segment is None:
+        await copy_rows(
+            conn,
+            "copy_target_recipients",
+            ((target_id, position, r.profile_id, r.email) for position, r in enumerate(recipients)),
+        )
+    return target_id
+
+
+def template_params(new: NewDelivery, target_id: int) -> dict[str, object]:
+    """The columns a delivery and a recurring delivery's template share."""
+    return {
+        "label": new.label,
+        "subject": new.subject,
+        "body": new.body,
+        "links": new.links,
+        "target_id": target_id,
+        "feedback_mode": str(new.feedback_mode),
+        "validity_period": new.validity_period,
+        "required_approvals": [str(s) for s in new.required_approvals],
+        "request_id": new.request_id,
+    }
+
+
+async def insert(conn: Conn, new: NewDelivery) -> int | None:
+    """Creates a DRAFT delivery; None if its request_id is taken already."""
+    target_id = await insert_target(conn, new.segment, new.recipients)
+    delivery_id: int | None = await fetch_value(
+        conn, "insert_delivery", **template_params(new, target_id), recurring_delivery_id=None
+    )
+    return delivery_id
+
+
+async def id_by_request(conn: Conn, request_id: str) -> int | None:
+    delivery_id: int | None = await fetch_value(
+        conn, "delivery_id_by_request", request_id=request_id
+    )
+    return delivery_id
+
+
+async def get(conn: Conn, delivery_id: int) -> Delivery:
+    delivery = await fetch_one(conn, "get_delivery", Delivery, id=delivery_id)
+    if delivery is None:
+        raise NotFound(f"delivery {delivery_id} does not exist")
+    return delivery
+
+
+async def lock(conn: Conn, delivery_id: int) -> Delivery:
+    """The delivery, locked until the transaction ends."""
+    delivery = await fetch_one(conn, "lock_delivery", Delivery, id=delivery_id)
+    if delivery is None:
+        raise NotFound(f"delivery {delivery_id} does not exist")
+    return delivery
+
+
+async def page(
+    conn: Conn,
+    *,
+    before_id: int,
+    state: lifecycle.State | None,
+    recurring_delivery_id: int | None,
+    limit: int,
+) -> list[Delivery]:
+    """A page of deliveries, newest first."""
+    return await fetch_all(
+        conn,
+        "list_deliveries",
+        Delivery,
+        before_id=before_id,
+        state=None if state is None else str(state),
+        recurring_delivery_id=recurring_delivery_id,
+        limit=limit,
+    )
+
+
+async def set_approvals(
+    conn: Conn, delivery_id: int, state: lifecycle.State, steps: list[lifecycle.ApprovalStep]
+) -> None:
+    await execute(
+        conn,
+        "set_approvals",
+        id=delivery_id,
+        state=str(state),
+        approvals=[str(s) for s in steps],
+    )
+
+
+async def set_confirmed(conn: Conn, delivery_id: int, operator: str) -> None:
+    await execute(conn, "set_confirmed", id=delivery_id, operator=operator)
+
+
+async def set_stopped(conn: Conn, delivery_id: int) -> None:
+    await execute(conn, "set_stopped", id=delivery_id)

@@ -1,0 +1,63 @@
+"""The end of the validity's storage: which deliveries are due, and the messages whose
+fate it can still change."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from delivery_service.domain import feedback as fb
+from delivery_service.store.connection import Conn, execute, fetch_tuples
+
+
+async def expiring_deliveries(conn: Conn, grace: dt.timedelta) -> list[int]:
+    """Deliveries whose validity period, and the grace for late feedback, is over."""
+    return [delivery_id for (delivery_id,) in await fetch_tuples(conn, "expiring", grace=grace)]
+
+
+async def unsettled_messages(
+    conn: Conn, delivery_id: int, after: int, limit: int
+) -> list[fb.MessageState]:
+    """The next messages after `after` whose fate the end of the validity can change,
+    locked, in message order."""
+    rows = await fetch_tuples(
+        conn, "unsettled_messages", delivery_id=delivery_id, after=after, limit=limit
+    )
+    return [
+        fb.MessageState(
+            message_id=message_id,
+            delivery_id=delivery_id,
+            mode=fb.FeedbackMode(mode),
+            relayed=relayed,
+            outcome=fb.Outcome(outcome),
+            bounce_reason=reason,
+            opened=opened,
+            clicked=clicked,
+        )
+        for message_id, delivery_id, mode, relayed, outcome, reason, opened, clicked in rows
+    ]
+
+
+async def write_messages(conn: Conn, messages: Iterable[fb.MessageState]) -> None:
+    """Writes the new state of messages whose fate changed."""
+    rows = [m.row() for m in messages]
+    if not rows:
+        return
+    ids, statuses, outcomes, failure_types, failure_reasons, opened, clicked = zip(
+        *rows, strict=True
+    )
+    await execute(
+        conn,
+        "update_messages",
+        message_ids=list(ids),
+        statuses=list(statuses),
+        outcomes=list(outcomes),
+        failure_types=list(failure_types),
+        failure_reasons=list(failure_reasons),
+        opened=list(opened),
+        clicked=list(clicked),
+    )
+
+
+async def set_finished(conn: Conn, delivery_id: int) -> None:
+    await execute(conn, "set_finished", id=delivery_id)

@@ -1,0 +1,126 @@
+"""Rows as typed records: each query names its columns, and a record takes them by name.
+
+The domain's enums are restored on the way in, so that nothing above the store reads
+a status as a bare string or number.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from delivery_service.domain.feedback import FailureReason, FailureType, FeedbackMode, Status
+from delivery_service.domain.kpis import Counters
+from delivery_service.domain.lifecycle import ApprovalStep, State
+from delivery_service.domain.preparation import DropReason
+
+
+@dataclass(slots=True)
+class Delivery:
+    id: int
+    label: str
+    subject: str
+    body: str
+    links: list[str]
+    target_id: int
+    feedback_mode: FeedbackMode
+    validity_period: dt.timedelta
+    required_approvals: list[ApprovalStep]
+    approvals: list[ApprovalStep]
+    state: State
+    targeted: int
+    to_deliver: int
+    dropped: int
+    recurring_delivery_id: int | None
+    create_time: dt.datetime
+    confirm_time: dt.datetime | None
+    confirmed_by: str | None
+    validity_end_time: dt.datetime | None
+
+    def __post_init__(self) -> None:
+        self.feedback_mode = FeedbackMode(self.feedback_mode)
+        self.state = State(self.state)
+        self.required_approvals = [ApprovalStep(s) for s in self.required_approvals]
+        self.approvals = [ApprovalStep(s) for s in self.approvals]
+
+
+@dataclass(slots=True)
+class DeliveryFigures:
+    """What the KPIs of a delivery are computed from: no content, one round trip."""
+
+    id: int
+    state: State
+    feedback_mode: FeedbackMode
+    to_deliver: int
+    stats_time: dt.datetime | None
+    opened_at_stats: int
+    clicked_at_stats: int
+    relayed: int
+    delivered: int
+    soft_bounced: int
+    hard_bounced: int
+    expired: int
+    opened: int
+    clicked: int
+
+    def __post_init__(self) -> None:
+        self.feedback_mode = FeedbackMode(self.feedback_mode)
+        self.state = State(self.state)
+
+    @property
+    def counters(self) -> Counters:
+        return Counters(
+            relayed=self.relayed,
+            delivered=self.delivered,
+            soft_bounced=self.soft_bounced,
+            hard_bounced=self.hard_bounced,
+            expired=self.expired,
+            opened=self.opened,
+            clicked=self.clicked,
+        )
+
+
+@dataclass(slots=True)
+class SendingLog:
+    message_id: int
+    delivery_id: int
+    profile_id: str | None
+    email: str
+    status: Status
+    failure_type: FailureType
+    failure_reason: FailureReason
+    relay_time: dt.datetime | None
+    update_time: dt.datetime
+    opened: bool
+    clicked: bool
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)
+        self.failure_type = FailureType(self.failure_type)
+        self.failure_reason = FailureReason(self.failure_reason)
+
+
+@dataclass(slots=True)
+class DroppedRecipient:
+    profile_id: str | None
+    email: str | None
+    reason: DropReason
+
+    def __post_init__(self) -> None:
+        self.reason = DropReason(self.reason)
+
+
+@dataclass(slots=True)
+class RecurringDelivery:
+    id: int
+    label: str
+    occurrence_interval: dt.timedelta
+    confirm_before_send: bool
+    next_occurrence_time: dt.datetime
+    occurrences: int
+
+
+@dataclass(slots=True)
+class Operator:
+    name: str
+    roles: list[str]

@@ -1,0 +1,135 @@
+"""Deliveries as callers drive them: create, prepare, approve, confirm, stop, and read."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from delivery_service.domain import feedback as fb
+from delivery_service.domain import lifecycle
+from delivery_service.domain.requests import NewDelivery, ProfileUpdate
+from delivery_service.store import deliveries, logs, preparation, profiles
+from delivery_service.store.connection import Conflict, Conn, Database
+from delivery_service.store.records import Delivery, SendingLog
+from delivery_service.usecases.idempotency import create_once
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    delivery: Delivery
+    analysis: preparation.Analysis
+
+
+def checked(rule: Callable[[lifecycle.State], bool | None], state: lifecycle.State) -> bool:
+    """Applies a lifecycle rule; a refused transition is a Conflict (FAILED_PRECONDITION)."""
+    try:
+        return bool(rule(state))
+    except lifecycle.TransitionError as exc:
+        raise Conflict(str(exc)) from exc
+
+
+async def create(db: Database, new: NewDelivery) -> Delivery:
+    """Creates a DRAFT delivery; a repeated request_id answers with the first one."""
+    return await create_once(
+        db,
+        new.request_id,
+        find=deliveries.id_by_request,
+        insert=lambda conn: deliveries.insert(conn, new),
+        read=deliveries.get,
+    )
+
+
+async def prepare_locked(conn: Conn, delivery: Delivery) -> Prepared:
+    """Preparation of a locked DRAFT delivery, inside the caller's transaction."""
+    analysis = await preparation.analyse(conn, delivery.id, delivery.target_id)
+    state = lifecycle.after_preparation(delivery.required_approvals)
+    await preparation.set_prepared(conn, delivery.id, state, analysis)
+    return Prepared(await deliveries.lock(conn, delivery.id), analysis)
+
+
+async def prepare(db: Database, delivery_id: int) -> Prepared:
+    async with db.transaction() as conn:
+        delivery = await deliveries.lock(conn, delivery_id)
+        checked(lifecycle.check_prepare, delivery.state)
+        return await prepare_locked(conn, delivery)
+
+
+async def approve(db: Database, delivery_id: int, step: lifecycle.ApprovalStep) -> Delivery:
+    async with db.transaction() as conn:
+        delivery = await deliveries.lock(conn, delivery_id)
+        try:
+            state, steps = lifecycle.approve(
+                delivery.state, delivery.required_approvals, delivery.approvals, step
+            )
+        except lifecycle.TransitionError as exc:
+            raise Conflict(str(exc)) from exc
+        await deliveries.set_approvals(conn, delivery_id, state, steps)
+        return await deliveries.lock(conn, delivery_id)
+
+
+async def confirm(db: Database, delivery_id: int, operator: str) -> Delivery:
+    """Starts the send; confirming again answers the delivery unchanged."""
+    async with db.transaction() as conn:
+        delivery = await deliveries.lock(conn, delivery_id)
+        if checked(lifecycle.check_confirm, delivery.state):
+            await deliveries.set_confirmed(conn, delivery_id, operator)
+            log.info("delivery %d confirmed by %s", delivery_id, operator)
+            delivery = await deliveries.lock(conn, delivery_id)
+        return delivery
+
+
+async def stop(db: Database, delivery_id: int) -> Delivery:
+    async with db.transaction() as conn:
+        delivery = await deliveries.lock(conn, delivery_id)
+        checked(lifecycle.check_stop, delivery.state)
+        if delivery.state is not lifecycle.State.STOPPED:
+            await deliveries.set_stopped(conn, delivery_id)
+            delivery = await deliveries.lock(conn, delivery_id)
+        return delivery
+
+
+async def get(db: Database, delivery_id: int) -> Delivery:
+    async with db.connection() as conn:
+        return await deliveries.get(conn, delivery_id)
+
+
+async def page(
+    db: Database,
+    *,
+    before_id: int,
+    state: lifecycle.State | None,
+    recurring_delivery_id: int | None,
+    limit: int,
+) -> list[Delivery]:
+    async with db.connection() as conn:
+        return await deliveries.page(
+            conn,
+            before_id=before_id,
+            state=state,
+            recurring_delivery_id=recurring_delivery_id,
+            limit=limit,
+        )
+
+
+async def sending_logs(
+    db: Database, delivery_id: int, status: fb.Status | None, after: int, limit: int
+) -> list[SendingLog]:
+    async with db.transaction() as conn:
+        return await logs.page(conn, delivery_id, status, after, limit)
+
+
+async def history(
+    db: Database, *, profile_id: str | None, email: str | None, before: int, limit: int
+) -> list[SendingLog]:
+    async with db.transaction() as conn:
+        return await logs.history(
+            conn, profile_id=profile_id, email=email, before=before, limit=limit
+        )
+
+
+async def upsert_profiles(db: Database, updates: list[ProfileUpdate]) -> tuple[int, int]:
+    async with db.transaction() as conn:
+        return await profiles.upsert(conn, updates)

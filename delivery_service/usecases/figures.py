@@ -1,0 +1,89 @@
+"""A delivery's figures: its KPIs, the stats refresh, a recount, and the end of its
+validity, when every message gets a final status and the figures become final."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from delivery_service.domain import feedback as fb
+from delivery_service.domain import kpis, lifecycle
+from delivery_service.store import counters, deliveries, expiry
+from delivery_service.store.connection import Database
+from delivery_service.store.records import DeliveryFigures
+
+log = logging.getLogger(__name__)
+
+# Messages read at a time when a validity ends.
+FINISH_BATCH = 10_000
+
+
+def kpis_of(figures: DeliveryFigures) -> kpis.Kpis:
+    return kpis.compute(
+        figures.feedback_mode,
+        figures.to_deliver,
+        figures.counters,
+        opened_at_stats=figures.opened_at_stats,
+        clicked_at_stats=figures.clicked_at_stats,
+        stats_time=figures.stats_time,
+        final=figures.state is lifecycle.State.FINISHED,
+    )
+
+
+async def current(db: Database, delivery_id: int) -> DeliveryFigures:
+    """The delivery's state and counters, in one statement: O(1) in its size."""
+    async with db.connection() as conn:
+        return await counters.figures(conn, delivery_id)
+
+
+async def compute_stats(db: Database, delivery_id: int) -> tuple[kpis.Kpis, int]:
+    """Recounts a delivery from its logs, repairs its counters and refreshes its stats.
+    Returns the KPIs and how many counters had drifted."""
+    async with db.transaction() as conn:
+        await deliveries.get(conn, delivery_id)  # NOT_FOUND first
+        repaired, _ = await counters.recount(conn, delivery_id)
+        figures = await counters.figures(conn, delivery_id)
+    if repaired:
+        log.warning("delivery %d: %d counters had drifted, repaired", delivery_id, repaired)
+    return kpis_of(figures), repaired
+
+
+async def refresh_stats(db: Database, interval: dt.timedelta) -> int:
+    """The scheduled refresh of Open % and Click %; returns how many deliveries it did."""
+    async with db.transaction() as conn:
+        return await counters.refresh_stats(conn, interval)
+
+
+async def expiring(db: Database, grace: dt.timedelta) -> list[int]:
+    async with db.connection() as conn:
+        return await expiry.expiring_deliveries(conn, grace)
+
+
+async def finish(db: Database, delivery_id: int) -> bool:
+    """Ends a delivery's validity: every message gets a final status, the figures are
+    recounted and final. Returns whether this call finished it."""
+    async with db.transaction() as conn:
+        delivery = await deliveries.lock(conn, delivery_id)
+        if delivery.state not in (lifecycle.State.SENDING, lifecycle.State.SENT):
+            return False
+        # Exclusive: no feedback batch changes the counters until the recount below.
+        await counters.lock_exclusive(conn, delivery_id)
+        deltas = fb.empty_deltas()
+        after = 0
+        while messages := await expiry.unsettled_messages(conn, delivery_id, after, FINISH_BATCH):
+            after = messages[-1].message_id
+            changed = []
+            for message in messages:
+                final = fb.expiry_outcome(message.mode, message.relayed, message.outcome)
+                if final != message.outcome:
+                    fb.move_outcome(message, final, deltas)
+                    changed.append(message)
+            await expiry.write_messages(conn, changed)
+        await counters.add(conn, {delivery_id: deltas})
+        # The final figures come from the logs themselves, in the same transaction:
+        # nobody sees FINISHED with figures from before the recount.
+        repaired, _ = await counters.recount(conn, delivery_id)
+        if repaired:
+            log.warning("delivery %d: %d counters had drifted, repaired", delivery_id, repaired)
+        await expiry.set_finished(conn, delivery_id)
+    return True

@@ -1,0 +1,69 @@
+"""Recurring deliveries: created by callers, their occurrences started by the scheduler."""
+
+from __future__ import annotations
+
+import logging
+
+from delivery_service.domain import lifecycle
+from delivery_service.domain.requests import NewRecurring
+from delivery_service.store import deliveries, recurring
+from delivery_service.store.connection import Database
+from delivery_service.store.records import Delivery, RecurringDelivery
+from delivery_service.usecases.deliveries import prepare_locked
+from delivery_service.usecases.idempotency import create_once
+
+log = logging.getLogger(__name__)
+
+# The occurrences GetRecurringDelivery lists, newest first.
+LISTED_OCCURRENCES = 100
+# Who confirms the occurrences of a recurring delivery that sends without confirmation.
+SCHEDULER = "scheduler"
+
+
+async def create(db: Database, new: NewRecurring) -> RecurringDelivery:
+    """Creates a recurring delivery; a repeated request_id answers with the first one."""
+    return await create_once(
+        db,
+        new.template.request_id,
+        find=recurring.id_by_request,
+        insert=lambda conn: recurring.insert(conn, new),
+        read=recurring.get,
+    )
+
+
+async def get(db: Database, recurring_id: int) -> tuple[RecurringDelivery, list[Delivery]]:
+    """The recurring delivery and its latest occurrences."""
+    async with db.connection() as conn:
+        row = await recurring.get(conn, recurring_id)
+        occurrences = await deliveries.page(
+            conn,
+            before_id=2**63 - 1,
+            state=None,
+            recurring_delivery_id=recurring_id,
+            limit=LISTED_OCCURRENCES,
+        )
+    return row, occurrences
+
+
+async def start_due_occurrences(db: Database) -> list[tuple[int, bool]]:
+    """Creates and prepares the occurrences that are due; starts the send of those that
+    need no confirmation. Returns (delivery id, started) for each occurrence created."""
+    created: list[tuple[int, bool]] = []
+    async with db.transaction() as conn:
+        for recurring_id, confirm_before_send in await recurring.due(conn):
+            delivery_id = await recurring.insert_occurrence(conn, recurring_id)
+            prepared = await prepare_locked(conn, await deliveries.lock(conn, delivery_id))
+            started = (
+                not confirm_before_send and prepared.delivery.state is lifecycle.State.APPROVED
+            )
+            if started:
+                await deliveries.set_confirmed(conn, delivery_id, SCHEDULER)
+            await recurring.advance(conn, recurring_id)
+            created.append((delivery_id, started))
+    for delivery_id, started in created:
+        log.info(
+            "occurrence %d created (%s)",
+            delivery_id,
+            "sending" if started else "waiting for confirmation",
+        )
+    return created
