@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from google.protobuf import timestamp_pb2
 from mta.v1 import mta_service_pb2 as mta
 from prometheus_client import REGISTRY
 
 from delivery_service.mta.ingest import FeedbackIngest
-from delivery_service.store.connection import Rejected
+from delivery_service.store.connection import Rejected, Unavailable
 from delivery_service.store.ingest import EventBatch, IngestResult
 
 
@@ -63,3 +64,68 @@ def test_repeats_within_a_batch_are_applied_once() -> None:
     events = [event("a", 1), event("b", 2), event("a", 1)]
     asyncio.run(FeedbackIngest(db.apply_feedback).apply_events(events))
     assert db.applied == ["a", "b"]
+
+
+class Received:
+    """A batch as the link hands it over, with what happened to it."""
+
+    def __init__(self, *events: mta.FeedbackEvent) -> None:
+        self.batch = mta.FeedbackBatch(seq=1, events=events)
+        self.live = True
+        self.acknowledged = 0
+        self.abandoned: list[str] = []
+        self.settled = asyncio.Event()  # acknowledged or abandoned
+
+    async def acknowledge(self) -> None:
+        self.acknowledged += 1
+        self.settled.set()
+
+    def abandon(self, reason: str) -> None:
+        self.abandoned.append(reason)
+        self.live = False
+        self.settled.set()
+
+
+async def drive(ingest: FeedbackIngest, received: Received) -> None:
+    """Runs the ingest's appliers on one batch until it is settled (5 s at most)."""
+    appliers = asyncio.create_task(ingest.run())
+    try:
+        await ingest.receive(received)  # type: ignore[arg-type]
+        await asyncio.wait_for(received.settled.wait(), 5)
+        await ingest.drain(5)
+    finally:
+        appliers.cancel()
+
+
+def test_an_unavailable_database_is_waited_for_then_the_batch_acknowledged() -> None:
+    calls = 0
+
+    async def apply(batch: EventBatch) -> IngestResult:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise Unavailable("the database is restarting")
+        return IngestResult(applied=len(batch))
+
+    received = Received(event("a", 1))
+    asyncio.run(drive(FeedbackIngest(apply), received))
+    assert (calls, received.acknowledged, received.abandoned) == (3, 1, [])
+
+
+def test_any_other_error_is_surfaced_and_the_batch_left_for_the_mta_to_resend(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = 0
+
+    async def apply(batch: EventBatch) -> IngestResult:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("a bug")
+
+    before = REGISTRY.get_sample_value("delivery_feedback_batches_failed_total") or 0.0
+    received = Received(event("a", 1))
+    asyncio.run(drive(FeedbackIngest(apply), received))
+    # Tried once, not in a loop; never acknowledged; the stream broken so the MTA resends.
+    assert (calls, received.acknowledged, len(received.abandoned)) == (1, 0, 1)
+    assert REGISTRY.get_sample_value("delivery_feedback_batches_failed_total") == before + 1
+    assert any("RuntimeError: a bug" in (r.exc_text or "") for r in caplog.records)
