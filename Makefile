@@ -33,9 +33,10 @@ lint: $(STAMP)
 	git diff --exit-code -- protos || (echo "generated code is stale: run make proto and commit" && exit 1)
 	test -z "$$(git status --porcelain -- protos)" || (git status --porcelain -- protos; echo "untracked generated code: run make proto and commit"; exit 1)
 
-## A demo delivery of 3,000 recipients through the stub's seeded mix, live (needs `make run`).
+## A demo delivery of 3,000 recipients through the stub's seeded mix, live (needs `make run`; its database unless DATABASE_URL is set).
 demo: $(STAMP)
-	$(PY) -m campaign_cli.demo
+	url="$${DATABASE_URL:-$$($(PY) -m tools.run_pair database-url)}" && \
+		DATABASE_URL="$$url" $(PY) -m campaign_cli.demo
 
 ## Benchmarks (not part of make test).
 bench: $(STAMP)

@@ -19,12 +19,11 @@ import psycopg
 from psycopg import sql
 
 from bench.sql import q
-from delivery_service import auth, migrations, store
-from delivery_service.domain.lifecycle import Role
+from delivery_service import admin
 from tools import embedded_pg
-from tools.processes import REPO_ROOT, ServerProcess
+from tools.pair import Launcher, Pair
+from tools.processes import REPO_ROOT
 
-HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 60.0
 # The delivery service drains its stream and its pool on SIGTERM.
 STOP_TIMEOUT_S = 30.0
@@ -52,7 +51,7 @@ def create_database(server: str, name: str) -> str:
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = embedded_pg.make_url(server, dbname=name)
-    migrations.apply(url)
+    admin.migrate(url)
     return url
 
 
@@ -92,73 +91,19 @@ def count(url: str, query: str, **params: int) -> int:
 
 def create_sender(url: str) -> list[tuple[str, str]]:
     """Call metadata for an operator who may confirm sends."""
-
-    async def create() -> str:
-        db = store.Store(url, min_size=1, max_size=1)
-        await db.open()
-        try:
-            return await auth.create_operator(db, "bench", [Role.START_DELIVERIES])
-        finally:
-            await db.close()
-
-    token = asyncio.run(create())
+    token = asyncio.run(admin.create_operator(url, "bench", ["start_deliveries"]))
     return [("authorization", f"Bearer {token}")]
 
 
-@dataclass
-class Pair:
-    """The MTA stub and the delivery service, each a real process of its own."""
-
-    stub: ServerProcess
-    service: ServerProcess
-
-    def stop(self) -> None:
-        # The delivery service first: it may still be talking to the stub.
-        self.service.terminate(STOP_TIMEOUT_S)
-        self.stub.terminate(STOP_TIMEOUT_S)
-
-
 def start_pair(database_url: str, log_dir: Path) -> Pair:
-    """Fresh processes with their default settings, but for ports, the stub's clock and logs."""
-    stub = ServerProcess.start(
-        "mta_stub",
-        [
-            "--host",
-            HOST,
-            "--port",
-            "0",
-            "--retry-interval-ms",
-            str(RETRY_INTERVAL_MS),
-            "--engagement-delay-ms",
-            str(ENGAGEMENT_DELAY_MS),
-        ],
-        log_dir=log_dir,
-        startup_timeout=STARTUP_TIMEOUT_S,
-        name="mta_stub",
-    )
-    try:
-        stub.wait_healthy(STARTUP_TIMEOUT_S)
-        service = ServerProcess.start(
-            "delivery_service",
-            [
-                "--host",
-                HOST,
-                "--port",
-                "0",
-                "--mta-address",
-                stub.address,
-                "--database-url",
-                database_url,
-            ],
-            log_dir=log_dir,
-            startup_timeout=STARTUP_TIMEOUT_S,
-            name="delivery_service",
-        )
-        service.wait_healthy(STARTUP_TIMEOUT_S)
-    except BaseException:
-        stub.terminate(STOP_TIMEOUT_S)
-        raise
-    return Pair(stub, service)
+    """Fresh processes with their default settings, but for ports, the stub's clock and logs.
+
+    Stop it with `pair.stop(STOP_TIMEOUT_S)`.
+    """
+    stub_clock = ["--retry-interval-ms", str(RETRY_INTERVAL_MS),
+                  "--engagement-delay-ms", str(ENGAGEMENT_DELAY_MS)]  # fmt: skip
+    launcher = Launcher(log_dir=log_dir, startup_timeout=STARTUP_TIMEOUT_S)
+    return launcher.pair(database_url, stub_args=stub_clock)
 
 
 # --- what processes cost, from /proc ---------------------------------------------------

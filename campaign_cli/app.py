@@ -16,10 +16,10 @@ from google.protobuf.message import Message
 from rich.console import Console, RenderableType
 from typer.core import TyperGroup
 
-from campaign_cli import profiles_csv, render
+from campaign_cli import operators, profiles_csv, render
 from campaign_cli.client import Client
 from campaign_cli.errors import CliError, reported
-from delivery_service.domain.lifecycle import Role
+from delivery_service import admin
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 # The most profiles one UpsertProfiles call may carry is 10,000; half keeps calls short.
@@ -161,12 +161,25 @@ def _read_text(path: Path) -> str:
 # --- operators ---------------------------------------------------------------------------
 
 
+def _role(name: str) -> str:
+    """One of the service's roles (delivery_service.admin.ROLES), as a choice."""
+    if name not in admin.ROLES:
+        raise typer.BadParameter(f"{name!r} is not one of {', '.join(admin.ROLES)}")
+    return name
+
+
 @operators_app.command("create")
 def create_operator(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The operator's name, unique.")],
     role: Annotated[
-        list[Role] | None, typer.Option("--role", help="A role to grant; repeatable.")
+        list[str] | None,
+        typer.Option(
+            "--role",
+            parser=_role,
+            metavar=f"[{'|'.join(admin.ROLES)}]",
+            help="A role to grant; repeatable.",
+        ),
     ] = None,
     database_url: Annotated[
         str,
@@ -176,14 +189,11 @@ def create_operator(
     """Create an operator in the database and print its token, shown only this once."""
     if not database_url:
         raise typer.BadParameter("required, or DATABASE_URL", param_hint="'--database-url'")
-    # Imported here: only this command talks to the database, the others need no driver.
-    from campaign_cli import operators
-
     roles = list(dict.fromkeys(role or []))
     token = operators.create(database_url, name, roles, _settings(ctx).timeout)
     _show(
         ctx,
-        {"name": name, "roles": [str(r) for r in roles], "token": token},
+        {"name": name, "roles": roles, "token": token},
         f"Operator {name!r} created with roles {', '.join(roles) or '(none)'}.",
         "Its token, shown only this once (use it as --token or CAMPAIGN_TOKEN):",
         token,

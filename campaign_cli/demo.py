@@ -4,6 +4,9 @@ With the pair up (`make run`): creates an operator, sets the MTA stub's seeded m
 fates, creates, prepares, approves and confirms a delivery in EFS mode, shows the
 progress bar until the delivery is FINISHED, then the KPI table. The stub is set back
 to delivering everything afterwards.
+
+The operator is created in the service's database, given by --database-url or
+DATABASE_URL; `make demo` sets it to the database of `make run` when it is unset.
 """
 
 from __future__ import annotations
@@ -19,35 +22,17 @@ from campaign_cli import operators, render
 from campaign_cli.app import DEFAULT_ADDRESS, make_console, parse_duration, show_deployment
 from campaign_cli.client import Client, set_mta_scenario
 from campaign_cli.errors import CliError, reported
-from delivery_service.domain.lifecycle import Role
+from delivery_service import admin
+from mta_stub import presets
 
 DEFAULT_MTA_ADDRESS = "127.0.0.1:50052"
-# The seeded mix: what share of the messages bounce, retry or get opened and clicked.
-MIX = mta.Mix(
-    seed=42,
-    hard_bounce_rate=0.03,
-    soft_then_delivered_rate=0.06,
-    soft_until_expiry_rate=0.02,
-    open_rate=0.4,
-    click_rate=0.3,
-    max_retries=3,
-)
+# What share of the messages bounce, retry or get opened and clicked.
+MIX = presets.SEEDED_MIX
 # Recipients preparation drops, to show its analysis: repeats and undeliverable addresses.
 DUPLICATES = 10
 INVALID = 5
 
 demo = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-
-def _database_url(given: str) -> str:
-    if given:
-        return given
-    try:
-        from tools import embedded_pg, run_pair
-    except ImportError:
-        raise CliError(None, "set DATABASE_URL to the delivery service's database") from None
-    # `make run` without DATABASE_URL: its own database on the embedded server.
-    return embedded_pg.uri(dbname=run_pair.DB_NAME)
 
 
 def _recipients(count: int) -> list[pb.Recipient]:
@@ -70,7 +55,7 @@ def run(
         typer.Option(
             envvar="DATABASE_URL",
             show_default=False,
-            help="The service's database; default: that of `make run`.",
+            help="The service's database (`make demo` sets that of `make run`).",
         ),
     ] = "",
     recipients: Annotated[int, typer.Option(min=1, max=100_000)] = 3_000,
@@ -81,14 +66,12 @@ def run(
     period = parse_duration(validity, "'--validity'")
     console = make_console()
     with reported():
+        if not database_url:
+            raise CliError(None, "set --database-url or DATABASE_URL to the service's database")
         operator = f"demo-{secrets.token_hex(3)}"
-        token = operators.create(
-            _database_url(database_url),
-            operator,
-            [Role.START_DELIVERIES, Role.APPROVE_DELIVERIES],
-            timeout,
-        )
-        console.print(f"Operator {operator} created (roles start_deliveries, approve_deliveries).")
+        # Every role: the demo both approves and confirms its delivery.
+        token = operators.create(database_url, operator, admin.ROLES, timeout)
+        console.print(f"Operator {operator} created (roles {', '.join(admin.ROLES)}).")
         set_mta_scenario(mta_address, mta.SetScenarioRequest(mix=MIX), timeout)
         console.print(
             f"MTA stub at {mta_address}: seeded mix of {MIX.hard_bounce_rate:.0%} hard bounces, "

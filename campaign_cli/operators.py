@@ -1,28 +1,20 @@
-"""Operators are created straight in the database, like `delivery_service create-operator`."""
+"""Operators are created in the database through the delivery service's admin surface
+(`delivery_service.admin`), the one way every tool creates them."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 
 import psycopg
 import psycopg.conninfo
 
 from campaign_cli.errors import CliError
-from delivery_service import auth, migrations, store
-from delivery_service.domain.lifecycle import Role
+from delivery_service import admin
 
 
-async def _create(conninfo: str, name: str, roles: list[Role], timeout: float) -> str:
-    db = store.Store(conninfo, min_size=1, max_size=1)
-    await db.open(timeout=timeout)
-    try:
-        return await auth.create_operator(db, name, roles)
-    finally:
-        await db.close()
-
-
-def create(database_url: str, name: str, roles: list[Role], timeout: float) -> str:
+def create(database_url: str, name: str, roles: Sequence[str], timeout: float) -> str:
     """Creates the operator (migrating the schema first, if needed); returns its token."""
     try:
         conninfo = psycopg.conninfo.make_conninfo(
@@ -31,10 +23,11 @@ def create(database_url: str, name: str, roles: list[Role], timeout: float) -> s
     except psycopg.ProgrammingError as exc:
         raise CliError("INVALID_ARGUMENT", f"--database-url: {exc}") from None
     try:
-        migrations.apply(conninfo)
-        return asyncio.run(_create(conninfo, name, roles, timeout))
-    except store.Conflict as exc:
-        raise CliError("ALREADY_EXISTS", str(exc)) from None
-    # OperationalError includes the pool's timeout when no connection could be opened.
-    except (psycopg.OperationalError, store.Unavailable) as exc:
-        raise CliError("UNAVAILABLE", f"cannot reach the database: {exc}") from None
+        return asyncio.run(admin.create_operator(conninfo, name, roles, timeout=timeout))
+    except admin.OperatorExists:
+        raise CliError("ALREADY_EXISTS", f"an operator named {name!r} already exists") from None
+    except admin.DatabaseUnavailable as exc:
+        # Its message says so already: "cannot reach the database: ...".
+        raise CliError("UNAVAILABLE", str(exc)) from None
+    except admin.AdminError as exc:
+        raise CliError("INVALID_ARGUMENT", str(exc)) from None

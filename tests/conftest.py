@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from tests.support.processes import (
     StartMtaStub,
 )
 from tools import embedded_pg
+from tools.pair import Launcher, Pair
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
@@ -59,7 +60,7 @@ def _admin(pg_url: str) -> psycopg.Connection[tuple[object, ...]]:
 def template_db(pg_url: str) -> Iterator[str]:
     """The name of a database holding the migrated schema, cloned by fresh_db_url."""
     # Imported here: a service that does not import yet must not stop unit tests collecting.
-    from delivery_service import migrations
+    from delivery_service import admin
 
     name = f"tmpl_{secrets.token_hex(4)}"
     with _admin(pg_url) as conn:
@@ -70,7 +71,7 @@ def template_db(pg_url: str) -> Iterator[str]:
             )
         )
     try:
-        migrations.apply(embedded_pg.make_url(pg_url, dbname=name))
+        admin.migrate(embedded_pg.make_url(pg_url, dbname=name))
         with _admin(pg_url) as conn:
             # No connections: no session (not even autovacuum) can be on the template when
             # CREATE DATABASE copies it, which would make the copy fail.
@@ -123,62 +124,44 @@ def module_db_url(pg_url: str, template_db: str) -> Iterator[str]:
         yield url
 
 
-_DELIVERY_DEFAULTS = ["--host", "127.0.0.1", "--port", "0", "--stats-interval", "1",
-                      "--finalize-grace", "1"]  # fmt: skip
+# Quick KPI rounds and end of validity, for tests that wait on them; a test's own flags,
+# given later, override these.
+_DELIVERY_DEFAULTS = ("--stats-interval", "1", "--finalize-grace", "1")
 
 
 class Servers:
-    """The servers one fixture started: stopped at teardown, logs shown if a test failed."""
+    """The servers one fixture started, on free ports and SERVING (tools.pair starts them):
+    stopped at teardown, their logs shown if a test failed."""
 
     def __init__(self, request: pytest.FixtureRequest, log_dir: Path) -> None:
         self.request = request
-        self.log_dir = log_dir
+        self.launcher = Launcher(log_dir=log_dir)
         self.started: list[ServerProcess] = []
 
-    def start(
-        self, module: str, args: list[str], healthy: bool, startup_timeout: float
-    ) -> ServerProcess:
-        process = ServerProcess.start(
-            module, args, log_dir=self.log_dir, startup_timeout=startup_timeout
+    def mta_stub(self, *args: str) -> ServerProcess:
+        """`python -m mta_stub *args`."""
+        return self._keep(self.launcher.mta_stub(*args))
+
+    def delivery_service(self, database_url: str, mta_address: str, *args: str) -> ServerProcess:
+        """`python -m delivery_service --stats-interval 1 --finalize-grace 1 *args`."""
+        return self._keep(
+            self.launcher.delivery_service(database_url, mta_address, *_DELIVERY_DEFAULTS, *args)
         )
+
+    def pair(
+        self, database_url: str, stub_args: Sequence[str] = (), service_args: Sequence[str] = ()
+    ) -> Pair:
+        """An MTA stub and a delivery service (with the defaults above) relaying to it."""
+        pair = self.launcher.pair(
+            database_url, stub_args=stub_args, service_args=[*_DELIVERY_DEFAULTS, *service_args]
+        )
+        for process in pair.processes:
+            self._keep(process)
+        return pair
+
+    def _keep(self, process: ServerProcess) -> ServerProcess:
         self.started.append(process)
-        if healthy:
-            process.wait_healthy(startup_timeout)
         return process
-
-    def mta_stub(
-        self, *args: str, healthy: bool = True, startup_timeout: float = 30.0
-    ) -> ServerProcess:
-        """`python -m mta_stub` on a free port."""
-        return self.start(
-            "mta_stub", ["--host", "127.0.0.1", "--port", "0", *args], healthy, startup_timeout
-        )
-
-    def delivery_service(
-        self,
-        database_url: str,
-        mta_address: str,
-        *args: str,
-        healthy: bool = True,
-        startup_timeout: float = 30.0,
-    ) -> ServerProcess:
-        """`python -m delivery_service` on a free port.
-
-        Defaults: --stats-interval 1 --finalize-grace 1; later flags in `args` override them.
-        """
-        return self.start(
-            "delivery_service",
-            [
-                *_DELIVERY_DEFAULTS,
-                "--database-url",
-                database_url,
-                "--mta-address",
-                mta_address,
-                *args,
-            ],
-            healthy,
-            startup_timeout,
-        )
 
     def stop_all(self) -> None:
         for process in reversed(self.started):

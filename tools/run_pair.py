@@ -1,5 +1,8 @@
 """`make run`: PostgreSQL, the MTA stub and the delivery service, until Ctrl-C.
 
+    python -m tools.run_pair                the pair, until Ctrl-C
+    python -m tools.run_pair database-url   print the URL of the pair's embedded database
+
 PostgreSQL is DATABASE_URL when set, else the embedded server under ./.data/pg (left
 running afterwards; `make db-stop` stops it). Ports: DELIVERY_PORT (50051) and MTA_PORT
 (50052). The services' logs go to this terminal; other settings they read from the
@@ -8,6 +11,7 @@ environment (LOG_LEVEL, STATS_INTERVAL_SECONDS, ...) pass through.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import signal
@@ -19,9 +23,9 @@ import psycopg
 from psycopg import sql
 
 from tools import embedded_pg
-from tools.processes import ServerProcess, ServerProcessError
+from tools.pair import Launcher, Pair
+from tools.processes import ServerProcessError
 
-HOST = "127.0.0.1"
 # Its own database on the embedded server, apart from the maintenance one and the tests'.
 DB_NAME = "delivery"
 STARTUP_TIMEOUT_S = 60.0
@@ -29,9 +33,10 @@ STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 
 
-def _banner(database_url: str, service: ServerProcess, stub: ServerProcess) -> str:
+def _banner(database_url: str, pair: Pair) -> str:
     python = shlex.quote(os.path.relpath(sys.executable))
     url = shlex.quote(database_url)
+    service, stub = pair.service, pair.stub
     return f"""
   delivery service  {service.address}   delivery.v1.DeliveryService  (pid {service.pid})
   MTA stub          {stub.address}   mta.v1.MtaService            (pid {stub.pid})
@@ -61,7 +66,20 @@ def _embedded_database() -> str:
     return embedded_pg.make_url(server_url, dbname=DB_NAME)
 
 
-def main() -> int:
+def print_database_url() -> int:
+    """Prints the URL of the embedded database `make run` uses (for `make demo`)."""
+    if not embedded_pg.is_running():
+        print(
+            "the embedded PostgreSQL is not running: start the pair with `make run`, "
+            "or set DATABASE_URL",
+            file=sys.stderr,
+        )
+        return 1
+    print(embedded_pg.uri(dbname=DB_NAME))
+    return 0
+
+
+def run() -> int:
     database_url = os.environ.get("DATABASE_URL", "").strip() or _embedded_database()
     delivery_port = os.environ.get("DELIVERY_PORT", "50051")
     mta_port = os.environ.get("MTA_PORT", "50052")
@@ -78,37 +96,21 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    started: list[ServerProcess] = []
+    pair: Pair | None = None
     try:
-        stub = ServerProcess.start(
-            "mta_stub",
-            ["--host", HOST, "--port", mta_port, *log_args],
-            startup_timeout=STARTUP_TIMEOUT_S,
+        # If the delivery service does not come up, the stub is stopped there and then.
+        pair = Launcher(startup_timeout=STARTUP_TIMEOUT_S).pair(
+            database_url,
+            stub_args=log_args,
+            service_args=log_args,
+            stub_port=mta_port,
+            service_port=delivery_port,
         )
-        started.append(stub)
-        stub.wait_healthy(STARTUP_TIMEOUT_S)
-        service = ServerProcess.start(
-            "delivery_service",
-            [
-                "--host",
-                HOST,
-                "--port",
-                delivery_port,
-                "--mta-address",
-                stub.address,
-                "--database-url",
-                database_url,
-                *log_args,
-            ],
-            startup_timeout=STARTUP_TIMEOUT_S,
-        )
-        started.append(service)
-        service.wait_healthy(STARTUP_TIMEOUT_S)
-        print(_banner(database_url, service, stub), flush=True)
+        print(_banner(database_url, pair), flush=True)
 
         # Wake up now and then to notice a child that died on its own.
         while not stop.wait(0.5):
-            for process in started:
+            for process in pair.processes:
                 if not process.running:
                     print(
                         f"{process.name} exited with {process.returncode}; stopping",
@@ -120,9 +122,19 @@ def main() -> int:
         print(f"start-up failed: {err}", file=sys.stderr)
         return 1
     finally:
-        # The delivery service first: it may still be relaying to the stub.
-        for process in reversed(started):
-            process.terminate(STOP_TIMEOUT_S)
+        if pair is not None:
+            pair.stop(STOP_TIMEOUT_S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.run_pair",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", nargs="?", choices=["run", "database-url"], default="run")
+    args = parser.parse_args(argv)
+    return print_database_url() if args.command == "database-url" else run()
 
 
 if __name__ == "__main__":

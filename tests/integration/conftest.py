@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +12,7 @@ import pytest
 from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from mta.v1 import mta_service_pb2_grpc as mta_grpc
 
-from delivery_service import auth, store
-from delivery_service.domain.lifecycle import Role
+from delivery_service import admin
 from tests.conftest import Servers
 from tests.support.processes import ServerProcess
 
@@ -39,22 +38,18 @@ class Pair:
 
 async def create_operators(database_url: str) -> dict[str, list[tuple[str, str]]]:
     """Call metadata for three operators: a sender, an approver, and one with no role."""
-    db = store.Store(database_url, min_size=1, max_size=1)
-    await db.open()
-    try:
-        roles = {"sender": [Role.START_DELIVERIES], "approver": [Role.APPROVE_DELIVERIES]}
-        metadata = {}
-        for name in ("sender", "approver", "nobody"):
-            token = await auth.create_operator(db, name, roles.get(name, []))
-            metadata[name] = [("authorization", f"Bearer {token}")]
-        return metadata
-    finally:
-        await db.close()
+    roles = {"sender": ["start_deliveries"], "approver": ["approve_deliveries"], "nobody": []}
+    metadata = {}
+    for name, granted in roles.items():
+        token = await admin.create_operator(database_url, name, granted)
+        metadata[name] = [("authorization", f"Bearer {token}")]
+    return metadata
 
 
 async def open_pair(
     service: ServerProcess, stub_process: ServerProcess, database_url: str
 ) -> AsyncIterator[Pair]:
+    """The pair's clients and operators, for as long as the caller iterates."""
     operators = await create_operators(database_url)
     async with (
         grpc.aio.insecure_channel(service.address) as channel,
@@ -73,23 +68,18 @@ async def open_pair(
 
 
 @pytest.fixture
-async def pair(
-    fresh_db_url: str,
-    start_mta_stub: Callable[..., ServerProcess],
-    start_delivery_service: Callable[..., ServerProcess],
-) -> AsyncIterator[Pair]:
+async def pair(fresh_db_url: str, servers: Servers) -> AsyncIterator[Pair]:
     # A stub of its own: message ids restart at 1 in every fresh database, and the
     # stub deduplicates by message id.
-    stub_process = start_mta_stub("--retry-interval-ms", "100", "--engagement-delay-ms", "50")
-    service = start_delivery_service(fresh_db_url, stub_process.address)
-    async for p in open_pair(service, stub_process, fresh_db_url):
+    stub_args = ("--retry-interval-ms", "100", "--engagement-delay-ms", "50")
+    processes = servers.pair(fresh_db_url, stub_args)
+    async for p in open_pair(processes.service, processes.stub, fresh_db_url):
         yield p
 
 
 @pytest.fixture(scope="module")
 async def module_pair(module_db_url: str, module_servers: Servers) -> AsyncIterator[Pair]:
     """One pair for the tests of a module that only need isolation by delivery."""
-    stub_process = module_servers.mta_stub("--retry-interval-ms", "100")
-    service = module_servers.delivery_service(module_db_url, stub_process.address)
-    async for p in open_pair(service, stub_process, module_db_url):
+    processes = module_servers.pair(module_db_url, ("--retry-interval-ms", "100"))
+    async for p in open_pair(processes.service, processes.stub, module_db_url):
         yield p

@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from campaign_cli.app import app
-from tests.support.processes import StartDeliveryService, StartMtaStub
+from tests.conftest import Servers
 from tools import embedded_pg
 from tools.processes import REPO_ROOT, child_env
 
@@ -110,16 +110,11 @@ def create_operator(database_url: str, name: str, *roles: str) -> str:
 
 
 @pytest.fixture
-def cli_pair(
-    fresh_db_url: str,
-    start_mta_stub: StartMtaStub,
-    start_delivery_service: StartDeliveryService,
-) -> CliPair:
+def cli_pair(fresh_db_url: str, servers: Servers) -> CliPair:
     # A stub of its own: message ids restart at 1 in every fresh database.
-    stub = start_mta_stub("--retry-interval-ms", "100", "--engagement-delay-ms", "50")
-    service = start_delivery_service(fresh_db_url, stub.address)
+    pair = servers.pair(fresh_db_url, ("--retry-interval-ms", "100", "--engagement-delay-ms", "50"))
     token = create_operator(fresh_db_url, "ops", *BOTH_ROLES)
-    return CliPair(service.address, stub.address, fresh_db_url, token)
+    return CliPair(pair.service.address, pair.stub.address, fresh_db_url, token)
 
 
 def write_csv(path: Path, *lines: str) -> Path:

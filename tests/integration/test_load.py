@@ -3,51 +3,37 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from delivery.v1 import delivery_service_pb2 as pb
 from mta.v1 import mta_service_pb2 as mta
 
+from mta_stub import presets
+from tests.conftest import Servers
 from tests.integration import flows
 from tests.integration.conftest import Pair, open_pair
-from tests.support.processes import ServerProcess, await_until
+from tests.support.processes import await_until
 
 N = 10_000
 
 
 @pytest.fixture
-async def loaded_pair(
-    fresh_db_url: str,
-    start_mta_stub: Callable[..., ServerProcess],
-    start_delivery_service: Callable[..., ServerProcess],
-) -> AsyncIterator[Pair]:
-    stub = start_mta_stub("--retry-interval-ms", "200", "--engagement-delay-ms", "100")
-    # A grace long enough to compare the live counters before the end of validity recounts.
-    service = start_delivery_service(
-        fresh_db_url, stub.address, "--stats-interval", "1", "--finalize-grace", "4"
+async def loaded_pair(fresh_db_url: str, servers: Servers) -> AsyncIterator[Pair]:
+    processes = servers.pair(
+        fresh_db_url,
+        stub_args=("--retry-interval-ms", "200", "--engagement-delay-ms", "100"),
+        # A grace long enough to compare the live counters before the end of validity recounts.
+        service_args=("--stats-interval", "1", "--finalize-grace", "4"),
     )
-    async for p in open_pair(service, stub, fresh_db_url):
+    async for p in open_pair(processes.service, processes.stub, fresh_db_url):
         yield p
 
 
 @pytest.mark.parametrize("mode", [pb.FEEDBACK_MODE_EFS, pb.FEEDBACK_MODE_WITHOUT_EFS])
 async def test_seeded_mix_to_finished(loaded_pair: Pair, mode: pb.FeedbackMode.ValueType) -> None:
     pair = loaded_pair
-    await pair.mta.SetScenario(
-        mta.SetScenarioRequest(
-            mix=mta.Mix(
-                seed=42,
-                hard_bounce_rate=0.05,
-                soft_then_delivered_rate=0.10,
-                soft_until_expiry_rate=0.03,
-                open_rate=0.3,
-                click_rate=0.2,
-                max_retries=3,
-            )
-        ),
-        timeout=10,
-    )
+    await pair.mta.SetScenario(mta.SetScenarioRequest(mix=presets.SEEDED_MIX), timeout=10)
     for start in range(0, N, 5000):
         await pair.api.UpsertProfiles(
             pb.UpsertProfilesRequest(

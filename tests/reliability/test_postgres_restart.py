@@ -10,7 +10,7 @@ import shutil
 
 import psycopg
 
-from delivery_service import migrations
+from delivery_service import admin
 from tests.conftest import Servers
 from tests.reliability import scenario
 from tests.reliability.scenario import EVENTS, count
@@ -24,12 +24,12 @@ def test_postgres_restart_during_ingest(servers: Servers) -> None:
     # Beside the shared server's data: pytest's own temporary folders are closed to the
     # system user the server runs as.
     data_dir = embedded_pg.DEFAULT_DATA_DIR.parent / f"pg-restart-{secrets.token_hex(4)}"
-    admin = embedded_pg.start(data_dir)
+    server_url = embedded_pg.start(data_dir)
     try:
-        with psycopg.connect(admin, autocommit=True) as conn:
+        with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute("CREATE DATABASE restarted")
-        url = embedded_pg.make_url(admin, dbname="restarted")
-        migrations.apply(url)
+        url = embedded_pg.make_url(server_url, dbname="restarted")
+        admin.migrate(url)
         stub = servers.mta_stub("--retry-interval-ms", "200", "--engagement-delay-ms", "50")
         service = servers.delivery_service(url, stub.address, "--finalize-grace", "3")
         delivery_id = scenario.start_delivery(url, service.address, stub.address, N, 20)

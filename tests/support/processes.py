@@ -1,23 +1,18 @@
 """Process and waiting helpers for tests: the servers as subprocesses, and polls with deadlines.
 
-The process code itself lives in tools.processes, which `make run` uses too; tests
-import it from here.
+The process code itself lives in tools.processes (and tools.pair, which starts the
+servers for `make run`, the benchmark and tests/conftest.py); tests import it from here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from tools.processes import (
-    REPO_ROOT,
     ServerProcess,
     ServerProcessError,
-    child_env,
     wait_until,
 )
 
@@ -28,7 +23,6 @@ __all__ = [
     "StartMtaStub",
     "await_until",
     "create_operator",
-    "run_module",
     "wait_until",
 ]
 
@@ -73,60 +67,24 @@ async def await_until(
         await asyncio.sleep(min(interval, remaining))
 
 
-def run_module(module: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Runs `python -m module *args` to completion; fails with its output if it fails."""
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        cwd=REPO_ROOT,
-        timeout=timeout,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise AssertionError(
-            f"python -m {module} {' '.join(args)} exited with {result.returncode} "
-            f"after {time.monotonic() - started:.1f} s\n"
-            f"--- stdout:\n{result.stdout}\n--- stderr:\n{result.stderr}"
-        )
-    return result
-
-
 def create_operator(database_url: str, name: str, *roles: str) -> str:
-    """Creates an operator through the CLI and returns its token (the last stdout line)."""
-    role_args = [arg for role in roles for arg in ("--role", role)]
-    result = run_module(
-        "delivery_service",
-        "create-operator",
-        name,
-        *role_args,
-        "--database-url",
-        database_url,
-    )
-    lines = result.stdout.strip().splitlines()
-    assert lines, f"create-operator printed no token; stderr:\n{result.stderr}"
-    return lines[-1].strip()
+    """Creates an operator through the service's admin surface; returns its token.
+
+    For synchronous tests; an async one awaits `admin.create_operator` itself.
+    """
+    # Imported here, like tests/conftest.py's migrations: collecting must not need it.
+    from delivery_service import admin
+
+    return asyncio.run(admin.create_operator(database_url, name, roles))
 
 
 class StartMtaStub(Protocol):
     """The `start_mta_stub` fixture: extra flags for `python -m mta_stub`."""
 
-    def __call__(
-        self, *args: str, healthy: bool = True, startup_timeout: float = 30.0
-    ) -> ServerProcess: ...
+    def __call__(self, *args: str) -> ServerProcess: ...
 
 
 class StartDeliveryService(Protocol):
     """The `start_delivery_service` fixture: a database, the MTA, extra flags."""
 
-    def __call__(
-        self,
-        database_url: str,
-        mta_address: str,
-        *args: str,
-        healthy: bool = True,
-        startup_timeout: float = 30.0,
-    ) -> ServerProcess: ...
+    def __call__(self, database_url: str, mta_address: str, *args: str) -> ServerProcess: ...

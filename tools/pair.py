@@ -1,0 +1,99 @@
+"""The pair: the MTA stub and the delivery service, each a process of its own, started the
+one way that `make run`, the benchmark and the test fixtures share.
+
+A server is started with `python -m <module> --host H --port P ...`, its port read back
+from its listening line, and waited on until grpc.health.v1 says SERVING. A pair is the
+stub first, then the delivery service pointed at it; it stops in the reverse order,
+since the delivery service may still be relaying to the stub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.processes import ServerProcess
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A running MTA stub and the delivery service that relays to it."""
+
+    stub: ServerProcess
+    service: ServerProcess
+
+    @property
+    def processes(self) -> tuple[ServerProcess, ServerProcess]:
+        """Both processes, in the order they started."""
+        return (self.stub, self.service)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to each (the delivery service first), SIGKILL after `timeout` s."""
+        self.service.terminate(timeout)
+        self.stub.terminate(timeout)
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """How servers are started: the interface they listen on, where their logs go, and
+    how long each may take to become healthy.
+
+    With `log_dir`, a server's stderr and stdout go to a log file there; without, stderr
+    is the caller's and stdout lines are echoed to the caller's stdout.
+    """
+
+    host: str = HOST
+    log_dir: Path | None = None
+    startup_timeout: float = 30.0
+
+    def mta_stub(self, *args: str, port: int | str = 0) -> ServerProcess:
+        """`python -m mta_stub`, SERVING; `args` after --host and --port, so they win."""
+        return self._start("mta_stub", args, port)
+
+    def delivery_service(
+        self, database_url: str, mta_address: str, *args: str, port: int | str = 0
+    ) -> ServerProcess:
+        """`python -m delivery_service` on a database, relaying to `mta_address`, SERVING."""
+        flags = ("--mta-address", mta_address, "--database-url", database_url, *args)
+        return self._start("delivery_service", flags, port)
+
+    def pair(
+        self,
+        database_url: str,
+        *,
+        stub_args: Sequence[str] = (),
+        service_args: Sequence[str] = (),
+        stub_port: int | str = 0,
+        service_port: int | str = 0,
+    ) -> Pair:
+        """The stub, then the delivery service on `database_url` pointed at it.
+
+        If the delivery service does not come up, the stub is stopped before the error
+        goes on: nothing is left running.
+        """
+        stub = self.mta_stub(*stub_args, port=stub_port)
+        try:
+            service = self.delivery_service(
+                database_url, stub.address, *service_args, port=service_port
+            )
+        except BaseException:
+            stub.terminate()
+            raise
+        return Pair(stub, service)
+
+    def _start(self, module: str, args: Sequence[str], port: int | str) -> ServerProcess:
+        process = ServerProcess.start(
+            module,
+            ["--host", self.host, "--port", str(port), *args],
+            log_dir=self.log_dir,
+            startup_timeout=self.startup_timeout,
+        )
+        try:
+            process.wait_healthy(self.startup_timeout)
+        except BaseException:
+            process.kill()
+            raise
+        return process
