@@ -1,4 +1,4 @@
-"""The gRPC face of the stub: a thin servicer, health, reflection, and the server factory."""
+"""The gRPC face of the stub: a thin servicer, and the app that grpc_common.serving runs."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import NamedTuple
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from mta.v1 import mta_service_pb2, mta_service_pb2_grpc
 
+from grpc_common import serving
 from mta_stub import observability
 from mta_stub.config import Settings
 from mta_stub.engine import AckError, Batch, Engine, Relayed, Session
@@ -23,8 +22,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = mta_service_pb2.DESCRIPTOR.services_by_name["MtaService"].full_name
 MAX_RELAY_MESSAGES = 10_000
-# A RelayBatch of 10,000 messages with a large body can pass gRPC's default 4 MiB.
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 # Responses waiting to be written on one stream; a slow reader holds back the feeding.
 _OUTGOING_LIMIT = 8
 
@@ -261,36 +258,30 @@ def _feedback(batch: Batch) -> mta_service_pb2.ExchangeResponse:
     return response
 
 
-class App:
-    """The stub as a service: start() serves, stop() shuts down gracefully."""
+class App(serving.Service):
+    """The stub as serving runs it: the server, and the engine behind the servicer."""
 
-    def __init__(
-        self, server: grpc.aio.Server, engine: Engine, health_servicer: health.aio.HealthServicer
-    ) -> None:
+    def __init__(self, server: serving.Server, engine: Engine) -> None:
         self.server = server
         self.engine = engine
-        self._health = health_servicer
 
     async def start(self) -> None:
-        """Starts serving, the scheduler, and reports SERVING."""
-        await self.server.start()
+        """Starts the scheduler of due events."""
         self.engine.start()
-        for service in ("", SERVICE_NAME):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
-    async def stop(self, grace: float | None) -> None:
-        """Reports NOT_SERVING, lets calls finish for up to grace seconds, then stops."""
-        # Sets every service NOT_SERVING and keeps it so while the server drains.
-        await self._health.enter_graceful_shutdown()
+    async def drain(self) -> None:
+        """Ends the feedback streams, which would otherwise outlive any grace."""
         self.engine.end_streams()
-        await self.server.stop(grace)
+
+    async def close(self) -> None:
+        """Stops the scheduler and closes the spool."""
         await self.engine.close()
 
 
-async def create_server(settings: Settings) -> tuple[grpc.aio.Server, int, App]:
-    """A bound, not yet started server; returns it, the port bound (for port 0), and the app.
+def create_app(settings: Settings) -> App:
+    """The stub, not yet bound: the engine on its spool, and the server around it.
 
-    Raises OSError if the port cannot be bound, spool.SpoolError if the spool cannot be used.
+    Raises spool.SpoolError if the spool cannot be used.
     """
     spool = Spool(settings.spool or IN_MEMORY)
     if settings.spool:
@@ -305,32 +296,6 @@ async def create_server(settings: Settings) -> tuple[grpc.aio.Server, int, App]:
     engine = Engine(
         Timing(settings.retry_interval_ms / 1000, settings.engagement_delay_ms / 1000), spool
     )
-    server = grpc.aio.server(
-        interceptors=[observability.interceptor()],
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # A second stub on a busy port must fail, not share the port with the first.
-            ("grpc.so_reuseport", 0),
-        ],
-    )
-    mta_service_pb2_grpc.add_MtaServiceServicer_to_server(MtaServicer(engine), server)
-    health_servicer = health.aio.HealthServicer()
-    # NOT_SERVING until start(): the aio servicer reports SERVING from the outset otherwise.
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
-    try:
-        port = server.add_insecure_port(settings.address)
-    except RuntimeError as exc:
-        spool.close()
-        raise OSError(f"cannot listen on {settings.address}: {exc}") from exc
-    return server, port, App(server, engine, health_servicer)
+    server = serving.Server(observability.interceptor(), [SERVICE_NAME])
+    mta_service_pb2_grpc.add_MtaServiceServicer_to_server(MtaServicer(engine), server.grpc)
+    return App(server, engine)

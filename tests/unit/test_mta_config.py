@@ -2,30 +2,53 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
-from mta_stub.config import parse_settings
+from mta_stub.config import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Only what a test sets: nothing leaks in from the shell running the tests."""
+    for variable in [*Settings.variables(), "METRICS_PORT"]:
+        monkeypatch.delenv(variable, raising=False)
+    yield monkeypatch
 
 
 def test_metrics_and_json_logs_are_off_by_default() -> None:
-    settings = parse_settings([], {})
+    settings = Settings.parse([])
     assert settings.metrics_port == 0
     assert settings.log_json is False
 
 
-def test_from_the_environment_and_flags() -> None:
-    env = {"MTA_METRICS_PORT": "9101", "LOG_JSON": "1"}
-    settings = parse_settings([], env)
+def test_from_the_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTA_METRICS_PORT", "9101")
+    monkeypatch.setenv("LOG_JSON", "1")
+    settings = Settings.parse([])
     assert (settings.metrics_port, settings.log_json) == (9101, True)
-    # The delivery service's METRICS_PORT is its own: the stub does not read it.
-    assert parse_settings([], {"METRICS_PORT": "9100"}).metrics_port == 0
-    assert parse_settings([], {"LOG_JSON": "0"}).log_json is False
-    flagged = parse_settings(["--metrics-port", "9200", "--log-json"], env)
+    flagged = Settings.parse(["--metrics-port", "9200", "--log-json"])
     assert (flagged.metrics_port, flagged.log_json) == (9200, True)
+    monkeypatch.setenv("LOG_JSON", "0")
+    assert Settings.parse([]).log_json is False
+
+
+def test_the_delivery_services_metrics_port_is_not_the_stubs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("METRICS_PORT", "9100")
+    assert Settings.parse([]).metrics_port == 0
 
 
 @pytest.mark.parametrize("bad", ["-1", "65536", "nine"])
-def test_a_bad_metrics_port_is_refused(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        parse_settings([], {"MTA_METRICS_PORT": bad})
-    assert "--metrics-port" in capsys.readouterr().err
+def test_a_bad_metrics_port_is_refused(
+    bad: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MTA_METRICS_PORT", bad)
+    with pytest.raises(SystemExit) as exit_info:
+        Settings.parse([])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"MTA_METRICS_PORT={bad!r} (flag --metrics-port)" in err
+    assert len(err.splitlines()) == 1
