@@ -52,13 +52,12 @@ def main() -> int:
     if sys.argv[1:2] == ["create-operator"]:
         return create_operator(sys.argv[2:])
     settings = Settings.parse()
+    # Imported once the settings are good: --help and a bad flag need neither.
+    from delivery_service.server import App
+    from delivery_service.store.connection import Unavailable
 
-    def create() -> serving.Service:
-        from delivery_service.server import App
-
-        return App(settings)
-
-    return serving.run(settings, create)
+    # An unreachable database at start is one log line and exit 1, like a busy port.
+    return serving.run(settings, lambda: App(settings), errors=(Unavailable,))
 
 
 if __name__ == "__main__":
