@@ -45,7 +45,7 @@ class App(serving.Service):
         )
         self.server = serving.Server(observability.interceptor(), [SERVICE_NAME])
         pb_grpc.add_DeliveryServiceServicer_to_server(DeliveryServicer(self.db), self.server.grpc)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         """Once the port is bound: the schema, the pool, the background work."""
@@ -55,11 +55,14 @@ class App(serving.Service):
         await self.db.open()
         if self.settings.metrics_port:
             self._pool_gauges()
-        self._tasks = [
-            asyncio.create_task(self.link.run(), name="mta-link"),
-            asyncio.create_task(self.ingest.run(), name="feedback-ingest"),
-            asyncio.create_task(self.scheduler.run(), name="scheduler"),
-        ]
+        self._tasks = {
+            name: asyncio.create_task(work, name=name)
+            for name, work in (
+                ("mta-link", self.link.run()),
+                ("feedback-ingest", self.ingest.run()),
+                ("scheduler", self.scheduler.run()),
+            )
+        }
 
     def _pool_gauges(self) -> None:
         stats = self.db.stats
@@ -70,12 +73,13 @@ class App(serving.Service):
 
     async def close(self) -> None:
         """Once the server has stopped: the background work, then the pool."""
-        self._tasks[1].cancel()
+        # No new round starts a relay or finishes a validity while the rest stops.
+        self._tasks["scheduler"].cancel()
         await self.relayer.stop()
         # Committed feedback is acknowledged before the stream closes.
         await self.ingest.drain(5.0)
         await self.link.stop()
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
