@@ -344,7 +344,7 @@ class WatchView:
             self._task,
             description=state(update.state),
             total=update.to_deliver,
-            completed=update.relayed,
+            completed=update.sent,
         )
         self._status.counters = (
             f"delivered {k.delivered:,} · failed {k.failed:,} · pending {k.pending:,}"
