@@ -61,3 +61,79 @@ def test_confirm_and_stop() -> None:
     lifecycle.check_stop(State.STOPPED)
     with pytest.raises(lifecycle.TransitionError):
         lifecycle.check_stop(State.FINISHED)
+
+
+# 64 + 1 + 189 characters: the longest address SMTP allows, with labels of at most 63.
+LONGEST = "a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 57 + ".com"
+
+
+def test_254_characters_is_the_limit() -> None:
+    assert len(LONGEST) == addresses.MAX_ADDRESS_LENGTH == 254
+    assert addresses.is_deliverable(LONGEST)
+    assert addresses.malformation(LONGEST) is None
+    too_long = LONGEST.replace("@", "@e")
+    assert not addresses.is_deliverable(too_long)
+    assert addresses.malformation(too_long) == "must be at most 254 characters"
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("", "must not be empty"),
+        ("a b@example.com", "must not contain spaces or control characters"),
+        ("a@ex\x00ample.com", "must not contain spaces or control characters"),
+        ("no-at-sign", "must be an address of the form local@domain"),
+        ("@example.com", "must be an address of the form local@domain"),
+        # The domain is what follows the last '@'.
+        ("a@b@", "must be an address of the form local@domain"),
+    ],
+)
+def test_malformations_say_what_is_wrong(address: str, problem: str) -> None:
+    assert addresses.malformation(address) == problem
+
+
+def test_only_a_draft_can_be_prepared() -> None:
+    lifecycle.check_prepare(State.DRAFT)
+    for state in State:
+        if state is not State.DRAFT:
+            with pytest.raises(
+                lifecycle.TransitionError,
+                match=rf"^delivery is {state}; only a DRAFT delivery can be prepared$",
+            ):
+                lifecycle.check_prepare(state)
+
+
+def test_approving_after_the_send_is_refused() -> None:
+    required = [ApprovalStep.TARGET]
+    for state in (State.SENDING, State.SENT, State.FINISHED, State.STOPPED, State.DRAFT):
+        with pytest.raises(
+            lifecycle.TransitionError,
+            match=rf"^delivery is {state}; only a PREPARED delivery can be approved$",
+        ):
+            lifecycle.approve(state, required, [ApprovalStep.TARGET], ApprovalStep.TARGET)
+
+
+def test_approving_a_step_again_while_prepared_stores_it_once() -> None:
+    required = [ApprovalStep.TARGET, ApprovalStep.CONTENT]
+    state, done = lifecycle.approve(
+        State.PREPARED, required, [ApprovalStep.TARGET], ApprovalStep.TARGET
+    )
+    assert (state, done) == (State.PREPARED, [ApprovalStep.TARGET])
+
+
+def test_refusals_say_why() -> None:
+    with pytest.raises(
+        lifecycle.TransitionError,
+        match=r"^delivery does not require the approval step CONTENT$",
+    ):
+        lifecycle.approve(State.PREPARED, [ApprovalStep.TARGET], [], ApprovalStep.CONTENT)
+    with pytest.raises(
+        lifecycle.TransitionError,
+        match=r"^delivery is PREPARED; only an APPROVED delivery can be sent$",
+    ):
+        lifecycle.check_confirm(State.PREPARED)
+    with pytest.raises(
+        lifecycle.TransitionError,
+        match=r"^delivery is FINISHED; a FINISHED delivery cannot be stopped$",
+    ):
+        lifecycle.check_stop(State.FINISHED)

@@ -125,3 +125,82 @@ def test_feedback_before_relay_ack_counts_the_relay_once() -> None:
     fb.apply_event(m, EventKind.DELIVERED, 0, deltas)
     fb.apply_event(m, EventKind.OPENED, 0, deltas)
     assert deltas["relayed"] == 1 and m.relayed
+
+
+def test_row_holds_the_sending_log_columns() -> None:
+    m = message(WITHOUT)
+    assert m.row() == (1, Status.SENT, Outcome.NONE, fb.FailureType.NONE, 0, False, False)
+    m = message(EFS, relayed=False)
+    assert m.row() == (1, Status.QUEUED, Outcome.NONE, fb.FailureType.NONE, 0, False, False)
+    m, _ = run(EFS, [EventKind.HARD_BOUNCE, EventKind.CLICKED])
+    assert m.row() == (1, Status.FAILED, Outcome.HARD_BOUNCED, fb.FailureType.HARD, 2, True, True)
+
+
+def test_apply_event_says_whether_the_message_changed() -> None:
+    m = message(EFS, relayed=False)
+    deltas = fb.empty_deltas()
+    # The relay acknowledgement overtaken: a change even for an event that moves nothing.
+    assert fb.apply_event(m, EventKind.SOFT_BOUNCE, 3, deltas) is True
+    assert fb.apply_event(m, EventKind.SOFT_BOUNCE, 3, deltas) is False
+    assert fb.apply_event(m, EventKind.OPENED, 0, deltas) is True
+    assert fb.apply_event(m, EventKind.OPENED, 0, deltas) is False
+    assert fb.apply_event(m, EventKind.CLICKED, 0, deltas) is True
+    assert fb.apply_event(m, EventKind.CLICKED, 0, deltas) is False
+    assert fb.apply_event(m, EventKind.DELIVERED, 0, deltas) is True
+    assert fb.apply_event(m, EventKind.DELIVERED, 0, deltas) is False
+    # An outcome below the current one changes nothing.
+    assert fb.apply_event(m, EventKind.SOFT_BOUNCE, 1, deltas) is False
+    assert (m.outcome, m.bounce_reason) == (Outcome.DELIVERED, 3)
+    # A message that expired unrelayed, then reported late: only the relay is news.
+    m = fb.MessageState(1, 1, EFS, False, Outcome.EXPIRED, 0, False, False)
+    deltas = fb.empty_deltas()
+    assert fb.apply_event(m, EventKind.DELIVERED, 0, deltas) is True
+    assert (m.relayed, m.outcome, deltas["relayed"]) == (True, Outcome.EXPIRED, 1)
+    m = message(EFS, relayed=False)
+    assert fb.apply_event(m, EventKind.CLICKED, 0, fb.empty_deltas()) is True
+    m = message(EFS, relayed=False)
+    assert fb.apply_event(m, EventKind.OPENED, 0, fb.empty_deltas()) is True
+
+
+def test_an_open_is_not_a_click() -> None:
+    m, deltas = run(EFS, [EventKind.OPENED])
+    assert (m.opened, m.clicked, deltas["opened"], deltas["clicked"]) == (True, False, 1, 0)
+
+
+def test_a_repeated_bounce_keeps_the_lowest_reason() -> None:
+    m = message(EFS)
+    deltas = fb.empty_deltas()
+    assert fb.apply_event(m, EventKind.SOFT_BOUNCE, 4, deltas) is True
+    assert fb.apply_event(m, EventKind.SOFT_BOUNCE, 2, deltas) is True
+    assert m.bounce_reason == 2
+    assert fb.apply_event(m, EventKind.SOFT_BOUNCE, 2, deltas) is False
+    assert fb.apply_event(m, EventKind.SOFT_BOUNCE, 3, deltas) is False
+    assert m.bounce_reason == 2
+    assert deltas["soft_bounced"] == 1
+    # A delivery report keeps the reason of the bounce it superseded; repeating it with
+    # a lower reason (delivery reports carry none) changes nothing.
+    assert fb.apply_event(m, EventKind.DELIVERED, 0, deltas) is True
+    assert fb.apply_event(m, EventKind.DELIVERED, 0, deltas) is False
+    assert (m.outcome, m.bounce_reason) == (Outcome.DELIVERED, 2)
+
+
+def test_deltas_add_up_over_a_batch_of_messages() -> None:
+    deltas = fb.empty_deltas()
+    for message_id in (1, 2, 3):
+        m = fb.MessageState(message_id, 1, EFS, False, Outcome.NONE, 0, False, False)
+        fb.apply_event(m, EventKind.DELIVERED, 0, deltas)
+        fb.apply_event(m, EventKind.CLICKED, 0, deltas)
+    assert deltas == fb.empty_deltas() | {"relayed": 3, "delivered": 3, "opened": 3, "clicked": 3}
+
+
+def test_move_outcome_moves_one_message_between_buckets() -> None:
+    deltas = fb.empty_deltas() | {"soft_bounced": 5, "delivered": 7}
+    m = fb.MessageState(1, 1, EFS, True, Outcome.SOFT_BOUNCED, 2, False, False)
+    fb.move_outcome(m, Outcome.DELIVERED, deltas)
+    assert m.outcome is Outcome.DELIVERED
+    assert deltas == fb.empty_deltas() | {"soft_bounced": 4, "delivered": 8}
+    fb.move_outcome(m, Outcome.HARD_BOUNCED, deltas)
+    assert deltas == fb.empty_deltas() | {"soft_bounced": 4, "delivered": 7, "hard_bounced": 1}
+    m = message(EFS)
+    fb.move_outcome(m, Outcome.EXPIRED, deltas)
+    assert deltas["expired"] == 1 and sum(deltas.values()) == 4 + 7 + 1 + 1

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import datetime as dt
+
 from delivery_service.domain.feedback import FeedbackMode
-from delivery_service.domain.kpis import Counters, compute, percent
+from delivery_service.domain.kpis import Counters, Kpis, compute, percent
 
 
 def kpis(mode: FeedbackMode, n: int, c: Counters, opened: int = 0, clicked: int = 0):  # type: ignore[no-untyped-def]
@@ -43,3 +45,72 @@ def test_empty_delivery_has_no_division_by_zero() -> None:
     k = kpis(FeedbackMode.EFS, 0, Counters())
     assert (k.delivered_percent, k.open_percent) == (0.0, 0.0)
     assert percent(1, 0) == 0.0
+
+
+STATS_TIME = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+
+def test_every_field_efs() -> None:
+    c = Counters(relayed=9, delivered=4, soft_bounced=1, hard_bounced=2, expired=1)
+    k = compute(
+        FeedbackMode.EFS,
+        10,
+        c,
+        opened_at_stats=3,
+        clicked_at_stats=1,
+        stats_time=STATS_TIME,
+        final=True,
+    )
+    assert k == Kpis(
+        feedback_mode=FeedbackMode.EFS,
+        to_deliver=10,
+        sent=9,
+        delivered=4,
+        failed=4,
+        pending=1,
+        opened=3,
+        clicked=1,
+        delivered_percent=40.0,
+        bounces_percent=40.0,
+        open_percent=75.0,
+        click_percent=25.0,
+        stats_time=STATS_TIME,
+        final=True,
+    )
+
+
+def test_every_field_without_efs() -> None:
+    c = Counters(relayed=8, delivered=5, soft_bounced=1, hard_bounced=1, expired=1)
+    k = compute(
+        FeedbackMode.WITHOUT_EFS,
+        10,
+        c,
+        opened_at_stats=4,
+        clicked_at_stats=2,
+        stats_time=None,
+        final=False,
+    )
+    assert k == Kpis(
+        feedback_mode=FeedbackMode.WITHOUT_EFS,
+        to_deliver=10,
+        sent=8,
+        delivered=8,
+        failed=2,
+        pending=0,
+        opened=4,
+        clicked=2,
+        delivered_percent=80.0,
+        bounces_percent=20.0,
+        open_percent=50.0,
+        click_percent=25.0,
+        stats_time=None,
+        final=False,
+    )
+
+
+def test_efs_pending_reaches_zero_once_every_message_is_reported() -> None:
+    c = Counters(relayed=10, delivered=7, soft_bounced=1, hard_bounced=1, expired=1)
+    assert kpis(FeedbackMode.EFS, 10, c).pending == 0
+    # At expiry, messages never relayed are reported too: pending never goes below 0.
+    c = Counters(relayed=8, delivered=7, expired=3)
+    assert kpis(FeedbackMode.EFS, 10, c).pending == 0

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
+import re
 import time
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -177,6 +181,38 @@ def test_patterns_win_over_the_mix() -> None:
     assert kinds(timeline(fate_of("anyone@example.com", mix))) == [(H, 1)]
 
 
+def test_a_message_relayed_after_its_expiry_expires_at_its_expiry() -> None:
+    for fate in (fate_of("someone@example.com"), fate_of("delay-100@example.com")):
+        assert scenarios.first_step(fate, NOW, NOW - 5) == Step(X, 1, NOW - 5)
+    # Relayed at the very instant of expiry: still attempted.
+    assert scenarios.first_step(fate_of("someone@example.com"), NOW, NOW) == Step(D, 1, NOW)
+
+
+def test_a_delay_ending_exactly_at_expiry_still_delivers() -> None:
+    steps = timeline(fate_of("delay-2000@example.com"), expire_at=NOW + 2)
+    assert steps == [Step(D, 1, NOW + 2)]
+
+
+def test_the_click_link_is_a_32_bit_index() -> None:
+    assert fate_of("click-2147483647@example.com").click_link == 2**31 - 1
+    assert scenarios.pattern_fate("click-2147483648@example.com") is None
+    assert scenarios.pattern_fate("click-9999999999@example.com") is None
+
+
+def test_only_the_click_carries_the_link() -> None:
+    fate = fate_of("click-3@example.com")
+    events = [scenarios.make_event(42, 7, fate, step) for step in timeline(fate)]
+    assert [(e.kind, e.link_index) for e in events] == [(D, 0), (O, 0), (C, 3)]
+
+
+def test_the_local_part_is_before_the_last_at_sign() -> None:
+    assert scenarios.local_part("Hard+Campaign@Example.com") == "hard"
+    assert scenarios.local_part("soft-1@x@example.com") == "soft-1@x"
+    assert scenarios.pattern_fate("soft-1@x@example.com") is None
+    # No '@' at all: the whole string is the local part.
+    assert scenarios.local_part("Open+x") == "open"
+
+
 # --- the mix ------------------------------------------------------------------------------
 
 MIX = Mix(
@@ -230,33 +266,53 @@ def test_a_mix_of_nothing_delivers_everything() -> None:
 BASE = Scenario(TIMING)
 
 
+RATE = "must be between 0 and 1"
+FAILING = "hard_bounce_rate + soft_then_delivered_rate + soft_until_expiry_rate must be at most 1"
+NEGATIVE = "must not be negative"
+
+
 @pytest.mark.parametrize(
-    ("mix", "faults", "retry", "engagement", "field"),
+    ("mix", "faults", "retry", "engagement", "field", "problem"),
     [
-        (Mix(hard_bounce_rate=1.5), Faults(), 0, 0, "mix.hard_bounce_rate"),
-        (Mix(soft_then_delivered_rate=-0.1), Faults(), 0, 0, "mix.soft_then_delivered_rate"),
-        (Mix(soft_until_expiry_rate=float("nan")), Faults(), 0, 0, "mix.soft_until_expiry_rate"),
-        (Mix(open_rate=2.0), Faults(), 0, 0, "mix.open_rate"),
-        (Mix(click_rate=-1.0), Faults(), 0, 0, "mix.click_rate"),
+        (Mix(hard_bounce_rate=1.5), Faults(), 0, 0, "mix.hard_bounce_rate", RATE),
+        (Mix(soft_then_delivered_rate=-0.1), Faults(), 0, 0, "mix.soft_then_delivered_rate", RATE),
+        (
+            Mix(soft_until_expiry_rate=float("nan")),
+            Faults(),
+            0,
+            0,
+            "mix.soft_until_expiry_rate",
+            RATE,
+        ),
+        (Mix(open_rate=2.0), Faults(), 0, 0, "mix.open_rate", RATE),
+        (Mix(click_rate=-1.0), Faults(), 0, 0, "mix.click_rate", RATE),
         (
             Mix(hard_bounce_rate=0.5, soft_then_delivered_rate=0.4, soft_until_expiry_rate=0.2),
             Faults(),
             0,
             0,
             "mix.hard_bounce_rate",
+            FAILING,
         ),
-        (Mix(max_retries=-1), Faults(), 0, 0, "mix.max_retries"),
-        (None, Faults(reorder_window=-1), 0, 0, "faults.reorder_window"),
-        (None, Faults(drop_stream_every=-2), 0, 0, "faults.drop_stream_every"),
-        (None, Faults(max_delay_ms=-3), 0, 0, "faults.max_delay_ms"),
-        (None, Faults(), -1, 0, "retry_interval_ms"),
-        (None, Faults(), 0, -1, "engagement_delay_ms"),
+        (
+            Mix(max_retries=-1),
+            Faults(),
+            0,
+            0,
+            "mix.max_retries",
+            "must be at least 1 (0 means the default, 3)",
+        ),
+        (None, Faults(reorder_window=-1), 0, 0, "faults.reorder_window", NEGATIVE),
+        (None, Faults(drop_stream_every=-2), 0, 0, "faults.drop_stream_every", NEGATIVE),
+        (None, Faults(max_delay_ms=-3), 0, 0, "faults.max_delay_ms", NEGATIVE),
+        (None, Faults(), -1, 0, "retry_interval_ms", NEGATIVE),
+        (None, Faults(), 0, -1, "engagement_delay_ms", NEGATIVE),
     ],
 )
 def test_bad_settings_name_their_field(
-    mix: Mix | None, faults: Faults, retry: int, engagement: int, field: str
+    mix: Mix | None, faults: Faults, retry: int, engagement: int, field: str, problem: str
 ) -> None:
-    with pytest.raises(ScenarioError, match=rf"^{field}: "):
+    with pytest.raises(ScenarioError, match=rf"^{re.escape(field)}: {re.escape(problem)}$"):
         scenarios.update_scenario(BASE, mix, faults, retry, engagement)
 
 
@@ -267,6 +323,85 @@ def test_settings_replace_mix_and_faults_and_keep_unset_intervals() -> None:
     assert first.mix.max_retries == scenarios.DEFAULT_MAX_RETRIES
     second = scenarios.update_scenario(first, None, Faults(), 50, 0)
     assert second == Scenario(Timing(0.05, TIMING.engagement_delay), None, Faults())
+
+
+def test_set_scenario_intervals_are_in_milliseconds() -> None:
+    got = scenarios.update_scenario(BASE, None, Faults(), 0, 250)
+    assert got.timing == Timing(TIMING.retry_interval, 0.25)
+    got = scenarios.update_scenario(BASE, None, Faults(), 1500, 40)
+    assert got.timing == Timing(1.5, 0.04)
+
+
+def test_max_retries_0_means_the_default_3() -> None:
+    # 0 is what a SetScenario without the field sends.
+    unset = dataclasses.replace(MIX, max_retries=0)
+    got = scenarios.update_scenario(BASE, unset, Faults(), 0, 0).mix
+    assert got == dataclasses.replace(MIX, max_retries=scenarios.DEFAULT_MAX_RETRIES)
+    for kept in (1, 2, 4):
+        mix = dataclasses.replace(MIX, max_retries=kept)
+        assert scenarios.update_scenario(BASE, mix, Faults(), 0, 0).mix == mix
+
+
+def with_rate(mix: Mix, name: str, rate: float) -> Mix:
+    changes: dict[str, Any] = {name: rate}
+    return dataclasses.replace(mix, **changes)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "hard_bounce_rate",
+        "soft_then_delivered_rate",
+        "soft_until_expiry_rate",
+        "open_rate",
+        "click_rate",
+    ],
+)
+def test_a_rate_of_exactly_0_or_1_is_accepted(name: str) -> None:
+    for rate in (0.0, 1.0):
+        mix = with_rate(Mix(seed=1), name, rate)
+        assert scenarios.update_scenario(BASE, mix, Faults(), 0, 0).mix == mix
+
+
+def test_failure_rates_may_sum_to_1_give_or_take_rounding() -> None:
+    for rates in ((0.5, 0.3, 0.2), (0.1, 0.2, 0.7), (0.5, 0.5, 1e-9)):
+        mix = Mix(1, *rates)
+        assert scenarios.update_scenario(BASE, mix, Faults(), 0, 0).mix == mix
+    with pytest.raises(ScenarioError, match=r"^mix\.hard_bounce_rate: "):
+        scenarios.update_scenario(BASE, Mix(1, 0.5, 0.5, 2e-9), Faults(), 0, 0)
+
+
+DRAWS = scenarios._uniforms(MIX.seed, 1)
+
+
+@pytest.mark.parametrize(
+    ("rate", "draw", "picked"),
+    [
+        ("hard_bounce_rate", 0, lambda f: f.hard_reason is not BounceReason.UNSPECIFIED),
+        ("soft_then_delivered_rate", 0, lambda f: f.soft_bounces > 0),
+        ("soft_until_expiry_rate", 0, lambda f: f.soft_bounces == UNTIL_EXPIRY),
+        ("open_rate", 2, lambda f: f.opened),
+        ("click_rate", 3, lambda f: f.click_link != scenarios.NO_CLICK),
+    ],
+)
+def test_a_rate_picks_the_draws_below_it(
+    rate: str, draw: int, picked: Callable[[Fate], bool]
+) -> None:
+    # Rates apply to 32-bit draws in [0, 1): a rate r picks a draw d when d < r.
+    base = Mix(seed=MIX.seed, open_rate=1.0) if rate == "click_rate" else Mix(seed=MIX.seed)
+    at_draw = with_rate(base, rate, DRAWS[draw])
+    above = with_rate(base, rate, math.nextafter(DRAWS[draw], 1.0))
+    assert not picked(scenarios.mix_fate(at_draw, 1))
+    assert picked(scenarios.mix_fate(above, 1))
+
+
+def test_draws_are_splitmix64() -> None:
+    # SplitMix64's reference outputs from state 0: changing the hash would silently
+    # change every seeded mix (load tests and benchmarks compare runs by seed).
+    golden = 0x9E3779B97F4A7C15
+    outputs = [scenarios._splitmix((golden * i) & (2**64 - 1)) for i in (1, 2, 3)]
+    assert outputs == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+    assert scenarios._uniforms(0, 0) == (0.0, 0.0, 0xE220A839 / 2**32, 0x7B1DCDAF / 2**32)
 
 
 # --- the spool ------------------------------------------------------------------------------
