@@ -74,7 +74,6 @@ CREATE TABLE deliveries (
     targeted              bigint NOT NULL DEFAULT 0,
     to_deliver            bigint NOT NULL DEFAULT 0,
     dropped               bigint NOT NULL DEFAULT 0,
-    request_id            text CONSTRAINT deliveries_request_id_key UNIQUE,
     recurring_delivery_id bigint REFERENCES recurring_deliveries,
     create_time           timestamptz NOT NULL DEFAULT now(),
     confirm_time          timestamptz,
@@ -99,13 +98,19 @@ CREATE TABLE dropped_recipients (
     PRIMARY KEY (delivery_id, position)
 );
 
+-- The request ids of deliveries (a key unique across deliveries: a table of its own).
+CREATE TABLE delivery_requests (
+    request_id  text PRIMARY KEY,
+    delivery_id bigint NOT NULL
+);
+
 -- One row per message. message_id is the MTA's idempotency key.
 -- status, failure_type and failure_reason follow delivery_service.domain.feedback;
 -- outcome is the strongest fate reported so far (0 none, 1 soft bounced,
 -- 2 delivered, 3 expired, 4 hard bounced): a fate only ever moves up, which
 -- makes applying feedback idempotent and independent of its order.
 CREATE TABLE sending_logs (
-    message_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    message_id     bigint GENERATED ALWAYS AS IDENTITY,
     delivery_id    bigint NOT NULL REFERENCES deliveries ON DELETE CASCADE,
     profile_id     text,
     email          text NOT NULL,
@@ -116,12 +121,12 @@ CREATE TABLE sending_logs (
     opened         boolean NOT NULL DEFAULT false,
     clicked        boolean NOT NULL DEFAULT false,
     relay_time     timestamptz,
-    update_time    timestamptz NOT NULL DEFAULT now()
+    update_time    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT sending_logs_pkey PRIMARY KEY (delivery_id, message_id)
 )
 -- Half of each page free: relaying and feedback rewrite rows in place (HOT), see
 -- migration 0002.
 WITH (fillfactor = 50);
-CREATE INDEX sending_logs_delivery_idx ON sending_logs (delivery_id, message_id);
 CREATE INDEX sending_logs_profile_idx ON sending_logs (profile_id, message_id)
     WHERE profile_id IS NOT NULL;
 CREATE INDEX sending_logs_email_idx ON sending_logs (email, message_id);
@@ -129,7 +134,7 @@ CREATE INDEX sending_logs_email_idx ON sending_logs (email, message_id);
 -- Every feedback event applied, once: the event id is the MTA's stable id, so a
 -- duplicate or a resend is recognised and skipped.
 CREATE TABLE feedback_events (
-    event_id    text PRIMARY KEY,
+    event_id    text NOT NULL,
     message_id  bigint NOT NULL,
     delivery_id bigint NOT NULL,
     kind        smallint NOT NULL,
@@ -137,7 +142,8 @@ CREATE TABLE feedback_events (
     attempt     integer NOT NULL DEFAULT 0,
     link_index  integer NOT NULL DEFAULT 0,
     event_time  timestamptz NOT NULL,
-    apply_time  timestamptz NOT NULL DEFAULT now()
+    apply_time  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT feedback_events_pkey PRIMARY KEY (delivery_id, event_id)
 );
 CREATE INDEX feedback_events_delivery_idx ON feedback_events (delivery_id, kind);
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
 from delivery_service.domain import lifecycle
@@ -41,17 +42,22 @@ def template_params(new: NewDelivery, target_id: int) -> dict[str, object]:
         "feedback_mode": str(new.feedback_mode),
         "validity_period": new.validity_period,
         "required_approvals": [str(s) for s in new.required_approvals],
-        "request_id": new.request_id,
     }
 
 
 async def insert(conn: Conn, new: NewDelivery) -> int | None:
-    """Creates a DRAFT delivery; None if its request_id is taken already."""
+    """Creates a DRAFT delivery and claims its request_id; None if another request
+    claimed it first (the caller then rolls back)."""
     target_id = await insert_target(conn, new.segment, new.recipients)
-    delivery_id: int | None = await fetch_value(
+    delivery_id: int = await fetch_value(
         conn, "insert_delivery", **template_params(new, target_id), recurring_delivery_id=None
     )
-    return delivery_id
+    if new.request_id is None:
+        return delivery_id
+    claimed: int | None = await fetch_value(
+        conn, "claim_delivery_request", request_id=new.request_id, delivery_id=delivery_id
+    )
+    return claimed
 
 
 async def id_by_request(conn: Conn, request_id: str) -> int | None:
@@ -108,8 +114,9 @@ async def set_approvals(
     )
 
 
-async def set_confirmed(conn: Conn, delivery_id: int, operator: str) -> None:
-    await execute(conn, "set_confirmed", id=delivery_id, operator=operator)
+async def set_confirmed(conn: Conn, delivery_id: int, operator: str, now: dt.datetime) -> None:
+    """SENDING from `now`, when the validity period starts."""
+    await execute(conn, "set_confirmed", id=delivery_id, operator=operator, now=now)
 
 
 async def set_stopped(conn: Conn, delivery_id: int) -> None:

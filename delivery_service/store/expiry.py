@@ -38,8 +38,10 @@ async def unsettled_messages(
     ]
 
 
-async def write_messages(conn: Conn, messages: Iterable[fb.MessageState]) -> None:
-    """Writes the new state of messages whose fate changed."""
+async def write_messages(
+    conn: Conn, delivery_id: int, messages: Iterable[fb.MessageState], now: dt.datetime
+) -> None:
+    """Writes the new state of a delivery's messages whose fate changed."""
     rows = [m.row() for m in messages]
     if not rows:
         return
@@ -49,6 +51,8 @@ async def write_messages(conn: Conn, messages: Iterable[fb.MessageState]) -> Non
     await execute(
         conn,
         "update_messages",
+        delivery_id=delivery_id,
+        now=now,
         message_ids=list(ids),
         statuses=list(statuses),
         outcomes=list(outcomes),

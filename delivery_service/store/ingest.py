@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from delivery_service import clock
 from delivery_service.domain import feedback as fb
 from delivery_service.store import counters
 from delivery_service.store.connection import (
     DATA_ERRORS,
+    QUERIES,
     Database,
     Rejected,
     bool_array,
     execute,
-    fetch_tuples,
     int_array,
     int_table,
     text_array,
@@ -84,37 +85,66 @@ def feedback_rules() -> dict[str, str]:
 _RULES = feedback_rules()
 
 
+def by_delivery(batch: EventBatch) -> dict[int, EventBatch]:
+    """The batch split by delivery, each part in arrival order; no copy for one delivery."""
+    first = batch.delivery_ids[0]
+    if all(d == first for d in batch.delivery_ids):
+        return {first: batch}
+    parts: dict[int, EventBatch] = {}
+    columns = [f.name for f in fields(EventBatch)]
+    for i, delivery_id in enumerate(batch.delivery_ids):
+        part = parts.setdefault(delivery_id, EventBatch())
+        for name in columns:
+            getattr(part, name).append(getattr(batch, name)[i])
+    return parts
+
+
 async def apply_feedback(db: Database, batch: EventBatch) -> IngestResult:
     """Applies a batch of feedback events in one transaction, each event once.
 
     Events for unknown messages are dropped (counted); an event id already applied is
     skipped; a FINISHED delivery's fates no longer change, though opens and clicks
-    still count. One round trip: the counters' shared lock and the set-based statement,
-    pipelined. Raises Rejected if the database refuses the data (nothing is written).
+    still count. One round trip: the counters' shared lock, then for each delivery (in
+    id order) the lock of its messages and the set-based statement, pipelined. Raises
+    Rejected if the database refuses the data (nothing is then written).
     """
+    if not batch:
+        return IngestResult()
+    parts = sorted(by_delivery(batch).items())
+    now = clock.now()
     try:
         async with db.transaction() as conn, conn.pipeline():
-            # Not fetched: the lock and the statement go to the server in one round trip.
-            await execute(
-                conn,
-                "lock_counters_shared",
-                delivery_ids=int_array(sorted(set(batch.delivery_ids))),
-            )
-            rows = await fetch_tuples(
-                conn,
-                "apply_feedback",
-                **_RULES,
-                event_ids=text_array(batch.event_ids),
-                message_ids=int_array(batch.message_ids),
-                delivery_ids=int_array(batch.delivery_ids),
-                kinds=int_array(batch.kinds),
-                reasons=int_array(batch.reasons),
-                attempts=int_array(batch.attempts),
-                link_indexes=int_array(batch.link_indexes),
-                event_micros=int_array(batch.event_micros),
-                shard=counters.any_shard(),
-            )
+            # Not fetched: every statement goes to the server in one round trip.
+            await execute(conn, "lock_counters_shared", delivery_ids=int_array(d for d, _ in parts))
+            cursors = []
+            for delivery_id, part in parts:
+                await execute(
+                    conn,
+                    "lock_feedback_messages",
+                    delivery_id=delivery_id,
+                    message_ids=int_array(sorted(set(part.message_ids))),
+                )
+                cursors.append(
+                    await conn.execute(
+                        QUERIES["apply_feedback"],
+                        {
+                            **_RULES,
+                            "delivery_id": delivery_id,
+                            "event_ids": text_array(part.event_ids),
+                            "message_ids": int_array(part.message_ids),
+                            "kinds": int_array(part.kinds),
+                            "reasons": int_array(part.reasons),
+                            "attempts": int_array(part.attempts),
+                            "link_indexes": int_array(part.link_indexes),
+                            "event_micros": int_array(part.event_micros),
+                            "shard": counters.any_shard(),
+                            "now": now,
+                        },
+                    )
+                )
+            rows = [await cur.fetchone() for cur in cursors]
     except DATA_ERRORS as exc:
         raise Rejected(str(exc)) from exc
-    ((known, applied),) = rows
+    known = sum(row[0] for row in rows if row)
+    applied = sum(row[1] for row in rows if row)
     return IngestResult(applied=applied, duplicates=known - applied, unknown=len(batch) - known)

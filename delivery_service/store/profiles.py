@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import asdict
 
@@ -9,10 +10,10 @@ from delivery_service.domain.requests import ProfileUpdate
 from delivery_service.store.connection import Conn, fetch_tuples, fetch_value
 
 
-async def upsert(conn: Conn, profiles: list[ProfileUpdate]) -> tuple[int, int]:
+async def upsert(conn: Conn, profiles: list[ProfileUpdate], now: dt.datetime) -> tuple[int, int]:
     """Creates or replaces profiles; returns how many were created and how many updated."""
     rows = await fetch_tuples(
-        conn, "upsert_profiles", profiles=json.dumps([asdict(p) for p in profiles])
+        conn, "upsert_profiles", profiles=json.dumps([asdict(p) for p in profiles]), now=now
     )
     created = sum(1 for (was_created,) in rows if was_created)
     return created, len(rows) - created

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from delivery_service.domain.requests import NewRecurring
 from delivery_service.store.connection import (
     Conn,
@@ -15,7 +17,7 @@ from delivery_service.store.deliveries import insert_target, template_params
 from delivery_service.store.records import RecurringDelivery
 
 
-async def insert(conn: Conn, new: NewRecurring) -> int | None:
+async def insert(conn: Conn, new: NewRecurring, now: dt.datetime) -> int | None:
     """Creates a recurring delivery; None if its request_id is taken already."""
     template = new.template
     target_id = await insert_target(conn, template.segment, template.recipients)
@@ -23,9 +25,10 @@ async def insert(conn: Conn, new: NewRecurring) -> int | None:
         conn,
         "insert_recurring",
         **template_params(template, target_id),
+        request_id=template.request_id,
         occurrence_interval=new.interval,
         confirm_before_send=new.confirm_before_send,
-        next_occurrence_time=new.first_time,
+        next_occurrence_time=new.first_time or now,
     )
     return recurring_id
 
@@ -56,5 +59,6 @@ async def insert_occurrence(conn: Conn, recurring_id: int) -> int:
     return delivery_id
 
 
-async def advance(conn: Conn, recurring_id: int) -> None:
-    await execute(conn, "advance_recurring", id=recurring_id)
+async def advance(conn: Conn, recurring_id: int, now: dt.datetime) -> None:
+    """The next occurrence: the first interval boundary after `now`."""
+    await execute(conn, "advance_recurring", id=recurring_id, now=now)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from delivery_service import clock
 from delivery_service.domain import feedback as fb
 from delivery_service.domain import lifecycle
 from delivery_service.domain.requests import NewDelivery, ProfileUpdate
@@ -75,7 +76,7 @@ async def confirm(db: Database, delivery_id: int, operator: str) -> Delivery:
     async with db.transaction() as conn:
         delivery = await deliveries.lock(conn, delivery_id)
         if checked(lifecycle.check_confirm, delivery.state):
-            await deliveries.set_confirmed(conn, delivery_id, operator)
+            await deliveries.set_confirmed(conn, delivery_id, operator, clock.now())
             log.info("delivery %d confirmed by %s", delivery_id, operator)
             delivery = await deliveries.lock(conn, delivery_id)
         return delivery
@@ -132,4 +133,4 @@ async def history(
 
 async def upsert_profiles(db: Database, updates: list[ProfileUpdate]) -> tuple[int, int]:
     async with db.transaction() as conn:
-        return await profiles.upsert(conn, updates)
+        return await profiles.upsert(conn, updates, clock.now())

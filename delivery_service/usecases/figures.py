@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+from delivery_service import clock
 from delivery_service.domain import feedback as fb
 from delivery_service.domain import kpis, lifecycle
 from delivery_service.store import counters, deliveries, expiry
@@ -78,7 +79,7 @@ async def finish(db: Database, delivery_id: int) -> bool:
                 if final != message.outcome:
                     fb.move_outcome(message, final, deltas)
                     changed.append(message)
-            await expiry.write_messages(conn, changed)
+            await expiry.write_messages(conn, delivery_id, changed, clock.now())
         await counters.add(conn, {delivery_id: deltas})
         # The final figures come from the logs themselves, in the same transaction:
         # nobody sees FINISHED with figures from before the recount.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from delivery_service import clock
 from delivery_service.domain import lifecycle
 from delivery_service.domain.requests import NewRecurring
 from delivery_service.store import deliveries, recurring
@@ -26,7 +27,7 @@ async def create(db: Database, new: NewRecurring) -> RecurringDelivery:
         db,
         new.template.request_id,
         find=recurring.id_by_request,
-        insert=lambda conn: recurring.insert(conn, new),
+        insert=lambda conn: recurring.insert(conn, new, clock.now()),
         read=recurring.get,
     )
 
@@ -49,6 +50,7 @@ async def start_due_occurrences(db: Database) -> list[tuple[int, bool]]:
     """Creates and prepares the occurrences that are due; starts the send of those that
     need no confirmation. Returns (delivery id, started) for each occurrence created."""
     created: list[tuple[int, bool]] = []
+    now = clock.now()
     async with db.transaction() as conn:
         for recurring_id, confirm_before_send in await recurring.due(conn):
             delivery_id = await recurring.insert_occurrence(conn, recurring_id)
@@ -57,8 +59,8 @@ async def start_due_occurrences(db: Database) -> list[tuple[int, bool]]:
                 not confirm_before_send and prepared.delivery.state is lifecycle.State.APPROVED
             )
             if started:
-                await deliveries.set_confirmed(conn, delivery_id, SCHEDULER)
-            await recurring.advance(conn, recurring_id)
+                await deliveries.set_confirmed(conn, delivery_id, SCHEDULER, now)
+            await recurring.advance(conn, recurring_id, now)
             created.append((delivery_id, started))
     for delivery_id, started in created:
         log.info(

@@ -27,7 +27,7 @@ CROSS JOIN LATERAL (
            coalesce(sum(expired), 0)::bigint AS expired,
            coalesce(sum(opened), 0)::bigint AS opened,
            coalesce(sum(clicked), 0)::bigint AS clicked
-    FROM delivery_counters WHERE delivery_id = d.id
+    FROM delivery_counters WHERE delivery_id = %(id)s
 ) c
 WHERE d.id = %(id)s;
 

@@ -10,19 +10,24 @@ INSERT INTO targets (segment) VALUES (%(segment)s) RETURNING id;
 COPY target_recipients (target_id, position, profile_id, email) FROM STDIN;
 
 -- name: insert_delivery
--- Creates a delivery in state DRAFT; nothing if its request_id is taken.
+-- Creates a delivery in state DRAFT.
 INSERT INTO deliveries (label, subject, body, links, target_id, feedback_mode,
-                        validity_period, required_approvals, state, request_id,
-                        recurring_delivery_id)
+                        validity_period, required_approvals, state, recurring_delivery_id)
 VALUES (%(label)s, %(subject)s, %(body)s, %(links)s, %(target_id)s, %(feedback_mode)s,
-        %(validity_period)s, %(required_approvals)s, {State.DRAFT}, %(request_id)s,
-        %(recurring_delivery_id)s)
-ON CONFLICT ON CONSTRAINT deliveries_request_id_key DO NOTHING
+        %(validity_period)s, %(required_approvals)s, {State.DRAFT}, %(recurring_delivery_id)s)
 RETURNING id;
+
+-- name: claim_delivery_request
+-- Records the delivery a request_id created, in the same transaction; nothing if
+-- another request took that request_id first.
+INSERT INTO delivery_requests (request_id, delivery_id)
+VALUES (%(request_id)s, %(delivery_id)s)
+ON CONFLICT (request_id) DO NOTHING
+RETURNING delivery_id;
 
 -- name: delivery_id_by_request
 -- The delivery a request_id created.
-SELECT id FROM deliveries WHERE request_id = %(request_id)s;
+SELECT delivery_id FROM delivery_requests WHERE request_id = %(request_id)s;
 
 -- name: get_delivery
 -- One delivery.
@@ -58,8 +63,8 @@ UPDATE deliveries SET state = %(state)s, approvals = %(approvals)s WHERE id = %(
 -- name: set_confirmed
 -- Starts the send: SENDING, and the validity period runs from now.
 UPDATE deliveries
-SET state = {State.SENDING}, confirm_time = now(), confirmed_by = %(operator)s,
-    validity_end_time = now() + validity_period
+SET state = {State.SENDING}, confirm_time = %(now)s, confirmed_by = %(operator)s,
+    validity_end_time = %(now)s::timestamptz + validity_period
 WHERE id = %(id)s;
 
 -- name: set_stopped

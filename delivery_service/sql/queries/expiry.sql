@@ -21,16 +21,16 @@ LIMIT %(limit)s
 FOR UPDATE OF s;
 
 -- name: update_messages
--- Writes the new state of messages that feedback changed.
+-- Writes the new state of a delivery's messages whose fate the end of the validity changed.
 UPDATE sending_logs s
 SET status = v.status, outcome = v.outcome, failure_type = v.failure_type,
     failure_reason = v.failure_reason, opened = v.opened, clicked = v.clicked,
-    relay_time = coalesce(s.relay_time, now()), update_time = now()
+    relay_time = coalesce(s.relay_time, %(now)s), update_time = %(now)s
 FROM unnest(%(message_ids)s::bigint[], %(statuses)s::smallint[], %(outcomes)s::smallint[],
             %(failure_types)s::smallint[], %(failure_reasons)s::smallint[],
             %(opened)s::boolean[], %(clicked)s::boolean[])
      AS v (message_id, status, outcome, failure_type, failure_reason, opened, clicked)
-WHERE s.message_id = v.message_id;
+WHERE s.delivery_id = %(delivery_id)s AND s.message_id = v.message_id;
 
 -- name: set_finished
 -- The validity period is over: the figures are final.

@@ -1,9 +1,20 @@
--- Feedback ingest: a batch of events folded into the sending logs and counters.
+-- Feedback ingest: a delivery's events folded into its sending logs and counters.
 -- Each query: a `-- name: <name>` line, then a one-line description.
 
+-- name: lock_feedback_messages
+-- Locks a delivery's messages that a batch of feedback is about, in id order, before
+-- the batch is applied in the same transaction: a concurrent batch about the same
+-- message waits, then reads what this one wrote. A statement of its own: Citus takes
+-- no row lock inside a CTE (docs/scaling.md).
+SELECT message_id FROM sending_logs
+WHERE delivery_id = %(delivery_id)s AND message_id = ANY (%(message_ids)s::bigint[])
+ORDER BY message_id
+FOR NO KEY UPDATE;
+
 -- name: apply_feedback
--- Applies a batch of feedback events in one set-based statement: every event of
--- a known message is logged once (an event id already logged is skipped), each
+-- Applies a batch of one delivery's feedback events in one set-based statement, its
+-- messages locked first (lock_feedback_messages): every event of a known message is
+-- logged once (an event id already logged is skipped), each
 -- message touched is folded and rewritten once, and the counter deltas go to one
 -- shard. The rules are delivery_service.domain.feedback's, for whole sets: a
 -- message's outcome (0 none, 1 soft bounced, 2 delivered, 3 expired, 4 hard
@@ -11,30 +22,27 @@
 -- lowest one reported with that outcome; the status, failure type and failure
 -- reason of each (mode, outcome) come from tables store.py builds from the domain
 -- functions; a FINISHED delivery's fates no longer change, though opens and clicks
--- still count. The messages are locked in id order before they are read, so a
--- concurrent batch about the same message waits, then folds into what this one
--- wrote. No two CTEs are joined with each other: each join has a table on one side,
--- so that no plan can turn quadratic in the batch's size.
+-- still count. Every reference to a per-delivery table is filtered by the delivery
+-- (one shard on Citus). No two CTEs are joined with each other: each join has a table
+-- on one side, so that no plan can turn quadratic in the batch's size.
 WITH known AS (
     SELECT e.*
-    FROM unnest(%(event_ids)s::text[], %(message_ids)s::bigint[],
-                %(delivery_ids)s::bigint[], %(kinds)s::smallint[],
+    FROM unnest(%(event_ids)s::text[], %(message_ids)s::bigint[], %(kinds)s::smallint[],
                 %(reasons)s::smallint[], %(attempts)s::integer[],
                 %(link_indexes)s::integer[], %(event_micros)s::bigint[])
-         AS e (event_id, message_id, delivery_id, kind, reason, attempt, link_index,
-               event_micros)
-    JOIN sending_logs s ON s.message_id = e.message_id AND s.delivery_id = e.delivery_id
+         AS e (event_id, message_id, kind, reason, attempt, link_index, event_micros)
+    JOIN sending_logs s ON s.delivery_id = %(delivery_id)s AND s.message_id = e.message_id
 ),
 new_events AS (
     INSERT INTO feedback_events (event_id, message_id, delivery_id, kind, reason, attempt,
                                  link_index, event_time)
-    SELECT event_id, message_id, delivery_id, kind, reason, attempt, link_index,
+    SELECT event_id, message_id, %(delivery_id)s, kind, reason, attempt, link_index,
            timestamptz 'epoch' + event_micros * interval '1 microsecond'
     FROM known
     -- In key order: concurrent batches wait on a shared id in the same order.
     ORDER BY event_id
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING message_id, delivery_id, kind, reason
+    ON CONFLICT (delivery_id, event_id) DO NOTHING
+    RETURNING message_id, kind, reason
 ),
 per_message AS (
     SELECT n.message_id,
@@ -43,7 +51,7 @@ per_message AS (
            bool_or((%(opens)s::boolean[])[n.kind]) AS opened,
            bool_or((%(clicks)s::boolean[])[n.kind]) AS clicked
     FROM new_events n
-    JOIN deliveries d ON d.id = n.delivery_id
+    JOIN deliveries d ON d.id = %(delivery_id)s
     CROSS JOIN LATERAL (SELECT (%(outcome_of_kind)s::smallint[])[n.kind] AS outcome) o
     -- A fate reported after the end of the validity changes nothing; opens and clicks
     -- still count.
@@ -51,19 +59,17 @@ per_message AS (
     GROUP BY n.message_id
 ),
 current AS (
-    -- The messages with what their new events report, locked: a row changed by a
-    -- concurrent batch is read as that batch left it.
-    SELECT l.message_id, l.delivery_id, l.relay_time IS NOT NULL AS was_relayed,
+    -- The messages with what their new events report, as the batches before this one
+    -- left them (they are locked: lock_feedback_messages).
+    SELECT l.message_id, l.relay_time IS NOT NULL AS was_relayed,
            l.outcome, l.failure_reason, l.opened, l.clicked,
            p.outcome AS reported, p.reason AS reported_reason,
            p.opened AS reported_open, p.clicked AS reported_click
     FROM per_message p
-    JOIN sending_logs l ON l.message_id = p.message_id
-    ORDER BY l.message_id
-    FOR NO KEY UPDATE OF l
+    JOIN sending_logs l ON l.delivery_id = %(delivery_id)s AND l.message_id = p.message_id
 ),
 folded AS (
-    SELECT c.message_id, c.delivery_id, c.was_relayed,
+    SELECT c.message_id, c.was_relayed,
            -- The rule tables' first index: 1 without EFS, 2 with it.
            (d.feedback_mode = {FeedbackMode.EFS})::integer + 1 AS mode,
            c.outcome AS old_outcome, greatest(c.outcome, c.reported) AS outcome,
@@ -74,7 +80,7 @@ folded AS (
            c.opened AS old_opened, c.opened OR c.reported_open AS opened,
            c.clicked AS old_clicked, c.clicked OR c.reported_click AS clicked
     FROM current c
-    JOIN deliveries d ON d.id = c.delivery_id
+    JOIN deliveries d ON d.id = %(delivery_id)s
 ),
 changes AS (
     SELECT r.* FROM (
@@ -93,14 +99,14 @@ updated AS (
     UPDATE sending_logs s
     SET status = c.status, outcome = c.outcome, failure_type = c.failure_type,
         failure_reason = c.failure_reason, opened = c.opened, clicked = c.clicked,
-        relay_time = coalesce(s.relay_time, now()), update_time = now()
+        relay_time = coalesce(s.relay_time, %(now)s), update_time = %(now)s
     FROM changes c
-    WHERE s.message_id = c.message_id
+    WHERE s.delivery_id = %(delivery_id)s AND s.message_id = c.message_id
 ),
 counted AS (
     INSERT INTO delivery_counters AS k (delivery_id, shard, relayed, delivered, soft_bounced,
                                         hard_bounced, expired, opened, clicked)
-    SELECT delivery_id, %(shard)s,
+    SELECT %(delivery_id)s, %(shard)s,
            count(*) FILTER (WHERE NOT was_relayed),
            count(*) FILTER (WHERE outcome = {Outcome.DELIVERED})
                - count(*) FILTER (WHERE old_outcome = {Outcome.DELIVERED}),
@@ -113,8 +119,7 @@ counted AS (
            count(*) FILTER (WHERE opened AND NOT old_opened),
            count(*) FILTER (WHERE clicked AND NOT old_clicked)
     FROM changes
-    GROUP BY delivery_id
-    ORDER BY delivery_id
+    HAVING count(*) > 0
     ON CONFLICT (delivery_id, shard) DO UPDATE
     SET relayed = k.relayed + excluded.relayed,
         delivered = k.delivered + excluded.delivered,

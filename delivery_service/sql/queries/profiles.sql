@@ -3,15 +3,15 @@
 
 -- name: upsert_profiles
 -- Creates or replaces profiles; says for each whether it was created.
-INSERT INTO profiles AS p (profile_id, email, quarantined, segments)
-SELECT r.profile_id, NULLIF(r.email, ''), r.quarantined, r.segments
+INSERT INTO profiles AS p (profile_id, email, quarantined, segments, update_time)
+SELECT r.profile_id, NULLIF(r.email, ''), r.quarantined, r.segments, %(now)s
 FROM jsonb_to_recordset(%(profiles)s::jsonb)
      AS r (profile_id text, email text, quarantined boolean, segments text[])
 ON CONFLICT (profile_id) DO UPDATE
     SET email = excluded.email,
         quarantined = excluded.quarantined,
         segments = excluded.segments,
-        update_time = now()
+        update_time = excluded.update_time
 RETURNING (xmax = 0) AS created;
 
 -- name: profile_exists

@@ -8,7 +8,7 @@ INSERT INTO recurring_deliveries (label, subject, body, links, target_id, feedba
                                   confirm_before_send, next_occurrence_time, request_id)
 VALUES (%(label)s, %(subject)s, %(body)s, %(links)s, %(target_id)s, %(feedback_mode)s,
         %(validity_period)s, %(required_approvals)s, %(occurrence_interval)s,
-        %(confirm_before_send)s, coalesce(%(next_occurrence_time)s, now()), %(request_id)s)
+        %(confirm_before_send)s, %(next_occurrence_time)s, %(request_id)s)
 ON CONFLICT ON CONSTRAINT recurring_deliveries_request_id_key DO NOTHING
 RETURNING id;
 
@@ -44,6 +44,6 @@ RETURNING id;
 UPDATE recurring_deliveries
 SET occurrences = occurrences + 1,
     next_occurrence_time = next_occurrence_time + occurrence_interval * (1 + floor(
-        extract(epoch FROM now() - next_occurrence_time)
+        extract(epoch FROM %(now)s::timestamptz - next_occurrence_time)
         / extract(epoch FROM occurrence_interval)))
 WHERE id = %(id)s;
