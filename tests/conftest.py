@@ -92,7 +92,7 @@ def template_db(pg_url: str) -> Iterator[str]:
 
 
 @contextmanager
-def _fresh_database(pg_url: str, template_db: str) -> Iterator[str]:
+def fresh_database(pg_url: str, template_db: str) -> Iterator[str]:
     name = f"t_{secrets.token_hex(6)}"
     with _admin(pg_url) as conn:
         conn.execute(
@@ -113,14 +113,14 @@ def _fresh_database(pg_url: str, template_db: str) -> Iterator[str]:
 @pytest.fixture
 def fresh_db_url(pg_url: str, template_db: str) -> Iterator[str]:
     """A postgresql:// URL of a new database with the schema, dropped after the test."""
-    with _fresh_database(pg_url, template_db) as url:
+    with fresh_database(pg_url, template_db) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def module_db_url(pg_url: str, template_db: str) -> Iterator[str]:
     """The same, shared by the tests of one module."""
-    with _fresh_database(pg_url, template_db) as url:
+    with fresh_database(pg_url, template_db) as url:
         yield url
 
 

@@ -1,5 +1,6 @@
 """The connection layer: the pool, the named queries, and driver errors turned into the
-store's own. The only module of the service that imports psycopg (with migrations.py).
+store's own. The only module of the service that imports psycopg, with the two that run
+at deployment time on a connection of their own: migrations.py and distribution.py.
 
 Queries live in sql/queries/*.sql, one file per flow. They name the domain's values
 instead of repeating them: `{State.SENDING}` or `{Status.QUEUED}` is replaced, once at

@@ -25,19 +25,20 @@ def available() -> list[tuple[str, str]]:
     return [(f.name.removesuffix(".sql"), render(f.read_text(encoding="utf-8"))) for f in files]
 
 
-def apply(conninfo: str) -> list[str]:
-    """Applies the migrations the database lacks; returns their versions.
+def apply(conninfo: str, *, upto: str | None = None) -> list[str]:
+    """Applies the migrations the database lacks, up to the version `upto` (all by
+    default); returns their versions.
 
     Safe to call from several processes at once: an advisory lock serialises them.
     Raises Unavailable if the database cannot be reached.
     """
     try:
-        return _apply(conninfo)
+        return _apply(conninfo, upto)
     except psycopg.OperationalError as exc:
         raise Unavailable(str(exc)) from exc
 
 
-def _apply(conninfo: str) -> list[str]:
+def _apply(conninfo: str, upto: str | None) -> list[str]:
     applied: list[str] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
@@ -48,6 +49,8 @@ def _apply(conninfo: str) -> list[str]:
             )
             done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
             for version, sql in available():
+                if upto is not None and version > upto:
+                    break
                 if version in done:
                     continue
                 with conn.transaction():

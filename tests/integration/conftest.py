@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,7 @@ from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from mta.v1 import mta_service_pb2_grpc as mta_grpc
 
 from delivery_service import admin
-from tests.conftest import Servers
+from tests.conftest import Servers, fresh_database
 from tests.support.processes import ServerProcess
 
 
@@ -83,3 +83,10 @@ async def module_pair(module_db_url: str, module_servers: Servers) -> AsyncItera
     processes = module_servers.pair(module_db_url, ("--retry-interval-ms", "100"))
     async for p in open_pair(processes.service, processes.stub, module_db_url):
         yield p
+
+
+@pytest.fixture
+def empty_db_url(pg_url: str) -> Iterator[str]:
+    """A database with no schema at all (not even the migrations')."""
+    with fresh_database(pg_url, "template0") as url:
+        yield url

@@ -4,16 +4,11 @@ options) as the numbered migrations, so the file a reader opens cannot drift."""
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from importlib import resources
 
 import psycopg
-import pytest
-from psycopg import sql
 
 from delivery_service.store.connection import render
-from tools import embedded_pg
 
 # One row per fact of the public schema, in a stable order.
 CATALOG = """
@@ -49,22 +44,6 @@ ORDER BY 1, 2, 3
 def catalog(url: str) -> list[tuple[str, str, str]]:
     with psycopg.connect(url, autocommit=True) as conn:
         return conn.execute(CATALOG).fetchall()
-
-
-@pytest.fixture
-def empty_db_url(pg_url: str) -> Iterator[str]:
-    name = f"s_{secrets.token_hex(6)}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C'").format(
-                sql.Identifier(name)
-            )
-        )
-    try:
-        yield embedded_pg.make_url(pg_url, dbname=name)
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def test_schema_sql_is_what_the_migrations_produce(fresh_db_url: str, empty_db_url: str) -> None:
