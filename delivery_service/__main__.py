@@ -1,4 +1,6 @@
-"""`python -m delivery_service` serves; `... create-operator NAME --role ROLE` adds an operator."""
+"""`python -m delivery_service` serves. Admin commands, each through delivery_service.admin:
+`... create-operator NAME --role ROLE` adds an operator, `... migrate` brings the schema up
+to date, `... distribute` places the tables on a Citus coordinator (docs/scaling.md)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,40 @@ import sys
 from delivery_service.config import Settings
 from grpc_common import serving
 from grpc_common.settings import Parser
+
+
+def _database_url_argument(p: Parser) -> None:
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL", ""),
+        help="PostgreSQL URL (env DATABASE_URL)",
+    )
+
+
+def _database_url(p: Parser, given: str) -> str:
+    if not given:
+        p.error("--database-url or DATABASE_URL is required")
+    return given
+
+
+def schema_command(name: str, argv: list[str]) -> int:
+    """`migrate` or `distribute`: one schema step on the database, then what it did."""
+    from delivery_service import admin
+
+    what = {
+        "migrate": "Applies the migrations the database lacks.",
+        "distribute": "On a Citus coordinator: migrates, then places every table.",
+    }
+    p = Parser(prog=f"python -m delivery_service {name}", description=what[name])
+    _database_url_argument(p)
+    url = _database_url(p, p.parse_args(argv).database_url)
+    try:
+        done = admin.migrate(url) if name == "migrate" else admin.distribute(url)
+    except admin.AdminError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{name}: {', '.join(done) if done else 'nothing to do'}")
+    return 0
 
 
 def create_operator(argv: list[str]) -> int:
@@ -28,16 +64,11 @@ def create_operator(argv: list[str]) -> int:
         dest="roles",
         help="a role the operator holds; repeat for more",
     )
-    p.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", ""),
-        help="PostgreSQL URL (env DATABASE_URL)",
-    )
+    _database_url_argument(p)
     a = p.parse_args(argv)
-    if not a.database_url:
-        p.error("--database-url or DATABASE_URL is required")
+    url = _database_url(p, a.database_url)
     try:
-        token = asyncio.run(admin.create_operator(a.database_url, a.name, a.roles))
+        token = asyncio.run(admin.create_operator(url, a.name, a.roles))
     except admin.AdminError as exc:
         # OperatorExists and DatabaseUnavailable say which it was.
         print(f"error: {exc}", file=sys.stderr)
@@ -51,6 +82,8 @@ def create_operator(argv: list[str]) -> int:
 def main() -> int:
     if sys.argv[1:2] == ["create-operator"]:
         return create_operator(sys.argv[2:])
+    if sys.argv[1:2] in (["migrate"], ["distribute"]):
+        return schema_command(sys.argv[1], sys.argv[2:])
     settings = Settings.parse()
     # Imported once the settings are good: --help and a bad flag need neither.
     from delivery_service.server import App

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from delivery_service import auth
 from delivery_service.domain.lifecycle import Role
-from delivery_service.store import connection, migrations
+from delivery_service.store import connection, distribution, migrations
 from delivery_service.store import operators as operator_store
 
 # The role names an operator can hold, as the CLI offers them.
@@ -30,12 +30,28 @@ class DatabaseUnavailable(AdminError):
     """The database cannot be reached."""
 
 
+class NotCitus(AdminError):
+    """The distribution step was asked of a database that is no Citus coordinator."""
+
+
 def migrate(database_url: str) -> list[str]:
     """Brings the database's schema up to date; returns the migrations applied."""
     try:
         return migrations.apply(database_url)
     except connection.Unavailable as exc:
         raise DatabaseUnavailable(f"cannot reach the database: {exc}") from None
+
+
+def distribute(database_url: str) -> list[str]:
+    """On a Citus coordinator, after the migrations: places every table as
+    docs/scaling.md declares it (reference tables, then deliveries and the tables
+    colocated with it, then the rest). Idempotent; returns the tables it placed."""
+    try:
+        distribution.require_citus(database_url)
+        migrate(database_url)
+        return distribution.distribute(database_url)
+    except distribution.NotCitus as exc:
+        raise NotCitus(str(exc)) from None
 
 
 async def create_operator(

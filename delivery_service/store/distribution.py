@@ -97,12 +97,18 @@ class NotCitus(Exception):
     """The database is not a Citus coordinator."""
 
 
-def distribute(conninfo: str) -> list[str]:
-    """Places every table on a Citus coordinator, after the migrations; returns the
-    tables it placed. Idempotent: a table already placed is left as it is."""
+def require_citus(conninfo: str) -> None:
+    """Raises NotCitus unless the database is a Citus coordinator."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone():
             raise NotCitus("the database has no citus extension: this step is for a coordinator")
+
+
+def distribute(conninfo: str) -> list[str]:
+    """Places every table on a Citus coordinator, after the migrations; returns the
+    tables it placed. Idempotent: a table already placed is left as it is."""
+    require_citus(conninfo)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
         placed = {
             row[0]
             for row in conn.execute("SELECT logicalrelid::regclass::text FROM pg_dist_partition")

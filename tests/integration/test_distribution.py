@@ -6,6 +6,8 @@ flight is migrated in place and finished by today's code with exact figures."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 
 import psycopg
 import pytest
@@ -161,3 +163,30 @@ async def test_a_delivery_in_flight_is_migrated_and_finished_exactly(empty_db_ur
         assert repaired == 0
     finally:
         await db.close()
+
+
+def test_the_admin_commands_migrate_and_refuse_to_distribute_plain_postgres(
+    empty_db_url: str,
+) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "delivery_service", *args, "--database-url", empty_db_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    refused = run("distribute")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        "error: the database has no citus extension: this step is for a coordinator"
+    ]
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone() == (0,)
+    migrated = run("migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.strip() == "migrate: " + ", ".join(v for v, _ in migrations.available())
+    assert run("migrate").stdout.strip() == "migrate: nothing to do"

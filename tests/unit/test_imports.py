@@ -28,6 +28,8 @@ ADMIN_SURFACE = {
     "DatabaseUnavailable": None,
     "migrate": ["database_url"],
     "create_operator": ["database_url", "name", "roles", "*", "timeout"],
+    "NotCitus": None,
+    "distribute": ["database_url"],
 }
 
 
