@@ -6,12 +6,18 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from delivery_service.mta.relay import Relayer
 from delivery_service.store.connection import Database, Unavailable
 from delivery_service.usecases import figures, recurring
 
 log = logging.getLogger(__name__)
+
+# Rounds failed in a row before the service reports itself unhealthy.
+FAILING_ROUNDS = 5
+# The longest wait between two failed rounds.
+MAX_BACKOFF = 30.0
 
 
 class Scheduler:
@@ -23,24 +29,41 @@ class Scheduler:
         tick: float,
         stats_interval: dt.timedelta,
         finalize_grace: dt.timedelta,
+        on_health: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         self.db = db
         self.relayer = relayer
         self.tick = tick
         self.stats_interval = stats_interval
         self.finalize_grace = finalize_grace
+        # Told False when rounds keep failing, True when one succeeds again.
+        self.on_health = on_health
         self._last_stats = 0.0
+        self.failures = 0  # rounds failed in a row
 
     async def run(self) -> None:
         while True:
             try:
                 await self.round()
             except Unavailable as exc:
+                await self._failed()
                 log.warning("scheduler round skipped: %s", exc)
             except Exception:
                 # A round must never end the scheduler: expiry and occurrences would stop.
-                log.exception("scheduler round failed; the next one tries again")
-            await asyncio.sleep(self.tick)
+                await self._failed()
+                log.exception("scheduler round failed (%d in a row); retrying", self.failures)
+            else:
+                if self.failures >= FAILING_ROUNDS and self.on_health is not None:
+                    await self.on_health(True)
+                self.failures = 0
+            # Backs off while rounds fail, up to MAX_BACKOFF.
+            await asyncio.sleep(min(self.tick * 2 ** min(self.failures, 16), MAX_BACKOFF))
+
+    async def _failed(self) -> None:
+        self.failures += 1
+        if self.failures == FAILING_ROUNDS and self.on_health is not None:
+            log.error("%d scheduler rounds failed in a row: reporting NOT_SERVING", self.failures)
+            await self.on_health(False)
 
     async def round(self) -> None:
         await recurring.start_due_occurrences(self.db)

@@ -42,6 +42,7 @@ class App(serving.Service):
             tick=settings.tick,
             stats_interval=settings.stats_interval,
             finalize_grace=settings.finalize_grace,
+            on_health=self._rounds_healthy,
         )
         self.server = serving.Server(observability.interceptor(), [SERVICE_NAME])
         pb_grpc.add_DeliveryServiceServicer_to_server(DeliveryServicer(self.db), self.server.grpc)
@@ -63,6 +64,11 @@ class App(serving.Service):
                 ("scheduler", self.scheduler.run()),
             )
         }
+
+    async def _rounds_healthy(self, healthy: bool) -> None:
+        """Health follows the background rounds: a service whose rounds keep failing
+        (no expiry, no relays started) is not serving, whatever its RPCs do."""
+        await self.server.set_health(healthy)
 
     def _pool_gauges(self) -> None:
         stats = self.db.stats

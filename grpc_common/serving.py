@@ -88,6 +88,14 @@ class Server:
         for service in self._services:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
+    async def set_health(self, serving: bool) -> None:
+        """SERVING or NOT_SERVING for every service (ignored once draining)."""
+        status = health_pb2.HealthCheckResponse.SERVING
+        if not serving:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in self._services:
+            await self.health.set(service, status)
+
 
 class Service:
     """A server's application as serve() drives it: its Server and three steps."""

@@ -60,6 +60,10 @@ class Relayer:
         except (LinkDown, Unavailable) as exc:
             # pick_up starts it again on its next round.
             log.warning("relay of delivery %d interrupted: %s", delivery_id, exc)
+        except Exception:
+            # Anything else is a bug or a database refusing: said loudly, and the next
+            # round starts the relay again from what was marked relayed.
+            log.exception("relay of delivery %d failed", delivery_id)
 
     async def _relay_leased(self, delivery_id: int) -> None:
         delivery = await deliveries.get(self.db, delivery_id)
