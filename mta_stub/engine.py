@@ -261,7 +261,12 @@ class Session:
                 ready_at = max(ready_at, self._since + 2 * scenario.timing.retry_interval)
             if waiting >= BATCH_MAX or now >= ready_at:
                 return faults
-            await asyncio.sleep(ready_at - now)
+            # Until then, or until something changes: more events, a new scenario (one
+            # without the reorder fault sends the part window now), the end of the stream.
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ready_at - now):
+                    await self._wakeup.wait()
 
     def _take(self, faults: Faults) -> Batch:
         copies = self._copies

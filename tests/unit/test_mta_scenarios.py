@@ -613,3 +613,23 @@ async def test_several_streams_each_get_a_share_of_the_events() -> None:
     assert sorted(ids) == list(range(1, 1201))
     engine.close_session(first)
     engine.close_session(second)
+
+
+async def test_clearing_the_reorder_fault_sends_a_held_part_window_at_once() -> None:
+    # A part window is held for twice the retry interval: here 20 s.
+    engine = Engine(Timing(10.0, 0.02))
+    engine.set_scenario(None, Faults(reorder_window=50), 0, 0)
+    session = engine.open_session()
+    engine.relay(_relayed(range(1, 4)))
+    assert await _nothing_comes(session)
+    loop = asyncio.get_running_loop()
+    taking = asyncio.create_task(session.next_batch())
+    await asyncio.sleep(stub_engine.FLUSH_SECONDS)
+    cleared_at = loop.time()
+    engine.set_scenario(None, Faults(), 0, 0)
+    # Well under the hold, with room for a slow machine.
+    async with asyncio.timeout(1):
+        batch = await taking
+    assert batch is not None and len(batch.events) == 3
+    assert loop.time() - cleared_at < 1
+    engine.close_session(session)
