@@ -3,7 +3,6 @@ or counted twice: what every reliability test runs before and after breaking thi
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -124,10 +123,3 @@ def assert_exact(
         outcome.delivered
     )
     return outcome
-
-
-def assert_no_drift(logs: list[Path | None]) -> None:
-    """The end of validity recounts from the logs: no counter may have needed a repair."""
-    for path in logs:
-        assert path is not None
-        assert "counters had drifted" not in path.read_text(), f"drift repaired, see {path}"

@@ -16,6 +16,7 @@ from pathlib import Path
 from tests.conftest import Servers
 from tests.reliability import scenario
 from tests.reliability.scenario import EVENTS, RELAYED, count
+from tests.support import drift
 from tests.support.processes import ServerProcess, wait_until
 
 N = 20_000
@@ -66,7 +67,7 @@ def test_kill_nine_during_delivery(fresh_db_url: str, servers: Servers, tmp_path
 
     scenario.wait_finished(lambda: service.address, delivery_id)
     outcome = scenario.assert_exact(fresh_db_url, service.address, stub.address, delivery_id, N)
-    scenario.assert_no_drift([p.log_path for p in servers.started if "delivery" in p.name])
+    drift.assert_no_drift([p.log_path for p in servers.started if "delivery" in p.name])
     print(
         f"\nkills survived: {kills} (5 delivery service, 3 stub); relayed again and "
         f"deduplicated by the stub: {outcome.duplicates}; lost: {N - outcome.accepted}"

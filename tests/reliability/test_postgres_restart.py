@@ -14,6 +14,7 @@ from delivery_service import admin
 from tests.conftest import Servers
 from tests.reliability import scenario
 from tests.reliability.scenario import EVENTS, count
+from tests.support import drift
 from tests.support.processes import wait_until
 from tools import embedded_pg
 
@@ -39,7 +40,7 @@ def test_postgres_restart_during_ingest(servers: Servers) -> None:
         scenario.wait_finished(lambda: service.address, delivery_id)
         outcome = scenario.assert_exact(url, service.address, stub.address, delivery_id, N)
         assert outcome.unacknowledged_events == 0
-        scenario.assert_no_drift([service.log_path])
+        drift.assert_no_drift([service.log_path])
     finally:
         embedded_pg.stop(data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)
