@@ -119,11 +119,11 @@ WITH new_events AS (
     WHERE s.message_id > %(after)s AND s.message_id <= %(upto)s
     -- In key order: the primary key's B-tree is then filled page after page.
     ORDER BY s.event_id
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING message_id, kind, reason
+    ON CONFLICT (delivery_id, event_id) DO NOTHING
+    RETURNING delivery_id, message_id, kind, reason
 ),
 per_message AS (
-    SELECT message_id,
+    SELECT delivery_id, message_id,
            max(CASE kind WHEN 3 THEN 1 WHEN 1 THEN 2 WHEN 4 THEN 3 WHEN 2 THEN 4 ELSE 0 END)
                AS rank,
            min(reason) FILTER (WHERE kind = 2) AS hard_reason,
@@ -131,7 +131,7 @@ per_message AS (
            bool_or(kind IN (5, 6)) AS opened,
            bool_or(kind = 6) AS clicked
     FROM new_events
-    GROUP BY message_id
+    GROUP BY delivery_id, message_id
 ),
 folded AS (
     SELECT l.message_id, l.delivery_id, d.feedback_mode = 'EFS' AS efs,
@@ -148,7 +148,7 @@ folded AS (
            l.opened AS old_opened, l.opened OR p.opened AS opened,
            l.clicked AS old_clicked, l.clicked OR p.clicked AS clicked
     FROM per_message p
-    JOIN sending_logs l ON l.message_id = p.message_id
+    JOIN sending_logs l ON l.delivery_id = p.delivery_id AND l.message_id = p.message_id
     JOIN deliveries d ON d.id = l.delivery_id
 ),
 typed AS (
@@ -181,7 +181,7 @@ updated AS (
         failure_reason = c.failure_reason, opened = c.opened, clicked = c.clicked,
         relay_time = coalesce(s.relay_time, now()), update_time = now()
     FROM changes c
-    WHERE s.message_id = c.message_id
+    WHERE s.delivery_id = c.delivery_id AND s.message_id = c.message_id
     RETURNING s.message_id
 ),
 counted AS (
