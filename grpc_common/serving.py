@@ -48,10 +48,15 @@ class Server:
     """
 
     def __init__(
-        self, interceptor: observability.ObservabilityInterceptor, services: Sequence[str]
+        self,
+        interceptor: observability.ObservabilityInterceptor,
+        services: Sequence[str],
+        *,
+        then: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
+        # The request id and the RPC's log line first, then `then` (authorization).
         self.grpc: grpc.aio.Server = grpc.aio.server(
-            interceptors=[interceptor],
+            interceptors=[interceptor, *then],
             options=[
                 *MESSAGE_SIZE_OPTIONS,
                 # A second server on a busy port must fail, not share the port with the first.
