@@ -89,9 +89,11 @@ def count(url: str, query: str, **params: int) -> int:
     return value
 
 
-def create_sender(url: str) -> list[tuple[str, str]]:
-    """Call metadata for an operator who may confirm sends."""
-    token = asyncio.run(admin.create_operator(url, "bench", ["start_deliveries"]))
+def create_caller(url: str) -> list[tuple[str, str]]:
+    """Call metadata for an operator with every role but admin: the bench creates,
+    prepares, confirms and reads its deliveries."""
+    roles = [role for role in admin.ROLES if role != "admin"]
+    token = asyncio.run(admin.create_operator(url, "bench", roles))
     return [("authorization", f"Bearer {token}")]
 
 

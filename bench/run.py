@@ -148,7 +148,7 @@ class Run:
         self.channels: list[grpc.Channel] = []
         self.api: Any = None
         self.mta: Any = None
-        self.sender: list[tuple[str, str]] = []
+        self.caller: list[tuple[str, str]] = []
         self.big = 0
         self.small = 0
         # When the relay started, and whether feedback was ingested meanwhile (a stub that
@@ -188,7 +188,7 @@ class Run:
             self.url = environment.create_database(self.server, self.name)
             environment.load_profiles(self.url, BIG_SEGMENT, 0, c.messages)
             environment.load_profiles(self.url, SMALL_SEGMENT, c.messages, c.small_messages)
-            self.sender = environment.create_sender(self.url)
+            self.caller = environment.create_caller(self.url)
         info["profiles_load_s"] = round(time.perf_counter() - started, 1)
         self.pair = environment.start_pair(self.url, c.log_dir)
         info["service_pid"] = self.pair.service.pid
@@ -219,12 +219,15 @@ class Run:
                 validity_period=duration_pb2.Duration(seconds=VALIDITY_SECONDS),
                 feedback_mode=pb.FEEDBACK_MODE_EFS,
             ),
+            metadata=self.caller,
             timeout=60,
         )
         delivery_id: int = created.delivery.id
         started = time.perf_counter()
         prepared = self.api.PrepareDelivery(
-            pb.PrepareDeliveryRequest(delivery_id=delivery_id), timeout=self.config.stage_timeout
+            pb.PrepareDeliveryRequest(delivery_id=delivery_id),
+            metadata=self.caller,
+            timeout=self.config.stage_timeout,
         )
         elapsed = time.perf_counter() - started
         if prepared.to_deliver != expected or prepared.delivery.state != pb.STATE_APPROVED:
@@ -236,14 +239,16 @@ class Run:
 
     def _confirm(self, delivery_id: int) -> None:
         self.api.ConfirmSend(
-            pb.ConfirmSendRequest(delivery_id=delivery_id), metadata=self.sender, timeout=60
+            pb.ConfirmSendRequest(delivery_id=delivery_id), metadata=self.caller, timeout=60
         )
 
     def _outcomes(self, delivery_id: int) -> Any:
         return self.mta.GetOutcomes(mta.GetOutcomesRequest(delivery_id=delivery_id), timeout=10)
 
     def _state(self, delivery_id: int) -> int:
-        got = self.api.GetDelivery(pb.GetDeliveryRequest(delivery_id=delivery_id), timeout=10)
+        got = self.api.GetDelivery(
+            pb.GetDeliveryRequest(delivery_id=delivery_id), metadata=self.caller, timeout=10
+        )
         state: int = got.delivery.state
         return state
 
@@ -264,7 +269,9 @@ class Run:
         meter = CpuMeter(self.pair)
 
         def sent() -> tuple[bool, int]:
-            kpis = self.api.GetKpis(pb.GetKpisRequest(delivery_id=self.big), timeout=10).kpis
+            kpis = self.api.GetKpis(
+                pb.GetKpisRequest(delivery_id=self.big), metadata=self.caller, timeout=10
+            ).kpis
             done = kpis.sent >= n and self._state(self.big) == pb.STATE_SENT
             return done, int(kpis.sent)
 
@@ -351,7 +358,9 @@ class Run:
         elapsed = ended - started
         events = environment.count(self.url, "count_events", delivery_id=self.big)
         outcome = self._outcomes(self.big)
-        kpis = self.api.GetKpis(pb.GetKpisRequest(delivery_id=self.big), timeout=10).kpis
+        kpis = self.api.GetKpis(
+            pb.GetKpisRequest(delivery_id=self.big), metadata=self.caller, timeout=10
+        ).kpis
         memory = environment.memory_kb(self.pair.service.pid)
         consistent = (
             kpis.delivered == outcome.delivered
@@ -436,12 +445,12 @@ class Run:
         request = pb.GetKpisRequest(delivery_id=delivery_id)
         call = self.api.GetKpis
         for _ in range(200):
-            call(request, timeout=5)
+            call(request, metadata=self.caller, timeout=5)
         latencies = []
         with self.console.status(f"GetKpis x {self.config.kpis_calls:,}..."):
             for _ in range(self.config.kpis_calls):
                 started = time.perf_counter_ns()
-                call(request, timeout=5)
+                call(request, metadata=self.caller, timeout=5)
                 latencies.append((time.perf_counter_ns() - started) / 1e6)
         latencies.sort()
         return latencies
@@ -452,7 +461,9 @@ class Run:
         started = time.perf_counter()
         with self.console.status(f"ComputeStats on {self.config.messages:,}..."):
             got = self.api.ComputeStats(
-                pb.ComputeStatsRequest(delivery_id=self.big), timeout=self.config.stage_timeout
+                pb.ComputeStatsRequest(delivery_id=self.big),
+                metadata=self.caller,
+                timeout=self.config.stage_timeout,
             )
         elapsed = time.perf_counter() - started
         self.result.figures["stats_s"] = elapsed

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from delivery_service import auth
-from delivery_service.domain.lifecycle import Role
+from delivery_service.domain.roles import Role
 from delivery_service.store import connection, distribution, migrations
 from delivery_service.store import operators as operator_store
 

@@ -13,6 +13,7 @@ from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 
 from delivery_service import observability
 from delivery_service.api import DeliveryServicer
+from delivery_service.authorization import AuthorizationInterceptor
 from delivery_service.config import Settings
 from delivery_service.mta.ingest import FeedbackIngest
 from delivery_service.mta.link import MtaLink
@@ -44,7 +45,11 @@ class App(serving.Service):
             finalize_grace=settings.finalize_grace,
             on_health=self._rounds_healthy,
         )
-        self.server = serving.Server(observability.interceptor(), [SERVICE_NAME])
+        self.server = serving.Server(
+            observability.interceptor(),
+            [SERVICE_NAME],
+            then=[AuthorizationInterceptor(self.db)],
+        )
         pb_grpc.add_DeliveryServiceServicer_to_server(DeliveryServicer(self.db), self.server.grpc)
         self._tasks: dict[str, asyncio.Task[None]] = {}
 

@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 from delivery.v1 import delivery_service_pb2 as pb
 from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 
-from delivery_service import auth, validation
+from delivery_service import auth, authorization, validation
 from delivery_service.api import convert, errors
 from delivery_service.api.errors import Context
 from delivery_service.domain import kpis, lifecycle
 from delivery_service.domain.requests import NewRecurring
+from delivery_service.domain.roles import Role
 from delivery_service.proto_enums import STATE_PB
 from delivery_service.store.connection import Database
 from delivery_service.usecases import deliveries, figures, recurring
@@ -31,10 +32,6 @@ def _next_token(positions: list[int], limit: int, scope: str) -> str:
 class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
     def __init__(self, db: Database) -> None:
         self.db = db
-
-    async def _operator(self, context: Context, role: lifecycle.Role) -> str:
-        token = auth.bearer_token(context.invocation_metadata())
-        return await auth.require(self.db, token, role)
 
     @errors.unary
     async def CreateDelivery(
@@ -55,7 +52,6 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
     async def ApproveDelivery(
         self, request: pb.ApproveDeliveryRequest, context: Context
     ) -> pb.ApproveDeliveryResponse:
-        await self._operator(context, lifecycle.Role.APPROVE_DELIVERIES)
         delivery_id = validation.positive_id("delivery_id", request.delivery_id)
         step = validation.enum_value("step", request.step, validation.APPROVAL_STEPS)
         approved = await deliveries.approve(self.db, delivery_id, step)
@@ -65,16 +61,15 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
     async def ConfirmSend(
         self, request: pb.ConfirmSendRequest, context: Context
     ) -> pb.ConfirmSendResponse:
-        operator = await self._operator(context, lifecycle.Role.START_DELIVERIES)
         delivery_id = validation.positive_id("delivery_id", request.delivery_id)
-        confirmed = await deliveries.confirm(self.db, delivery_id, operator)
+        operator = authorization.current_operator.get()
+        confirmed = await deliveries.confirm(self.db, delivery_id, operator.name)
         return pb.ConfirmSendResponse(delivery=convert.delivery(confirmed))
 
     @errors.unary
     async def StopDelivery(
         self, request: pb.StopDeliveryRequest, context: Context
     ) -> pb.StopDeliveryResponse:
-        await self._operator(context, lifecycle.Role.START_DELIVERIES)
         delivery_id = validation.positive_id("delivery_id", request.delivery_id)
         stopped = await deliveries.stop(self.db, delivery_id)
         return pb.StopDeliveryResponse(delivery=convert.delivery(stopped))
@@ -201,6 +196,9 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
     async def CreateRecurringDelivery(
         self, request: pb.CreateRecurringDeliveryRequest, context: Context
     ) -> pb.CreateRecurringDeliveryResponse:
+        if not request.confirm_before_send:
+            # Sending unattended confirms every occurrence in advance.
+            auth.check(authorization.current_operator.get(), Role.START_DELIVERIES)
         template = validation.new_delivery(request)
         interval = validation.duration(
             "interval", request.interval, validation.MIN_INTERVAL, validation.MAX_INTERVAL

@@ -20,11 +20,6 @@ class ApprovalStep(enum.StrEnum):
     CONTENT = "CONTENT"
 
 
-class Role(enum.StrEnum):
-    START_DELIVERIES = "start_deliveries"
-    APPROVE_DELIVERIES = "approve_deliveries"
-
-
 class TransitionError(Exception):
     """The delivery is not in a state that allows the change."""
 

@@ -14,6 +14,7 @@ from mta.v1 import mta_service_pb2_grpc as mta_grpc
 
 from delivery_service import admin
 from tests.conftest import Servers, fresh_database
+from tests.support.callers import CALLER_ROLES, aio_channel, bearer
 from tests.support.processes import ServerProcess
 
 
@@ -26,6 +27,10 @@ class Pair:
     database_url: str
     api: pb_grpc.DeliveryServiceStub
     mta: mta_grpc.MtaServiceStub
+    # Call metadata of operators: `caller` (every role but admin; what `api` sends by
+    # default), `sender` (start_deliveries, read_deliveries), `approver`
+    # (approve_deliveries), and `nobody` (no role).
+    caller: list[tuple[str, str]]
     sender: list[tuple[str, str]]
     approver: list[tuple[str, str]]
     nobody: list[tuple[str, str]]
@@ -37,13 +42,17 @@ class Pair:
 
 
 async def create_operators(database_url: str) -> dict[str, list[tuple[str, str]]]:
-    """Call metadata for three operators: a sender, an approver, and one with no role."""
-    roles = {"sender": ["start_deliveries"], "approver": ["approve_deliveries"], "nobody": []}
-    metadata = {}
-    for name, granted in roles.items():
-        token = await admin.create_operator(database_url, name, granted)
-        metadata[name] = [("authorization", f"Bearer {token}")]
-    return metadata
+    """Call metadata for the operators of a Pair (see there)."""
+    roles = {
+        "caller": CALLER_ROLES,
+        "sender": ("start_deliveries", "read_deliveries"),
+        "approver": ("approve_deliveries",),
+        "nobody": (),
+    }
+    return {
+        name: bearer(await admin.create_operator(database_url, name, granted))
+        for name, granted in roles.items()
+    }
 
 
 async def open_pair(
@@ -52,7 +61,7 @@ async def open_pair(
     """The pair's clients and operators, for as long as the caller iterates."""
     operators = await create_operators(database_url)
     async with (
-        grpc.aio.insecure_channel(service.address) as channel,
+        aio_channel(service.address, operators["caller"]) as channel,
         grpc.aio.insecure_channel(stub_process.address) as mta_channel,
     ):
         yield Pair(
@@ -61,6 +70,7 @@ async def open_pair(
             database_url=database_url,
             api=pb_grpc.DeliveryServiceStub(channel),
             mta=mta_grpc.MtaServiceStub(mta_channel),
+            caller=operators["caller"],
             sender=operators["sender"],
             approver=operators["approver"],
             nobody=operators["nobody"],

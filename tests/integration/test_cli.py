@@ -23,6 +23,7 @@ from typer.testing import CliRunner, Result
 
 from campaign_cli.app import app
 from tests.conftest import Servers
+from tests.support.callers import CALLER_ROLES
 from tools import embedded_pg
 from tools.processes import REPO_ROOT, child_env
 
@@ -34,7 +35,8 @@ ENV: dict[str, str | None] = {
     "DATABASE_URL": None,
 }
 RUNNER = CliRunner(env=ENV)
-BOTH_ROLES = ("--role", "start_deliveries", "--role", "approve_deliveries")
+# Every role but admin, as --role options.
+BOTH_ROLES = tuple(option for role in CALLER_ROLES for option in ("--role", role))
 
 
 def run(*args: str, code: int = 0) -> Result:

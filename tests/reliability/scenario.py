@@ -14,6 +14,7 @@ from mta.v1 import mta_service_pb2 as mta
 from mta.v1 import mta_service_pb2_grpc as mta_grpc
 
 from mta_stub import presets
+from tests.support.callers import CALLER_ROLES, bearer
 from tests.support.processes import create_operator, wait_until
 
 # The seeded mix with more bounces, fewer opens and at most 2 retries, on a seed of its own.
@@ -33,7 +34,14 @@ def count(database_url: str, query: str) -> int:
     return value
 
 
+# The metadata of the operator start_delivery created (every role but admin): the one
+# delivery a reliability test runs is sent and read by it.
+caller: list[tuple[str, str]] = []
+
+
 def call(address: str, method: str, request: Any, **kw: Any) -> Any:
+    """A call to the delivery service as `caller`, unless `metadata` says otherwise."""
+    kw.setdefault("metadata", caller)
     with grpc.insecure_channel(address) as channel:
         return getattr(pb_grpc.DeliveryServiceStub(channel), method)(request, timeout=60, **kw)
 
@@ -51,7 +59,9 @@ def start_delivery(
     validity_seconds: int,
     faults: mta.Faults | None = None,
 ) -> int:
-    """Sets the stub's mix (and faults), loads n profiles, confirms a delivery to them (EFS)."""
+    """Sets the stub's mix (and faults), loads n profiles, confirms a delivery to them (EFS),
+    all as a new operator holding every role but admin (`caller`)."""
+    caller[:] = bearer(create_operator(database_url, "reliability", *CALLER_ROLES))
     call_mta(stub, "SetScenario", mta.SetScenarioRequest(mix=MIX, faults=faults))
     for start in range(0, n, 5000):
         call(
@@ -77,13 +87,7 @@ def start_delivery(
     )
     delivery_id: int = created.delivery.id
     call(service, "PrepareDelivery", pb.PrepareDeliveryRequest(delivery_id=delivery_id))
-    token = create_operator(database_url, "sender", "start_deliveries")
-    call(
-        service,
-        "ConfirmSend",
-        pb.ConfirmSendRequest(delivery_id=delivery_id),
-        metadata=[("authorization", f"Bearer {token}")],
-    )
+    call(service, "ConfirmSend", pb.ConfirmSendRequest(delivery_id=delivery_id))
     return delivery_id
 
 

@@ -25,6 +25,7 @@ from mta.v1 import mta_service_pb2 as mta
 from mta.v1 import mta_service_pb2_grpc as mta_grpc
 
 from tests.conftest import Servers
+from tests.support.callers import CALLER_ROLES
 from tests.support.processes import create_operator
 from tests.support.proto_strategies import messages
 
@@ -95,7 +96,7 @@ def target(module_db_url: str, module_servers: Servers) -> Iterator[Target]:
     fresh = module_db_url
     stub = module_servers.mta_stub()
     service = module_servers.delivery_service(fresh, stub.address, "--tick", "3600")
-    both = create_operator(fresh, "both", "start_deliveries", "approve_deliveries")
+    both = create_operator(fresh, "both", *CALLER_ROLES)
     nothing = create_operator(fresh, "nothing")
     tokens: list[list[tuple[str, str]] | None] = [
         None,
@@ -116,7 +117,8 @@ def seed(api: pb_grpc.DeliveryServiceStub, token: list[tuple[str, str]] | None) 
     api.UpsertProfiles(
         pb.UpsertProfilesRequest(
             profiles=[pb.Profile(profile_id=str(i), email=f"p{i}@example.com") for i in range(5)]
-        )
+        ),
+        metadata=token,
     )
     for i in range(4):
         created = api.CreateDelivery(
@@ -131,10 +133,13 @@ def seed(api: pb_grpc.DeliveryServiceStub, token: list[tuple[str, str]] | None) 
                 validity_period=duration_pb2.Duration(seconds=3600),
                 feedback_mode=pb.FEEDBACK_MODE_EFS,
                 required_approvals=[pb.APPROVAL_STEP_TARGET] if i == 1 else [],
-            )
+            ),
+            metadata=token,
         )
         if i >= 1:
-            api.PrepareDelivery(pb.PrepareDeliveryRequest(delivery_id=created.delivery.id))
+            api.PrepareDelivery(
+                pb.PrepareDeliveryRequest(delivery_id=created.delivery.id), metadata=token
+            )
         if i == 3:
             api.ConfirmSend(pb.ConfirmSendRequest(delivery_id=created.delivery.id), metadata=token)
 

@@ -15,6 +15,8 @@ from mta.v1 import mta_service_pb2 as mta
 from mta.v1 import mta_service_pb2_grpc as mta_grpc
 
 from tests.conftest import Servers
+from tests.support import callers
+from tests.support.callers import CALLER_ROLES, bearer
 from tests.support.processes import create_operator, wait_until
 
 N = 8000
@@ -23,8 +25,8 @@ N = 8000
 def test_sigterm_drains_and_nothing_is_lost(fresh_db_url: str, servers: Servers) -> None:
     stub = servers.mta_stub("--retry-interval-ms", "100", "--engagement-delay-ms", "50")
     service = servers.delivery_service(fresh_db_url, stub.address, "--grace", "5")
-    token = [("authorization", f"Bearer {create_operator(fresh_db_url, 's', 'start_deliveries')}")]
-    with grpc.insecure_channel(service.address) as channel:
+    token = bearer(create_operator(fresh_db_url, "s", *CALLER_ROLES))
+    with callers.channel(service.address, token) as channel:
         api = pb_grpc.DeliveryServiceStub(channel)
         created = api.CreateDelivery(
             pb.CreateDeliveryRequest(
@@ -60,7 +62,7 @@ def test_sigterm_drains_and_nothing_is_lost(fresh_db_url: str, servers: Servers)
         assert time.monotonic() - started < 10
 
     service = servers.delivery_service(fresh_db_url, stub.address)
-    with grpc.insecure_channel(service.address) as channel:
+    with callers.channel(service.address, token) as channel:
         api = pb_grpc.DeliveryServiceStub(channel)
 
         def finished() -> bool:

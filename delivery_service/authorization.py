@@ -1,0 +1,128 @@
+"""Who may call what: one table for every RPC of both services, deny by default.
+
+The delivery service enforces its part here, in an interceptor that runs before any
+servicer: an RPC with no entry is refused (PERMISSION_DENIED), an RPC that needs a role
+is refused without a token (UNAUTHENTICATED) or without the role (PERMISSION_DENIED).
+Health and reflection are open. The MTA stub's entries name what its own transport
+checks (tests/security checks that both tables cover every RPC of the descriptors).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from delivery_service import auth
+from delivery_service.domain.roles import Role
+from delivery_service.store.connection import Database, Unavailable
+from delivery_service.store.records import Operator
+
+# An entry that needs no token.
+OPEN = "open"
+
+_D = "/delivery.v1.DeliveryService/"
+DELIVERY_SERVICE: dict[str, Role | str] = {
+    _D + "CreateDelivery": Role.CREATE_DELIVERIES,
+    _D + "PrepareDelivery": Role.CREATE_DELIVERIES,
+    _D + "ApproveDelivery": Role.APPROVE_DELIVERIES,
+    _D + "ConfirmSend": Role.START_DELIVERIES,
+    _D + "StopDelivery": Role.START_DELIVERIES,
+    _D + "GetDelivery": Role.READ_DELIVERIES,
+    _D + "ListDeliveries": Role.READ_DELIVERIES,
+    _D + "WatchDeployment": Role.READ_DELIVERIES,
+    _D + "GetKpis": Role.READ_DELIVERIES,
+    _D + "ComputeStats": Role.COMPUTE_STATS,
+    _D + "ListSendingLogs": Role.READ_DELIVERIES,
+    _D + "GetProfileHistory": Role.MANAGE_PROFILES,
+    _D + "UpsertProfiles": Role.MANAGE_PROFILES,
+    # A recurring delivery that sends unattended also needs start_deliveries (the
+    # servicer asks for it): creating it confirms every occurrence in advance.
+    _D + "CreateRecurringDelivery": Role.CREATE_DELIVERIES,
+    _D + "GetRecurringDelivery": Role.READ_DELIVERIES,
+    "/grpc.health.v1.Health/Check": OPEN,
+    "/grpc.health.v1.Health/Watch": OPEN,
+    "/grpc.health.v1.Health/List": OPEN,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": OPEN,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": OPEN,
+}
+
+# The stub has no operators: its stream is for the delivery service (mutual TLS when
+# TLS is on), its test controls only for a stub started with them.
+MTA_PEER = "mta_peer: the client certificate, when TLS is on"
+TEST_CONTROLS = "test_controls: served only by a stub started with them on"
+MTA_STUB: dict[str, str] = {
+    "/mta.v1.MtaService/Exchange": MTA_PEER,
+    "/mta.v1.MtaService/SetScenario": TEST_CONTROLS,
+    "/mta.v1.MtaService/GetOutcomes": TEST_CONTROLS,
+    "/mta.v1.MtaService/ClearScenario": TEST_CONTROLS,
+    "/grpc.health.v1.Health/Check": OPEN,
+    "/grpc.health.v1.Health/Watch": OPEN,
+    "/grpc.health.v1.Health/List": OPEN,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": OPEN,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": OPEN,
+}
+
+# The operator the current RPC runs for, set before the servicer runs.
+current_operator: contextvars.ContextVar[Operator] = contextvars.ContextVar("current_operator")
+
+
+def _refusal(handler: Any, code: grpc.StatusCode, message: str) -> Any:
+    """A handler of the same kind as `handler` that answers only `code`."""
+
+    async def refuse(request: Any, context: Any) -> Any:
+        await context.abort(code, message)
+
+    async def refuse_stream(request: Any, context: Any) -> Any:
+        await context.abort(code, message)
+        yield  # pragma: no cover - a generator, for the streaming kinds
+
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    streaming = handler.response_streaming
+    return kinds[(handler.request_streaming, streaming)](
+        refuse_stream if streaming else refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Checks the caller against the table before the servicer runs."""
+
+    def __init__(self, db: Database, table: dict[str, Role | str] = DELIVERY_SERVICE) -> None:
+        self.db = db
+        self.table = table
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        rule = self.table.get(details.method)
+        if rule == OPEN:
+            return handler
+        if not isinstance(rule, Role):
+            return _refusal(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{details.method} is in no authorization rule: refused",
+            )
+        token = auth.bearer_token(details.invocation_metadata)
+        try:
+            operator = await auth.require(self.db, token, rule)
+        except auth.Unauthenticated as exc:
+            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except auth.PermissionDenied as exc:
+            return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except Unavailable as exc:
+            return _refusal(handler, grpc.StatusCode.UNAVAILABLE, str(exc))
+        current_operator.set(operator)
+        return handler
