@@ -1,6 +1,16 @@
 """The running stub: takes relayed messages, fires scheduled steps, feeds streams.
 
 asyncio, but no gRPC: the servicer maps protos to these calls and back.
+
+Scenarios have scopes (scenarios.Scope): a message's fate and timeline follow its
+delivery's scenario, else its client's, else the global one; a stream's faults and hold
+follow its client's scenario, else the global one.
+
+A client's feedback goes to its newest stream. A new stream takes over at once what the
+one before it had sent unacknowledged (its client may have died silently, and gRPC can
+take hours to notice); the older stream stays open on standby: it may still relay, and
+it feeds again if the newer ones close. Several processes of one client (one delivery
+service on one database) each keep a stream without taking turns to replace each other.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from mta_stub import scenarios
-from mta_stub.scenarios import Event, Fate, Faults, Mix, Scenario, Step, Timing
+from mta_stub.scenarios import GLOBAL, Event, Fate, Faults, Mix, Scenario, Scope, Step, Timing
 from mta_stub.spool import RUN_MAX, Outcomes, Scheduled, Spool, Transition
 
 log = logging.getLogger(__name__)
@@ -27,6 +37,8 @@ FLUSH_SECONDS = 0.02
 FIRE_LIMIT = 5000
 # Batches a stream may have unacknowledged: feedback goes as fast as the client acks.
 WINDOW_BATCHES = 64
+# Most scoped scenarios held at once (each is a few hundred bytes, in memory and spool).
+MAX_SCOPED_SCENARIOS = 10_000
 
 
 class Relayed(NamedTuple):
@@ -49,17 +61,28 @@ class AckError(ValueError):
     """A FeedbackAck naming a batch never sent on its stream."""
 
 
+class ScenarioLimitError(Exception):
+    """A new scoped scenario beyond MAX_SCOPED_SCENARIOS; str() says what to do."""
+
+
 class Engine:
     """The stub's behaviour over a Spool; start() before use, close() after."""
 
     def __init__(self, timing: Timing, spool: Spool | None = None) -> None:
         self._spool = spool if spool is not None else Spool()
-        # A spool that outlived a stub keeps its last SetScenario; the flags apply otherwise.
-        saved = self._spool.scenario()
-        self._scenario = saved if saved is not None else Scenario(timing)
-        if saved is not None:
-            log.info("scenario restored from the spool: %s", saved)
+        self._timing = timing
+        # A spool that outlived a stub keeps its last SetScenarios; the flags apply otherwise.
+        saved = self._spool.scenarios()
+        global_ = saved.pop(GLOBAL, None)
+        self._scenario = global_ if global_ is not None else Scenario(timing)
+        if global_ is not None:
+            log.info("scenario restored from the spool: %s", global_)
+        self._scoped: dict[Scope, Scenario] = saved
+        if saved:
+            log.info("scoped scenarios restored from the spool: %d", len(saved))
         self._sessions: set[Session] = set()
+        # Each client's open streams, oldest first: the last one is fed, the others wait.
+        self._by_client: dict[str, list[Session]] = {}
         self._schedule_changed = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._rng = random.Random()
@@ -67,7 +90,29 @@ class Engine:
 
     @property
     def scenario(self) -> Scenario:
+        """The global scenario."""
         return self._scenario
+
+    def scenario_of(self, scope: Scope) -> Scenario | None:
+        """A scope's own scenario (the global one for GLOBAL); None if it has none."""
+        return self._scenario if scope == GLOBAL else self._scoped.get(scope)
+
+    def fate_scenario(self, delivery_id: int, client: str) -> Scenario:
+        """The scenario that decides a message's fate and timeline."""
+        scoped = self._scoped
+        if not scoped:
+            return self._scenario
+        return (
+            scoped.get(Scope(delivery_id=delivery_id))
+            or scoped.get(Scope(client_id=client))
+            or self._scenario
+        )
+
+    def stream_scenario(self, client: str) -> Scenario:
+        """The scenario whose faults and hold act on a client's stream."""
+        if not self._scoped:
+            return self._scenario
+        return self._scoped.get(Scope(client_id=client)) or self._scenario
 
     @property
     def ending(self) -> bool:
@@ -81,28 +126,64 @@ class Engine:
         retry_interval_ms: int,
         engagement_delay_ms: int,
         hold_feedback: bool = False,
+        scope: Scope = GLOBAL,
     ) -> None:
-        """Replaces mix, faults and hold; raises scenarios.ScenarioError on a bad value."""
+        """Replaces a scope's scenario: mix, faults and hold, and the intervals not 0.
+
+        Raises scenarios.ScenarioError on a bad value, ScenarioLimitError when a new scope
+        would make too many.
+        """
+        current = self.scenario_of(scope) or self._scenario
         scenario = scenarios.update_scenario(
-            self._scenario, mix, faults, retry_interval_ms, engagement_delay_ms, hold_feedback
+            current, mix, faults, retry_interval_ms, engagement_delay_ms, hold_feedback, scope
         )
-        self._spool.save_scenario(scenario)
-        self._scenario = scenario
-        log.info("scenario set: %s", scenario)
+        new_scope = scope != GLOBAL and scope not in self._scoped
+        if new_scope and len(self._scoped) >= MAX_SCOPED_SCENARIOS:
+            raise ScenarioLimitError(
+                f"the stub holds {MAX_SCOPED_SCENARIOS} scoped scenarios already:"
+                " clear those no longer needed (ClearScenario)"
+            )
+        self._spool.save_scenario(scenario, scope)
+        if scope == GLOBAL:
+            self._scenario = scenario
+        else:
+            self._scoped[scope] = scenario
+        log.info("scenario of %s set: %s", scope, scenario)
         # Held feedback may be released, faults changed.
         self._wake_sessions()
 
-    def outcomes(self, delivery_id: int) -> Outcomes:
-        return self._spool.outcomes(delivery_id)
+    def clear_scenario(self, scope: Scope) -> bool:
+        """Removes a scope's scenario (the global one goes back to the start-up settings);
+        returns whether the scope had one."""
+        if scope == GLOBAL:
+            self._scenario = Scenario(self._timing)
+            self._spool.save_scenario(self._scenario)
+            cleared = True
+        else:
+            cleared = self._scoped.pop(scope, None) is not None
+            if cleared:
+                self._spool.delete_scenario(scope)
+        if cleared:
+            log.info("scenario of %s cleared", scope)
+            self._wake_sessions()
+        return cleared
 
-    def relay(self, messages: Iterable[Relayed]) -> tuple[int, int]:
-        """Holds the new messages and makes their first attempt; returns (accepted, duplicates)."""
+    def outcomes(self, delivery_id: int = 0, client: str | None = None) -> Outcomes:
+        """The record of a delivery (0: all) as relayed by a client (None: all)."""
+        return self._spool.outcomes(delivery_id, client)
+
+    def relay(self, messages: Iterable[Relayed], client: str = "") -> tuple[int, int]:
+        """Holds the new messages for client and makes their first attempt; returns
+        (accepted, duplicates)."""
         now = time.time()
-        mix = self._scenario.mix
-        timing = self._scenario.timing
         admissions = []
+        # Batches are of one delivery: the scenario is looked up once per delivery.
+        scenario_of: dict[int, Scenario] = {}
         for message_id, delivery_id, email, expire_at in messages:
-            fate = scenarios.decide_fate(email, message_id, mix)
+            scenario = scenario_of.get(delivery_id)
+            if scenario is None:
+                scenario = scenario_of[delivery_id] = self.fate_scenario(delivery_id, client)
+            fate = scenarios.decide_fate(email, message_id, scenario.mix)
             step = scenarios.first_step(fate, now, expire_at)
             if step.due > now:
                 # A delayed first step: nothing happens at acceptance.
@@ -111,26 +192,54 @@ class Engine:
                 )
                 admissions.append(Transition(message_id, delivery_id, None, later))
                 continue
-            admissions.append(_transition(message_id, delivery_id, expire_at, fate, step, timing))
-        accepted, duplicates = self._spool.accept(admissions)
+            admissions.append(
+                _transition(message_id, delivery_id, expire_at, fate, step, scenario.timing)
+            )
+        accepted, duplicates = self._spool.accept(admissions, client)
         if accepted:
             self._schedule_changed.set()
             self._wake_sessions()
         return accepted, duplicates
 
-    def open_session(self) -> Session:
-        """A feedback stream's share of the outbox."""
-        session = Session(self, self._spool, self._spool.open_stream(), self._rng)
+    def open_session(self, client: str = "") -> Session:
+        """A client's new feedback stream, which its feedback now goes to.
+
+        The client's stream before it goes on standby, and its unacknowledged events are
+        first in line for the new one, at once.
+        """
+        streams = self._by_client.setdefault(client, [])
+        if streams:
+            previous = streams[-1]
+            previous.standby = True
+            requeued = self._spool.requeue_stream(previous.stream)
+            log.info(
+                "stream %d of client %r on standby for a newer one, which takes over its %d"
+                " unacknowledged events",
+                previous.stream,
+                client,
+                requeued,
+            )
+        session = Session(self, self._spool, self._spool.open_stream(client), self._rng, client)
         self._sessions.add(session)
+        streams.append(session)
         return session
 
     def close_session(self, session: Session) -> None:
-        """Ends a stream: its unacknowledged events go back to the outbox for the next one."""
+        """Ends a stream: its unacknowledged events go back to the outbox for the next one.
+
+        When it was its client's fed stream, the client's newest other stream is fed again.
+        """
         self._sessions.discard(session)
+        streams = self._by_client[session.client]
+        streams.remove(session)
+        if streams:
+            streams[-1].standby = False
+        else:
+            del self._by_client[session.client]
         requeued = self._spool.close_stream(session.stream)
         if requeued:
             log.info("stream %d closed, %d events requeued", session.stream, requeued)
-            self._wake_sessions()
+        self._wake_sessions()
 
     def start(self) -> None:
         self._scheduler = asyncio.get_running_loop().create_task(
@@ -163,7 +272,7 @@ class Engine:
             scheduled.expire_at,
             scheduled.fate,
             step,
-            self._scenario.timing,
+            self.fate_scenario(scheduled.delivery_id, scheduled.client).timing,
         )
 
     async def _run_scheduler(self) -> None:
@@ -204,11 +313,16 @@ def _transition(
 class Session:
     """One feedback stream: batches events, applies the scenario's faults, takes acks."""
 
-    def __init__(self, engine: Engine, spool: Spool, stream: int, rng: random.Random) -> None:
+    def __init__(
+        self, engine: Engine, spool: Spool, stream: int, rng: random.Random, client: str = ""
+    ) -> None:
         self._engine = engine
         self._spool = spool
         self._rng = rng
         self.stream = stream
+        self.client = client
+        # Set while a newer stream of the same client is fed instead of this one.
+        self.standby = False
         # Set while there may be events to send; starts set for events left by earlier streams.
         self._wakeup = asyncio.Event()
         self._wakeup.set()
@@ -228,8 +342,10 @@ class Session:
                 return None
             if faults.max_delay_ms:
                 await asyncio.sleep(self._rng.uniform(0, faults.max_delay_ms) / 1000)
-            # Another stream may have taken the events meanwhile.
-            if self._spool.pending_count() or self._copies:
+            # Another stream may have taken the events meanwhile, or this one be on standby.
+            if self.standby:
+                continue
+            if self._spool.pending_count(self.client) or self._copies:
                 return self._take(faults)
 
     async def _ready(self) -> Faults | None:
@@ -238,15 +354,19 @@ class Session:
         while True:
             if self._engine.ending:
                 return None
-            scenario = self._engine.scenario
+            scenario = self._engine.stream_scenario(self.client)
             faults = scenario.faults
             if faults.drop_stream_every and self._batches >= faults.drop_stream_every:
                 return None
-            waiting = self._spool.pending_count() + len(self._copies)
+            waiting = self._spool.pending_count(self.client) + len(self._copies)
             held = (
-                scenario.hold_feedback
+                self.standby
+                or scenario.hold_feedback
                 or self._spool.unacknowledged_batches(self.stream) >= WINDOW_BATCHES
             )
+            if self.standby:
+                # Copies of events now requeued for the newer stream, which sends them.
+                self._copies = []
             if waiting == 0 or held:
                 self._since = None
                 self._wakeup.clear()
@@ -285,7 +405,9 @@ class Session:
         return Batch(seq, copies + events)
 
     def ack(self, seq: int) -> None:
-        """Forgets an acknowledged batch's events; acking twice is harmless."""
+        """Forgets an acknowledged batch's events; acking twice is harmless, and so is acking
+        a batch taken over by a newer stream (which sends its events again).
+        """
         if not 1 <= seq <= self._last_seq:
             raise AckError(f"ack.seq: {seq} was never sent on this stream")
         if self._spool.ack(self.stream, seq):

@@ -18,6 +18,8 @@ MAX_SOFT_BOUNCES = 100
 # The longest delay-<ms> pattern: a day.
 MAX_DELAY_MS = 86_400_000
 DEFAULT_MAX_RETRIES = 3
+# The longest client id (Hello.client_id), also as a scenario's scope.
+MAX_CLIENT_ID = 200
 _INT32_MAX = 2**31 - 1
 _MASK64 = 2**64 - 1
 
@@ -153,6 +155,53 @@ class Scenario:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Whose scenario: one delivery's, one client's, or (neither) the global one."""
+
+    delivery_id: int = 0
+    client_id: str = ""
+
+    @property
+    def key(self) -> str:
+        """The scope as the spool keeps it: '', 'delivery:<id>' or 'client:<id>'."""
+        if self.delivery_id:
+            return f"delivery:{self.delivery_id}"
+        if self.client_id:
+            return f"client:{self.client_id}"
+        return ""
+
+    @classmethod
+    def from_key(cls, key: str) -> Scope:
+        kind, _, value = key.partition(":")
+        if kind == "delivery":
+            return cls(delivery_id=int(value))
+        if kind == "client":
+            return cls(client_id=value)
+        return GLOBAL
+
+    def __str__(self) -> str:
+        if self.delivery_id:
+            return f"delivery {self.delivery_id}"
+        if self.client_id:
+            return f"client {self.client_id!r}"
+        return "global"
+
+
+GLOBAL = Scope()
+
+
+def checked_scope(delivery_id: int, client_id: str) -> Scope:
+    """The scope of a SetScenario or ClearScenario; raises ScenarioError if it is bad."""
+    if delivery_id < 0:
+        raise ScenarioError("delivery_id", "must not be negative")
+    if delivery_id and client_id:
+        raise ScenarioError("client_id", "give delivery_id or client_id, not both")
+    if len(client_id) > MAX_CLIENT_ID:
+        raise ScenarioError("client_id", f"must be at most {MAX_CLIENT_ID} characters")
+    return Scope(delivery_id, client_id)
+
+
 def update_scenario(
     current: Scenario,
     mix: Mix | None,
@@ -160,11 +209,24 @@ def update_scenario(
     retry_interval_ms: int,
     engagement_delay_ms: int,
     hold_feedback: bool = False,
+    scope: Scope = GLOBAL,
 ) -> Scenario:
     """The scenario after a SetScenario: mix, faults and hold replaced, intervals kept when 0.
 
-    Raises ScenarioError naming the first bad field.
+    current is the scenario that applied to the scope until now. A delivery's scenario
+    decides fates and timelines only: faults and hold, which act on streams, are refused
+    there. Raises ScenarioError naming the first bad field.
     """
+    if scope.delivery_id:
+        if faults != Faults():
+            raise ScenarioError(
+                "faults", "faults act on streams: set them in a client's scenario or the global one"
+            )
+        if hold_feedback:
+            raise ScenarioError(
+                "hold_feedback",
+                "holding acts on streams: set it in a client's scenario or the global one",
+            )
     if mix is not None:
         mix = _checked_mix(mix)
     for name, value in (

@@ -14,8 +14,17 @@ from mta.v1 import mta_service_pb2, mta_service_pb2_grpc
 from grpc_common import serving
 from mta_stub import observability
 from mta_stub.config import Settings
-from mta_stub.engine import AckError, Batch, Engine, Relayed, Session
-from mta_stub.scenarios import BounceReason, EventKind, Faults, Mix, ScenarioError, Timing
+from mta_stub.engine import AckError, Batch, Engine, Relayed, ScenarioLimitError, Session
+from mta_stub.scenarios import (
+    MAX_CLIENT_ID,
+    BounceReason,
+    EventKind,
+    Faults,
+    Mix,
+    ScenarioError,
+    Timing,
+    checked_scope,
+)
 from mta_stub.spool import IN_MEMORY, Spool
 
 log = logging.getLogger(__name__)
@@ -65,8 +74,18 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
         if first is None or first.WhichOneof("kind") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be hello")
             return
-        log.info("stream opened by %r", first.hello.client_id)
-        session = self._engine.open_session()
+        client = first.hello.client_id
+        if not client:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.client_id: required")
+            return
+        if len(client) > MAX_CLIENT_ID:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"hello.client_id: must be at most {MAX_CLIENT_ID} characters",
+            )
+            return
+        log.info("stream opened by %r", client)
+        session = self._engine.open_session(client)
         outgoing: asyncio.Queue[_Outgoing] = asyncio.Queue(_OUTGOING_LIMIT)
         # One writer (this generator); reading and feeding run beside it.
         tasks = [
@@ -119,16 +138,33 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
             max_delay_ms=f.max_delay_ms,
         )
         try:
+            scope = checked_scope(request.delivery_id, request.client_id)
             self._engine.set_scenario(
                 mix,
                 faults,
                 request.retry_interval_ms,
                 request.engagement_delay_ms,
                 request.hold_feedback,
+                scope,
             )
         except ScenarioError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ScenarioLimitError as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         return mta_service_pb2.SetScenarioResponse()
+
+    async def ClearScenario(
+        self,
+        request: mta_service_pb2.ClearScenarioRequest,
+        context: grpc.aio.ServicerContext[
+            mta_service_pb2.ClearScenarioRequest, mta_service_pb2.ClearScenarioResponse
+        ],
+    ) -> mta_service_pb2.ClearScenarioResponse:
+        try:
+            scope = checked_scope(request.delivery_id, request.client_id)
+        except ScenarioError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return mta_service_pb2.ClearScenarioResponse(cleared=self._engine.clear_scenario(scope))
 
     async def GetOutcomes(
         self,
@@ -141,7 +177,7 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "delivery_id: must not be negative"
             )
-        outcomes = self._engine.outcomes(request.delivery_id)
+        outcomes = self._engine.outcomes(request.delivery_id, request.client_id or None)
         return mta_service_pb2.GetOutcomesResponse(**dataclasses.asdict(outcomes))
 
     async def _read(
@@ -168,7 +204,7 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
         kind = request.WhichOneof("kind")
         if kind == "relay":
             batch = request.relay
-            accepted, duplicates = self._engine.relay(_relayed(batch))
+            accepted, duplicates = self._engine.relay(_relayed(batch), session.client)
             observability.MESSAGES_ACCEPTED.inc(accepted)
             observability.MESSAGES_DUPLICATE.inc(duplicates)
             ack = mta_service_pb2.RelayAck(seq=batch.seq, accepted=accepted, duplicates=duplicates)
@@ -297,5 +333,6 @@ def create_app(settings: Settings) -> App:
         Timing(settings.retry_interval_ms / 1000, settings.engagement_delay_ms / 1000), spool
     )
     server = serving.Server(observability.interceptor(), [SERVICE_NAME])
-    mta_service_pb2_grpc.add_MtaServiceServicer_to_server(MtaServicer(engine), server.grpc)
+    servicer = MtaServicer(engine)
+    mta_service_pb2_grpc.add_MtaServiceServicer_to_server(servicer, server.grpc)
     return App(server, engine)

@@ -6,9 +6,15 @@ the same code. Each change is one transaction: a relay batch, a round of steps f
 an acknowledgement. The outcome record changes in the transaction of what it counts,
 so it stays exact across a crash.
 
+The feedback about a message is for the client that relayed it (its owner, by the
+Hello's client_id): each outbox row holds one owner's events, and a stream takes only
+its own client's. Several clients can share the stub without seeing each other's
+feedback; message ids are the stub's alone, shared by all clients.
+
 Memory stays bounded: the held ids, the schedule and the outbox live in SQLite only.
-Memory keeps the outcome record (a row per delivery, so that GetOutcomes runs no query)
-and, per open stream, which outbox rows its unacknowledged batches were made of.
+Memory keeps the outcome record (a row per delivery and client, so that GetOutcomes
+runs no query), the clients' numbers and, per open stream, which outbox rows its
+unacknowledged batches were made of.
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ from typing import Any, NamedTuple
 
 from grpc_common import named_queries
 from mta_stub.scenarios import (
+    GLOBAL,
     BounceReason,
     Event,
     EventKind,
     Fate,
     Scenario,
+    Scope,
     is_final,
     make_fate,
 )
@@ -39,7 +47,8 @@ from mta_stub.scenarios import (
 IN_MEMORY = ":memory:"
 # The schema's version, in PRAGMA user_version: a spool made by another one is refused.
 # 2: the outbox holds packed runs of events (1 held one row per event).
-SCHEMA_VERSION = 2
+# 3: events, steps and outcomes have an owner (a client); scenarios have a scope.
+SCHEMA_VERSION = 3
 # Enough page cache for the hot ends of the tables (the newest ids, the earliest steps).
 _CACHE_KIB = 64 * 1024
 # Most events in an outbox row: a full feedback batch (engine.BATCH_MAX) is one row, so
@@ -58,7 +67,11 @@ class SpoolError(Exception):
 
 
 class Scheduled(NamedTuple):
-    """A message's next step. Ordered by due, then message_id (unique in the schedule)."""
+    """A message's next step. Ordered by due, then message_id (unique in the schedule).
+
+    client is the message's owner, as fire_due reports it; the spool keeps a step's
+    owner itself, so a step handed to the spool needs none.
+    """
 
     due: float
     message_id: int
@@ -67,6 +80,7 @@ class Scheduled(NamedTuple):
     fate: Fate
     kind: EventKind
     attempt: int
+    client: str = ""
 
 
 class Transition(NamedTuple):
@@ -109,8 +123,27 @@ class _Batch:
 
 @dataclass(slots=True)
 class _Stream:
+    owner: int
     last_seq: int = 0
     batches: dict[int, _Batch] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Line:
+    """One owner's share of the outbox, as its streams take it."""
+
+    # Events stored, and those of them in streams' unacknowledged batches.
+    stored: int = 0
+    in_streams: int = 0
+    # Events handed to a stream since the spool opened: numbers up to this one. Streams
+    # do not outlive the process, so after a restart every stored event is sent again.
+    cursor: int = 0
+    # Rows of closed streams' unacknowledged batches: first in line.
+    requeued: deque[int] = field(default_factory=deque)
+
+
+# Outcome records and their changes are per (owner, delivery_id).
+_Key = tuple[int, int]
 
 
 _KIND = {kind.value: kind for kind in EventKind}
@@ -133,26 +166,26 @@ class Spool:
             raise SpoolError(f"cannot open the spool {path}: {exc}") from exc
         try:
             self._prepare()
-            self._outcomes = {
-                row[0]: Outcomes(*row[1:]) for row in self._db.execute(_Q["all_outcomes"])
+            self._owners: dict[str, int] = {
+                client: owner for owner, client in self._db.execute(_Q["all_clients"])
             }
-            stored, next_event = self._db.execute(_Q["outbox_size"]).fetchone()
+            self._clients = {owner: client for client, owner in self._owners.items()}
+            self._outcomes: dict[_Key, Outcomes] = {
+                (row[0], row[1]): Outcomes(*row[2:]) for row in self._db.execute(_Q["all_outcomes"])
+            }
+            (next_event,) = self._db.execute(_Q["outbox_size"]).fetchone()
+            self._lines = {owner: _Line() for owner in self._clients}
+            for owner, stored in self._db.execute(_Q["outbox_by_owner"]):
+                self._lines[owner].stored = stored
         except (sqlite3.Error, SpoolError) as exc:
             self._db.close()
             if isinstance(exc, SpoolError):
                 raise
             hint = " (another stub is using it)" if "locked" in str(exc) else ""
             raise SpoolError(f"cannot use the spool {path}: {exc}{hint}") from exc
-        self._stored: int = stored
         self._next_event: int = next_event
-        # Events handed to a stream since the spool opened: numbers up to this one. Streams
-        # do not outlive the process, so after a restart every stored event is sent again.
-        self._cursor = 0
-        # Rows of closed streams' unacknowledged batches: first in line.
-        self._requeued: deque[int] = deque()
         self._streams: dict[int, _Stream] = {}
         self._next_stream = 1
-        self._in_streams = 0
 
     def _prepare(self) -> None:
         db = self._db
@@ -191,26 +224,49 @@ class Spool:
             raise
         self._db.execute("COMMIT")
 
-    # --- the scenario ----------------------------------------------------------------------
+    # --- scenarios and clients -------------------------------------------------------------
 
-    def scenario(self) -> Scenario | None:
-        """The scenario saved last, or None if none was."""
-        row = self._db.execute(_Q["load_scenario"]).fetchone()
-        return None if row is None else Scenario.from_json(row[0])
+    def scenarios(self) -> dict[Scope, Scenario]:
+        """The scenario saved last for each scope."""
+        return {
+            Scope.from_key(key): Scenario.from_json(body)
+            for key, body in self._db.execute(_Q["all_scenarios"])
+        }
 
-    def save_scenario(self, scenario: Scenario) -> None:
+    def scenario(self, scope: Scope = GLOBAL) -> Scenario | None:
+        """The scenario saved last for a scope, or None if none was."""
+        return self.scenarios().get(scope)
+
+    def save_scenario(self, scenario: Scenario, scope: Scope = GLOBAL) -> None:
         with self._transaction() as db:
-            db.execute(_Q["save_scenario"], (scenario.to_json(),))
+            db.execute(_Q["save_scenario"], (scope.key, scenario.to_json()))
+
+    def delete_scenario(self, scope: Scope) -> None:
+        with self._transaction() as db:
+            db.execute(_Q["delete_scenario"], (scope.key,))
+
+    def _owner(self, client: str) -> int:
+        """The number of a client, given on first use."""
+        owner = self._owners.get(client)
+        if owner is None:
+            with self._transaction() as db:
+                (owner,) = db.execute(_Q["add_client"], (client,)).fetchone()
+            self._owners[client] = owner
+            self._clients[owner] = client
+            self._lines[owner] = _Line()
+        return owner
 
     # --- messages and the schedule ---------------------------------------------------------
 
-    def accept(self, admissions: Iterable[Transition]) -> tuple[int, int]:
-        """Holds each new message, records its first event, schedules its next step.
+    def accept(self, admissions: Iterable[Transition], client: str = "") -> tuple[int, int]:
+        """Holds each new message for client, its owner, records its first event, schedules
+        its next step.
 
         One transaction, committed when this returns. A message already held (earlier,
-        before a restart, or earlier in the same batch) is only counted. Returns
-        (accepted, duplicates).
+        before a restart, or earlier in the same batch, whoever relayed it) is only
+        counted, for client. Returns (accepted, duplicates).
         """
+        owner = self._owner(client)
         admissions = list(admissions)
         events: list[Event] = []
         steps: list[Scheduled] = []
@@ -231,18 +287,18 @@ class Spool:
                     events.append(event)
                 if follow_up is not None:
                     steps.append(follow_up)
-            deltas: dict[int, Outcomes] = {}
+            deltas: dict[_Key, Outcomes] = {}
             for delivery_id, n in accepted_in.items():
-                counts = _delta(deltas, delivery_id)
+                counts = _delta(deltas, (owner, delivery_id))
                 counts.accepted += n
                 counts.in_flight += n
             for delivery_id, n in duplicates_in.items():
-                _delta(deltas, delivery_id).duplicates += n
-            _tally(deltas, events)
-            db.executemany(_Q["insert_step"], map(_step_row, steps))
-            self._insert_events(db, events)
+                _delta(deltas, (owner, delivery_id)).duplicates += n
+            _tally(deltas, owner, events)
+            db.executemany(_Q["insert_step"], [_step_row(step, owner) for step in steps])
+            self._insert_events(db, owner, events)
             self._add_outcomes(db, deltas)
-        self._committed(deltas, len(events))
+        self._committed(deltas, {owner: len(events)})
         return accepted, len(admissions) - accepted
 
     def next_due(self) -> float | None:
@@ -253,41 +309,53 @@ class Spool:
     def fire_due(self, now: float, limit: int, advance: Callable[[Scheduled], Transition]) -> int:
         """Fires up to limit steps due by now, in one transaction; returns how many.
 
-        advance turns each step into its event and the message's next step.
+        advance turns each step into its event and the message's next step, both the step's
+        owner's.
         """
-        events: list[Event] = []
-        follow_ups: list[Scheduled] = []
+        events: dict[int, list[Event]] = {}
+        follow_ups: list[tuple[float | int, ...]] = []
         with self._transaction() as db:
             rows = db.execute(_Q["due_steps"], (now, limit)).fetchall()
             if not rows:
                 return 0
             for row in rows:
-                _message_id, _delivery_id, event, follow_up = advance(_scheduled(row))
+                owner = row[3]
+                scheduled = _scheduled(row, self._clients[owner])
+                _message_id, _delivery_id, event, follow_up = advance(scheduled)
                 if event is not None:
-                    events.append(event)
+                    owned = events.get(owner)
+                    if owned is None:
+                        owned = events[owner] = []
+                    owned.append(event)
                 if follow_up is not None:
-                    follow_ups.append(follow_up)
-            deltas: dict[int, Outcomes] = {}
-            _tally(deltas, events)
+                    follow_ups.append(_step_row(follow_up, owner))
+            deltas: dict[_Key, Outcomes] = {}
+            for owner, owned in events.items():
+                _tally(deltas, owner, owned)
             # The rows read are a prefix of the key: delete them in one range.
             db.execute(_Q["delete_steps_through"], rows[-1][:2])
-            db.executemany(_Q["insert_step"], map(_step_row, follow_ups))
-            self._insert_events(db, events)
+            db.executemany(_Q["insert_step"], follow_ups)
+            for owner, owned in events.items():
+                self._insert_events(db, owner, owned)
             self._add_outcomes(db, deltas)
-        self._committed(deltas, len(events))
+        self._committed(deltas, {owner: len(owned) for owner, owned in events.items()})
         return len(rows)
 
     # --- the outbox and its streams --------------------------------------------------------
 
-    def pending_count(self) -> int:
-        """Events waiting to be handed to a stream."""
-        return self._stored - self._in_streams
+    def pending_count(self, client: str = "") -> int:
+        """A client's events waiting to be handed to a stream."""
+        owner = self._owners.get(client)
+        if owner is None:
+            return 0
+        line = self._lines[owner]
+        return line.stored - line.in_streams
 
-    def open_stream(self) -> int:
-        """Registers a feedback stream; returns its id."""
+    def open_stream(self, client: str = "") -> int:
+        """Registers a feedback stream of a client; returns its id."""
         stream = self._next_stream
         self._next_stream += 1
-        self._streams[stream] = _Stream()
+        self._streams[stream] = _Stream(self._owner(client))
         return stream
 
     def unacknowledged_batches(self, stream: int) -> int:
@@ -297,14 +365,18 @@ class Spool:
     def take_feedback(self, stream: int, limit: int) -> tuple[int, list[Event]]:
         """Hands up to limit waiting events to a stream as its next batch; returns (seq, events).
 
-        Closed streams' events come first, then the oldest never handed out. The seq is
-        allocated even when no event is left, for a batch of resent copies.
+        Only the stream's client's events: its closed streams' first, then the oldest never
+        handed out. The seq is allocated even when no event is left, for a batch of resent
+        copies.
         """
+        state = self._streams[stream]
+        owner = state.owner
+        line = self._lines[owner]
         runs: list[int] = []
         events: list[Event] = []
         room = limit
         while room > 0:
-            run = self._next_run()
+            run = self._next_run(owner, line)
             if run is None:
                 break
             first, count, packed = run
@@ -312,43 +384,44 @@ class Spool:
                 if events:
                     break
                 # Only faults make room for less than a row: cut it, so batches stay whole rows.
-                count, packed = self._cut(first, count, packed, room)
-            if self._requeued:
-                self._requeued.popleft()
+                count, packed = self._cut(owner, line, first, count, packed, room)
+            if line.requeued:
+                line.requeued.popleft()
             else:
                 # The last event taken: a requeued row cut later gets a number below it.
-                self._cursor = first + count - 1
+                line.cursor = first + count - 1
             runs.append(first)
             events += _unpack(packed)
             room -= count
-        state = self._streams[stream]
         state.last_seq += 1
         if events:
             per_delivery = Counter(event.delivery_id for event in events)
             state.batches[state.last_seq] = _Batch(runs, len(events), per_delivery)
-            self._in_streams += len(events)
+            line.in_streams += len(events)
         return state.last_seq, events
 
-    def _next_run(self) -> tuple[int, int, bytes] | None:
-        if self._requeued:
+    def _next_run(self, owner: int, line: _Line) -> tuple[int, int, bytes] | None:
+        if line.requeued:
             row: tuple[int, int, bytes] = self._db.execute(
-                _Q["run"], (self._requeued[0],)
+                _Q["run"], (line.requeued[0],)
             ).fetchone()
             return row
         found: tuple[int, int, bytes] | None = self._db.execute(
-            _Q["runs_after"], (self._cursor,)
+            _Q["runs_after"], (owner, line.cursor)
         ).fetchone()
         return found
 
-    def _cut(self, first: int, count: int, packed: bytes, keep: int) -> tuple[int, bytes]:
+    def _cut(
+        self, owner: int, line: _Line, first: int, count: int, packed: bytes, keep: int
+    ) -> tuple[int, bytes]:
         """Splits a row in two, the first keep events and the rest; returns the first part."""
         head, tail = packed[: keep * _EVENT.size], packed[keep * _EVENT.size :]
         with self._transaction() as db:
             db.execute(_Q["cut_run"], (keep, head, first))
-            db.execute(_Q["insert_run"], (first + keep, count - keep, tail))
-        if self._requeued:
+            db.execute(_Q["insert_run"], (first + keep, owner, count - keep, tail))
+        if line.requeued:
             # The rest is still first in line, after the part taken now.
-            self._requeued.insert(1, first + keep)
+            line.requeued.insert(1, first + keep)
         return keep, head
 
     def ack(self, stream: int, seq: int) -> int:
@@ -356,66 +429,80 @@ class Spool:
 
         One transaction: the events go with their count in the outcome record.
         """
-        batch = self._streams[stream].batches.pop(seq, None)
+        state = self._streams[stream]
+        batch = state.batches.pop(seq, None)
         if batch is None:
             return 0
         deltas = {
-            delivery_id: Outcomes(unacknowledged_events=-n)
+            (state.owner, delivery_id): Outcomes(unacknowledged_events=-n)
             for delivery_id, n in batch.per_delivery.items()
         }
         with self._transaction() as db:
             db.executemany(_Q["delete_run"], [(first,) for first in batch.runs])
             self._add_outcomes(db, deltas)
-        self._committed(deltas, -batch.size)
-        self._in_streams -= batch.size
+        self._committed(deltas, {state.owner: -batch.size})
+        self._lines[state.owner].in_streams -= batch.size
         return batch.size
 
     def close_stream(self, stream: int) -> int:
-        """Puts a closed stream's unacknowledged events back first in line; returns how many."""
-        batches = self._streams.pop(stream).batches
+        """Puts a closed stream's unacknowledged events back first in its client's line;
+        returns how many."""
+        requeued = self.requeue_stream(stream)
+        del self._streams[stream]
+        return requeued
+
+    def requeue_stream(self, stream: int) -> int:
+        """Puts a stream's unacknowledged events back first in its client's line, as if
+        never sent on it (an ack of them on it is then a no-op); returns how many."""
+        state = self._streams[stream]
+        batches = state.batches
+        line = self._lines[state.owner]
         runs = [first for seq in sorted(batches) for first in batches[seq].runs]
         # Reversed, so that they keep their order at the front of the line.
-        self._requeued.extendleft(reversed(runs))
+        line.requeued.extendleft(reversed(runs))
         requeued = sum(batch.size for batch in batches.values())
-        self._in_streams -= requeued
+        line.in_streams -= requeued
+        batches.clear()
         return requeued
 
     # --- outcomes --------------------------------------------------------------------------
 
-    def outcomes(self, delivery_id: int) -> Outcomes:
-        """A copy of one delivery's record, or of all deliveries' when delivery_id is 0."""
+    def outcomes(self, delivery_id: int = 0, client: str | None = None) -> Outcomes:
+        """A copy of the record of one delivery (all when delivery_id is 0) as relayed by one
+        client (all when client is None)."""
         total = Outcomes()
-        if delivery_id:
-            found = self._outcomes.get(delivery_id)
-            if found is not None:
-                total.add(found)
-        else:
-            for counts in self._outcomes.values():
+        owner = None
+        if client is not None:
+            owner = self._owners.get(client)
+            if owner is None:
+                return total
+        for (of_owner, of_delivery), counts in self._outcomes.items():
+            if (owner is None or of_owner == owner) and delivery_id in (0, of_delivery):
                 total.add(counts)
         return total
 
-    def _insert_events(self, db: sqlite3.Connection, events: list[Event]) -> None:
+    def _insert_events(self, db: sqlite3.Connection, owner: int, events: list[Event]) -> None:
         rows = []
         first = self._next_event
         for start in range(0, len(events), RUN_MAX):
             run = events[start : start + RUN_MAX]
             packed = _packer(len(run)).pack(*itertools.chain.from_iterable(run))
-            rows.append((first + start, len(run), packed))
+            rows.append((first + start, owner, len(run), packed))
         db.executemany(_Q["insert_run"], rows)
+        # The next owner's events, in the same transaction, are numbered after these.
+        self._next_event += len(events)
 
-    def _add_outcomes(self, db: sqlite3.Connection, deltas: dict[int, Outcomes]) -> None:
+    def _add_outcomes(self, db: sqlite3.Connection, deltas: dict[_Key, Outcomes]) -> None:
         db.executemany(
-            _Q["add_outcomes"],
-            [(delivery_id, *dataclasses.astuple(d)) for delivery_id, d in deltas.items()],
+            _Q["add_outcomes"], [(*key, *dataclasses.astuple(d)) for key, d in deltas.items()]
         )
 
-    def _committed(self, deltas: dict[int, Outcomes], events_added: int) -> None:
-        """Mirrors a committed transaction in memory."""
-        for delivery_id, delta in deltas.items():
-            _delta(self._outcomes, delivery_id).add(delta)
-        if events_added > 0:
-            self._next_event += events_added
-        self._stored += events_added
+    def _committed(self, deltas: dict[_Key, Outcomes], events_added: dict[int, int]) -> None:
+        """Mirrors a committed transaction in memory (the event numbers are taken already)."""
+        for key, delta in deltas.items():
+            _delta(self._outcomes, key).add(delta)
+        for owner, n in events_added.items():
+            self._lines[owner].stored += n
 
 
 @functools.lru_cache(maxsize=RUN_MAX)
@@ -431,19 +518,19 @@ def _unpack(packed: bytes) -> list[Event]:
     ]
 
 
-def _delta(deltas: dict[int, Outcomes], delivery_id: int) -> Outcomes:
-    counts = deltas.get(delivery_id)
+def _delta(deltas: dict[_Key, Outcomes], key: _Key) -> Outcomes:
+    counts = deltas.get(key)
     if counts is None:
-        counts = deltas[delivery_id] = Outcomes()
+        counts = deltas[key] = Outcomes()
     return counts
 
 
-def _tally(deltas: dict[int, Outcomes], events: list[Event]) -> None:
-    """Counts new events in the record: each message once, whatever its events."""
+def _tally(deltas: dict[_Key, Outcomes], owner: int, events: list[Event]) -> None:
+    """Counts an owner's new events in the record: each message once, whatever its events."""
     # Grouped first: a batch has thousands of events but few deliveries and kinds.
     groups = Counter((event.delivery_id, event.kind, event.attempt == 1) for event in events)
     for (delivery_id, kind, first_attempt), n in groups.items():
-        counts = _delta(deltas, delivery_id)
+        counts = _delta(deltas, (owner, delivery_id))
         counts.unacknowledged_events += n
         if is_final(kind):
             counts.in_flight -= n
@@ -463,12 +550,13 @@ def _tally(deltas: dict[int, Outcomes], events: list[Event]) -> None:
             counts.clicked += n
 
 
-def _step_row(step: Scheduled) -> tuple[float | int, ...]:
-    due, message_id, delivery_id, expire_at, fate, kind, attempt = step
+def _step_row(step: Scheduled, owner: int) -> tuple[float | int, ...]:
+    due, message_id, delivery_id, expire_at, fate, kind, attempt, _client = step
     return (
         due,
         message_id,
         delivery_id,
+        owner,
         expire_at,
         fate.hard_reason,
         fate.soft_bounces,
@@ -480,7 +568,8 @@ def _step_row(step: Scheduled) -> tuple[float | int, ...]:
     )
 
 
-def _scheduled(row: Any) -> Scheduled:
-    due, message_id, delivery_id, expire_at, reason, soft, opened, click, delay, kind, attempt = row
+def _scheduled(row: Any, client: str) -> Scheduled:
+    (due, message_id, delivery_id, _owner, expire_at, reason, soft, opened, click, delay, kind,
+     attempt) = row  # fmt: skip
     fate = make_fate(_REASON[reason], soft, bool(opened), click, delay)
-    return Scheduled(due, message_id, delivery_id, expire_at, fate, _KIND[kind], attempt)
+    return Scheduled(due, message_id, delivery_id, expire_at, fate, _KIND[kind], attempt, client)

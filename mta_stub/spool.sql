@@ -4,6 +4,12 @@
 
 -- name: schema
 -- The tables, created on first use.
+CREATE TABLE IF NOT EXISTS clients (
+    -- The clients (Hello.client_id) that relayed messages or opened streams, numbered:
+    -- the feedback about a message is for the client that relayed it, its owner.
+    owner INTEGER PRIMARY KEY,
+    client_id TEXT NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS held (
     -- Every message ever accepted, kept for deduplication after its timeline is over.
     message_id INTEGER PRIMARY KEY
@@ -13,6 +19,7 @@ CREATE TABLE IF NOT EXISTS schedule (
     due REAL NOT NULL,
     message_id INTEGER NOT NULL,
     delivery_id INTEGER NOT NULL,
+    owner INTEGER NOT NULL,
     expire_at REAL NOT NULL,
     hard_reason INTEGER NOT NULL,
     soft_bounces INTEGER NOT NULL,
@@ -28,14 +35,18 @@ CREATE TABLE IF NOT EXISTS outbox (
     -- Events not acknowledged yet, numbered in the order they happened, a run of up to
     -- a feedback batch's worth per row, packed (spool.py says how): the outbox is
     -- written and read at tens of thousands of events a second, a row each is too slow.
-    -- A row is the number of its first event: rows sort in event order.
+    -- A row is the number of its first event: rows sort in event order. A row's events
+    -- are all for one owner, whose streams alone take them.
     first_event INTEGER PRIMARY KEY,
+    owner INTEGER NOT NULL,
     count INTEGER NOT NULL,
     events BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS outbox_by_owner ON outbox (owner, first_event);
 CREATE TABLE IF NOT EXISTS outcomes (
-    -- GetOutcomes, per delivery; changed in the transaction of what it counts.
-    delivery_id INTEGER PRIMARY KEY,
+    -- GetOutcomes, per delivery and client; changed in the transaction of what it counts.
+    owner INTEGER NOT NULL,
+    delivery_id INTEGER NOT NULL,
     accepted INTEGER NOT NULL,
     duplicates INTEGER NOT NULL,
     delivered INTEGER NOT NULL,
@@ -45,13 +56,23 @@ CREATE TABLE IF NOT EXISTS outcomes (
     opened INTEGER NOT NULL,
     clicked INTEGER NOT NULL,
     in_flight INTEGER NOT NULL,
-    unacknowledged_events INTEGER NOT NULL
+    unacknowledged_events INTEGER NOT NULL,
+    PRIMARY KEY (owner, delivery_id)
 );
-CREATE TABLE IF NOT EXISTS scenario (
-    -- The last SetScenario, as JSON.
-    id INTEGER PRIMARY KEY CHECK (id = 1),
+CREATE TABLE IF NOT EXISTS scenarios (
+    -- The last SetScenario of each scope, as JSON; the scope is '' (global),
+    -- 'delivery:<id>' or 'client:<client_id>'.
+    scope TEXT PRIMARY KEY,
     body TEXT NOT NULL
 );
+
+-- name: all_clients
+-- Every client known, with its number.
+SELECT owner, client_id FROM clients;
+
+-- name: add_client
+-- Numbers a new client.
+INSERT INTO clients (client_id) VALUES (?) RETURNING owner;
 
 -- name: hold_new
 -- Holds the messages of a JSON array of ids; returns those not held before.
@@ -61,13 +82,13 @@ RETURNING message_id;
 
 -- name: insert_step
 -- Schedules a message's next step.
-INSERT INTO schedule (due, message_id, delivery_id, expire_at, hard_reason, soft_bounces,
-                      opened, click_link, delay_ms, kind, attempt)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+INSERT INTO schedule (due, message_id, delivery_id, owner, expire_at, hard_reason,
+                      soft_bounces, opened, click_link, delay_ms, kind, attempt)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: due_steps
 -- The earliest steps due by a time, in key order, at most so many.
-SELECT due, message_id, delivery_id, expire_at, hard_reason, soft_bounces,
+SELECT due, message_id, delivery_id, owner, expire_at, hard_reason, soft_bounces,
        opened, click_link, delay_ms, kind, attempt
 FROM schedule
 WHERE due <= ?
@@ -83,12 +104,14 @@ DELETE FROM schedule WHERE (due, message_id) <= (?, ?);
 SELECT min(due) FROM schedule;
 
 -- name: insert_run
--- Puts a run of events in the outbox.
-INSERT INTO outbox (first_event, count, events) VALUES (?, ?, ?);
+-- Puts a run of events for one owner in the outbox.
+INSERT INTO outbox (first_event, owner, count, events) VALUES (?, ?, ?, ?);
 
 -- name: runs_after
--- The outbox's first run after a run, in event order.
-SELECT first_event, count, events FROM outbox WHERE first_event > ? ORDER BY first_event LIMIT 1;
+-- An owner's first run in the outbox after a run, in event order.
+SELECT first_event, count, events FROM outbox
+WHERE owner = ? AND first_event > ?
+ORDER BY first_event LIMIT 1;
 
 -- name: run
 -- One run of the outbox.
@@ -103,15 +126,19 @@ UPDATE outbox SET count = ?, events = ? WHERE first_event = ?;
 DELETE FROM outbox WHERE first_event = ?;
 
 -- name: outbox_size
--- How many events the outbox holds, and the number the next event gets.
-SELECT coalesce(sum(count), 0), coalesce(max(first_event + count), 1) FROM outbox;
+-- The number the next event gets.
+SELECT coalesce(max(first_event + count), 1) FROM outbox;
+
+-- name: outbox_by_owner
+-- How many events the outbox holds for each owner.
+SELECT owner, sum(count) FROM outbox GROUP BY owner;
 
 -- name: add_outcomes
--- Adds to a delivery's record, creating it at the first count.
-INSERT INTO outcomes (delivery_id, accepted, duplicates, delivered, hard_bounced, soft_bounced,
-                      expired, opened, clicked, in_flight, unacknowledged_events)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (delivery_id) DO UPDATE SET
+-- Adds to the record of a delivery and client, creating it at the first count.
+INSERT INTO outcomes (owner, delivery_id, accepted, duplicates, delivered, hard_bounced,
+                      soft_bounced, expired, opened, clicked, in_flight, unacknowledged_events)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (owner, delivery_id) DO UPDATE SET
     accepted = accepted + excluded.accepted,
     duplicates = duplicates + excluded.duplicates,
     delivered = delivered + excluded.delivered,
@@ -124,16 +151,20 @@ ON CONFLICT (delivery_id) DO UPDATE SET
     unacknowledged_events = unacknowledged_events + excluded.unacknowledged_events;
 
 -- name: all_outcomes
--- Every delivery's record, to serve GetOutcomes from memory.
-SELECT delivery_id, accepted, duplicates, delivered, hard_bounced, soft_bounced,
+-- Every record, to serve GetOutcomes from memory.
+SELECT owner, delivery_id, accepted, duplicates, delivered, hard_bounced, soft_bounced,
        expired, opened, clicked, in_flight, unacknowledged_events
 FROM outcomes;
 
 -- name: save_scenario
--- Keeps the last SetScenario.
-INSERT INTO scenario (id, body) VALUES (1, ?)
-ON CONFLICT (id) DO UPDATE SET body = excluded.body;
+-- Keeps the last SetScenario of a scope.
+INSERT INTO scenarios (scope, body) VALUES (?, ?)
+ON CONFLICT (scope) DO UPDATE SET body = excluded.body;
 
--- name: load_scenario
--- The last SetScenario, if any.
-SELECT body FROM scenario WHERE id = 1;
+-- name: delete_scenario
+-- Forgets a scope's scenario.
+DELETE FROM scenarios WHERE scope = ?;
+
+-- name: all_scenarios
+-- Every scope's last SetScenario.
+SELECT scope, body FROM scenarios;

@@ -178,9 +178,15 @@ class Feed:
     relay_seq: int = 0
 
     @classmethod
-    async def open(cls, mta: mta_service_pb2_grpc.MtaServiceAsyncStub, *, ack: bool = True) -> Feed:
+    async def open(
+        cls,
+        mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+        *,
+        ack: bool = True,
+        client_id: str = "integration-test",
+    ) -> Feed:
         feed = cls(mta.Exchange(timeout=60), ack=ack)
-        await feed.call.write(pb.ExchangeRequest(hello=pb.Hello(client_id="integration-test")))
+        await feed.call.write(pb.ExchangeRequest(hello=pb.Hello(client_id=client_id)))
         return feed
 
     async def relay(self, messages: Sequence[Msg]) -> pb.RelayAck:
@@ -616,3 +622,111 @@ async def test_a_delayed_address_is_delivered_after_its_delay_or_expires(
     outcomes = await outcomes_when(mta, d, all_acked)
     assert (outcomes.delivered, outcomes.expired, outcomes.in_flight) == (1, 1, 0)
     await feed.close()
+
+
+async def test_a_new_stream_of_the_same_client_takes_over_at_once(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+) -> None:
+    d = 108
+    wanted = contains("1081:DELIVERED:1", "1082:DELIVERED:1", "1082:OPENED:1")
+    first = await Feed.open(mta, ack=False, client_id="taken-over")
+    await first.relay([message(1081, d, "a@example.com"), message(1082, d, "open@example.com")])
+    await first.events_of(d, wanted)
+    # The first stream stays open, unacknowledged, as that of a client that died silently.
+    second = await Feed.open(mta, client_id="taken-over")
+    loop = asyncio.get_running_loop()
+    opened_at = loop.time()
+    await second.events_of(d, wanted)
+    # At once: well under any keepalive, with room for a slow machine.
+    assert loop.time() - opened_at < 2
+    assert second.ids(d) == first.ids(d)
+    await outcomes_when(mta, d, all_acked)
+    # The first stream is on standby: it still relays, the feedback goes to the second.
+    await first.relay([message(1083, d, "b@example.com")])
+    await second.events_of(d, contains("1083:DELIVERED:1"))
+    assert "1083:DELIVERED:1" not in first.ids(d)
+    # Once the second closes, the first is fed again.
+    await second.close()
+    first.ack = True
+    await first.relay([message(1084, d, "c@example.com")])
+    await first.events_of(d, contains("1084:DELIVERED:1"))
+    await first.close()
+    await outcomes_when(mta, d, all_acked)
+
+
+async def test_feedback_goes_to_the_client_that_relayed_the_message(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+) -> None:
+    d = 109
+    one = await Feed.open(mta, client_id="client-one")
+    two = await Feed.open(mta, client_id="client-two")
+    await one.relay([message(1091, d, "a@example.com")])
+    await two.relay([message(1092, d, "b@example.com")])
+    await one.events_of(d, contains("1091:DELIVERED:1"))
+    await two.events_of(d, contains("1092:DELIVERED:1"))
+    await outcomes_when(mta, d, all_acked)
+    assert one.ids(d) == {"1091:DELIVERED:1"}
+    assert two.ids(d) == {"1092:DELIVERED:1"}
+    mine = await mta.GetOutcomes(
+        pb.GetOutcomesRequest(delivery_id=d, client_id="client-one"), timeout=5
+    )
+    assert (mine.accepted, mine.delivered) == (1, 1)
+    await one.close()
+    await two.close()
+
+
+async def test_a_scenario_scoped_to_a_delivery_leaves_the_others_alone(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+) -> None:
+    bounced, plain = 110, 111
+    request = pb.SetScenarioRequest(mix=pb.Mix(hard_bounce_rate=1.0), delivery_id=bounced)
+    await mta.SetScenario(request, timeout=5)
+    try:
+        feed = await Feed.open(mta)
+        await feed.relay([message(1101, bounced, "a@example.com")])
+        await feed.relay([message(1111, plain, "a@example.com")])
+        await feed.events_of(bounced, contains("1101:HARD_BOUNCE:1"))
+        await feed.events_of(plain, contains("1111:DELIVERED:1"))
+        cleared = await mta.ClearScenario(pb.ClearScenarioRequest(delivery_id=bounced), timeout=5)
+        assert cleared.cleared
+        await feed.relay([message(1102, bounced, "b@example.com")])
+        await feed.events_of(bounced, contains("1102:DELIVERED:1"))
+        await feed.close()
+    finally:
+        await mta.ClearScenario(pb.ClearScenarioRequest(delivery_id=bounced), timeout=5)
+    again = await mta.ClearScenario(pb.ClearScenarioRequest(delivery_id=bounced), timeout=5)
+    assert not again.cleared
+
+
+@pytest.mark.parametrize(
+    ("request_", "field_name"),
+    [
+        (pb.SetScenarioRequest(delivery_id=-1), "delivery_id"),
+        (pb.SetScenarioRequest(delivery_id=1, client_id="x"), "client_id"),
+        (pb.SetScenarioRequest(delivery_id=1, faults=pb.Faults(max_delay_ms=5)), "faults"),
+        (pb.SetScenarioRequest(delivery_id=1, hold_feedback=True), "hold_feedback"),
+        (pb.SetScenarioRequest(client_id="x" * 201), "client_id"),
+    ],
+)
+async def test_a_bad_scope_is_refused(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+    request_: pb.SetScenarioRequest,
+    field_name: str,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await mta.SetScenario(request_, timeout=5)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (raised.value.details() or "").startswith(f"{field_name}: ")
+
+
+@pytest.mark.parametrize(
+    ("client_id", "details"),
+    [("", "hello.client_id: required"), ("x" * 201, "hello.client_id: must be at most 200")],
+)
+async def test_a_hello_must_name_its_client(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub, client_id: str, details: str
+) -> None:
+    call = mta.Exchange(timeout=10)
+    await call.write(pb.ExchangeRequest(hello=pb.Hello(client_id=client_id)))
+    assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await call.details() or "").startswith(details)

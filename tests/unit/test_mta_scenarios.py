@@ -602,15 +602,70 @@ async def test_a_stream_sends_no_further_than_its_window_of_unacknowledged_batch
     engine.close_session(session)
 
 
-async def test_several_streams_each_get_a_share_of_the_events() -> None:
+async def test_each_client_gets_the_feedback_of_what_it_relayed_only() -> None:
     engine = Engine(Timing(0.05, 0.02))
-    first, second = engine.open_session(), engine.open_session()
-    engine.relay(_relayed(range(1, 1201)))
-    async with asyncio.timeout(5):
-        batches = [*await asyncio.gather(first.next_batch(), second.next_batch())]
-        batches.append(await first.next_batch())
-    ids = [e.message_id for b in batches if b is not None for e in b.events]
-    assert sorted(ids) == list(range(1, 1201))
+    first, second = engine.open_session("suite-a"), engine.open_session("suite-b")
+    engine.relay(_relayed(range(1, 701)), "suite-a")
+    engine.relay(_relayed(range(701, 1001)), "suite-b")
+    # Relayed again by the other client: a duplicate, which changes nothing for either.
+    assert engine.relay(_relayed(range(1, 3)), "suite-b") == (0, 2)
+    a = await _drain(first, 700)
+    b = await _drain(second, 300)
+    assert sorted(e.message_id for batch in a for e in batch.events) == list(range(1, 701))
+    assert sorted(e.message_id for batch in b for e in batch.events) == list(range(701, 1001))
+    assert await _nothing_comes(first)
+    assert await _nothing_comes(second)
+    assert engine.outcomes(9, "suite-a").delivered == 700
+    assert engine.outcomes(9, "suite-b").delivered == 300
+    assert engine.outcomes(9, "suite-b").duplicates == 2
+    assert engine.outcomes(9).accepted == 1000
+    assert engine.outcomes(9, "nobody").accepted == 0
+    engine.close_session(first)
+    engine.close_session(second)
+
+
+async def test_a_new_stream_of_a_client_takes_over_the_old_ones_unacknowledged_events() -> None:
+    engine = Engine(Timing(0.05, 0.02))
+    old = engine.open_session("service")
+    engine.relay(_relayed(range(1, 601)), "service")
+    sent = await _drain(old, 600)
+    old.ack(sent[0].seq)
+    unacknowledged = [e.event_id for batch in sent[1:] for e in batch.events]
+    assert len(unacknowledged) == 100
+    # The old stream is still open, as one whose client died silently is.
+    new = engine.open_session("service")
+    async with asyncio.timeout(1):
+        (again,) = await _drain(new, 100)
+    assert [e.event_id for e in again.events] == unacknowledged
+    assert old.standby and not new.standby
+    # The old stream gets nothing more while the new one is open; it may still relay.
+    engine.relay(_relayed(range(601, 602)), "service")
+    (fresh,) = await _drain(new, 1)
+    assert [e.message_id for e in fresh.events] == [601]
+    assert await _nothing_comes(old)
+    # A late ack on the old stream changes nothing; the new stream's count.
+    old.ack(sent[1].seq)
+    assert engine.outcomes(9).unacknowledged_events == 101
+    new.ack(again.seq)
+    assert engine.outcomes(9).unacknowledged_events == 1
+    # When the new stream closes, the old one is fed again, its unacknowledged batch first.
+    engine.close_session(new)
+    assert not old.standby
+    (resent,) = await _drain(old, 1)
+    assert [e.message_id for e in resent.events] == [601]
+    engine.close_session(old)
+
+
+async def test_two_live_streams_of_one_client_do_not_replace_each_other() -> None:
+    engine = Engine(Timing(0.05, 0.02))
+    first = engine.open_session("service")
+    second = engine.open_session("service")
+    # Both stay open: the first relays, the second gets the feedback.
+    engine.relay(_relayed(range(1, 11)), "service")
+    (batch,) = await _drain(second, 10)
+    second.ack(batch.seq)
+    assert await _nothing_comes(first)
+    assert engine.outcomes(9).unacknowledged_events == 0
     engine.close_session(first)
     engine.close_session(second)
 
@@ -633,3 +688,114 @@ async def test_clearing_the_reorder_fault_sends_a_held_part_window_at_once() -> 
     assert batch is not None and len(batch.events) == 3
     assert loop.time() - cleared_at < 1
     engine.close_session(session)
+
+
+# --- scoped scenarios ---------------------------------------------------------------------
+
+
+def _hard_bounced(engine: Engine, delivery_id: int) -> int:
+    return engine.outcomes(delivery_id).hard_bounced
+
+
+async def test_a_deliverys_scenario_decides_its_messages_and_the_global_one_the_rest() -> None:
+    engine = Engine(Timing(0.05, 0.02))
+    bounce_all = Mix(hard_bounce_rate=1.0)
+    engine.set_scenario(bounce_all, Faults(), 0, 0, scope=scenarios.Scope(delivery_id=1))
+    expire_at = time.time() + 3600
+    engine.relay([Relayed(i, 1, f"u{i}@example.com", expire_at) for i in range(1, 11)], "a")
+    engine.relay([Relayed(i, 2, f"u{i}@example.com", expire_at) for i in range(11, 21)], "a")
+    assert (_hard_bounced(engine, 1), _hard_bounced(engine, 2)) == (10, 0)
+    assert engine.outcomes(2).delivered == 10
+
+
+async def test_a_scenario_applies_by_delivery_then_client_then_globally() -> None:
+    engine = Engine(Timing(0.05, 0.02))
+    by_delivery = scenarios.Scope(delivery_id=1)
+    by_client = scenarios.Scope(client_id="suite")
+    engine.set_scenario(Mix(open_rate=1.0), Faults(), 0, 0)
+    engine.set_scenario(Mix(hard_bounce_rate=1.0), Faults(), 0, 0, scope=by_client)
+    engine.set_scenario(None, Faults(), 7000, 0, scope=by_delivery)
+    assert engine.fate_scenario(1, "suite").mix is None
+    # Intervals left at 0 come from the global scenario for a scope that had none.
+    assert engine.fate_scenario(1, "suite").timing == Timing(7.0, 0.02)
+    assert engine.fate_scenario(2, "suite").mix == Mix(hard_bounce_rate=1.0)
+    assert engine.fate_scenario(2, "other").mix == Mix(open_rate=1.0)
+    assert engine.stream_scenario("suite") is engine.scenario_of(by_client)
+    assert engine.stream_scenario("other") is engine.scenario
+    assert engine.clear_scenario(by_delivery)
+    assert not engine.clear_scenario(by_delivery)
+    assert engine.fate_scenario(1, "suite").mix == Mix(hard_bounce_rate=1.0)
+    assert engine.clear_scenario(by_client)
+    assert engine.fate_scenario(1, "suite").mix == Mix(open_rate=1.0)
+    # The global one goes back to the start-up settings.
+    assert engine.clear_scenario(scenarios.GLOBAL)
+    assert engine.scenario == Scenario(Timing(0.05, 0.02))
+
+
+async def test_a_clients_faults_act_on_its_streams_only() -> None:
+    engine = Engine(Timing(0.05, 0.02))
+    engine.set_scenario(
+        None, Faults(), 0, 0, hold_feedback=True, scope=scenarios.Scope(client_id="held")
+    )
+    held, free = engine.open_session("held"), engine.open_session("free")
+    engine.relay(_relayed(range(1, 4)), "held")
+    engine.relay(_relayed(range(4, 7)), "free")
+    (batch,) = await _drain(free, 3)
+    assert [e.message_id for e in batch.events] == [4, 5, 6]
+    assert await _nothing_comes(held)
+    engine.clear_scenario(scenarios.Scope(client_id="held"))
+    (batch,) = await _drain(held, 3)
+    assert [e.message_id for e in batch.events] == [1, 2, 3]
+    engine.close_session(held)
+    engine.close_session(free)
+
+
+@pytest.mark.parametrize(
+    ("faults", "hold", "field_name"),
+    [
+        (Faults(duplicate_events=True), False, "faults"),
+        (Faults(reorder_window=3), False, "faults"),
+        (Faults(), True, "hold_feedback"),
+    ],
+)
+def test_a_deliverys_scenario_refuses_what_acts_on_streams(
+    faults: Faults, hold: bool, field_name: str
+) -> None:
+    scope = scenarios.Scope(delivery_id=4)
+    with pytest.raises(ScenarioError, match=rf"^{field_name}: .* acts? on streams"):
+        scenarios.update_scenario(BASE, None, faults, 0, 0, hold, scope)
+
+
+@pytest.mark.parametrize(
+    ("delivery_id", "client_id", "message"),
+    [
+        (-1, "", "delivery_id: must not be negative"),
+        (3, "suite", "client_id: give delivery_id or client_id, not both"),
+        (0, "x" * 201, "client_id: must be at most 200 characters"),
+    ],
+)
+def test_a_bad_scope_names_its_field(delivery_id: int, client_id: str, message: str) -> None:
+    with pytest.raises(ScenarioError, match=f"^{re.escape(message)}$"):
+        scenarios.checked_scope(delivery_id, client_id)
+
+
+def test_scopes_round_trip_through_their_keys() -> None:
+    for scope in (
+        scenarios.GLOBAL,
+        scenarios.Scope(delivery_id=12),
+        scenarios.Scope(client_id="a:b"),
+    ):
+        assert scenarios.Scope.from_key(scope.key) == scope
+    assert str(scenarios.Scope(client_id="a")) == "client 'a'"
+
+
+def test_scoped_scenarios_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stub_engine, "MAX_SCOPED_SCENARIOS", 2)
+    engine = Engine(Timing(0.05, 0.02))
+    for delivery_id in (1, 2):
+        engine.set_scenario(None, Faults(), 0, 0, scope=scenarios.Scope(delivery_id=delivery_id))
+    with pytest.raises(stub_engine.ScenarioLimitError, match="ClearScenario"):
+        engine.set_scenario(None, Faults(), 0, 0, scope=scenarios.Scope(delivery_id=3))
+    # Replacing one is not a new one, and the global one is not counted.
+    engine.set_scenario(Mix(seed=1), Faults(), 0, 0, scope=scenarios.Scope(delivery_id=2))
+    engine.set_scenario(Mix(seed=1), Faults(), 0, 0)

@@ -13,7 +13,7 @@ import pytest
 
 from mta_stub import scenarios
 from mta_stub.engine import Engine, Relayed
-from mta_stub.scenarios import EventKind, Faults, Mix, Scenario, Step, Timing
+from mta_stub.scenarios import GLOBAL, EventKind, Faults, Mix, Scenario, Scope, Step, Timing
 from mta_stub.spool import Outcomes, Scheduled, Spool, SpoolError, Transition
 
 TIMING = Timing(retry_interval=10.0, engagement_delay=2.0)
@@ -235,6 +235,52 @@ def test_the_scenario_is_kept(path: str) -> None:
     spool.close()
 
 
+def test_scoped_scenarios_are_kept_and_cleared_by_scope(path: str) -> None:
+    spool = Spool(path)
+    by_delivery, by_client = Scope(delivery_id=12), Scope(client_id="suite:a")
+    spool.save_scenario(Scenario(TIMING, Mix(seed=1)), by_delivery)
+    spool.save_scenario(Scenario(TIMING, faults=Faults(duplicate_events=True)), by_client)
+    spool.save_scenario(Scenario(TIMING))
+    spool = reopen(spool)
+    assert spool.scenarios() == {
+        by_delivery: Scenario(TIMING, Mix(seed=1)),
+        by_client: Scenario(TIMING, faults=Faults(duplicate_events=True)),
+        GLOBAL: Scenario(TIMING),
+    }
+    spool.delete_scenario(by_delivery)
+    spool = reopen(spool)
+    assert spool.scenario(by_delivery) is None
+    assert spool.scenario(by_client) is not None
+    spool.close()
+
+
+def test_each_clients_events_and_outcomes_survive_a_reopen_apart(spool: Spool) -> None:
+    spool.accept([admission(1), admission(2)], "a")
+    spool.accept([admission(3)], "b")
+    spool.accept([admission(1)], "b")
+    spool = reopen(spool)
+    assert (spool.pending_count("a"), spool.pending_count("b")) == (2, 1)
+    stream = spool.open_stream("b")
+    _seq, events = spool.take_feedback(stream, 10)
+    assert [event.message_id for event in events] == [3]
+    assert spool.outcomes(D, "a") == Outcomes(accepted=2, delivered=2, unacknowledged_events=2)
+    assert spool.outcomes(D, "b") == Outcomes(
+        accepted=1, duplicates=1, delivered=1, unacknowledged_events=1
+    )
+    assert spool.outcomes(D).accepted == 3
+    spool.close()
+
+
+async def test_a_restarted_engine_keeps_its_scoped_scenarios(path: str) -> None:
+    engine = Engine(Timing(1.0, 1.0), Spool(path))
+    engine.set_scenario(Mix(hard_bounce_rate=1.0), Faults(), 0, 0, scope=Scope(delivery_id=D))
+    await engine.close()
+    restarted = Engine(Timing(1.0, 1.0), Spool(path))
+    restarted.relay([Relayed(1, D, "a@example.com", time.time() + 3600)], "client")
+    assert restarted.outcomes(D).hard_bounced == 1
+    await restarted.close()
+
+
 async def test_a_restarted_engine_decides_fates_with_the_saved_scenario(path: str) -> None:
     engine = Engine(Timing(1.0, 1.0), Spool(path))
     engine.set_scenario(Mix(seed=3, hard_bounce_rate=0.5), Faults(), 300, 0, hold_feedback=True)
@@ -300,32 +346,47 @@ def test_random_takes_acks_closes_and_reopens_lose_nothing_and_ack_each_event_on
     spool: Spool, seed: int
 ) -> None:
     rng = random.Random(seed)
+    clients = ("a", "b")
     accepted = 0
+    owner: dict[int, str] = {}
     acked = Counter[int]()
-    # Per open stream, its unacknowledged batches: seq -> message ids.
-    streams: dict[int, dict[int, list[int]]] = {}
+    # Per open stream, its client and its unacknowledged batches: seq -> message ids.
+    streams: dict[int, tuple[str, dict[int, list[int]]]] = {}
+
+    def in_streams(client: str) -> int:
+        return sum(
+            len(b) for c, batches in streams.values() if c == client for b in batches.values()
+        )
+
     for _ in range(300):
         op = rng.choice(["accept", "take", "take", "ack", "close", "reopen"])
         if op == "accept" or accepted == 0:
             count = rng.randint(1, 30)
-            spool.accept([admission(i) for i in range(accepted + 1, accepted + count + 1)])
+            client = rng.choice(clients)
+            new = range(accepted + 1, accepted + count + 1)
+            spool.accept([admission(i) for i in new], client)
+            owner.update(dict.fromkeys(new, client))
             accepted += count
         elif op == "take":
             if len(streams) < 3 and rng.random() < 0.3:
-                streams[spool.open_stream()] = {}
+                client = rng.choice(clients)
+                streams[spool.open_stream(client)] = (client, {})
             if streams:
                 stream = rng.choice(list(streams))
+                client, batches = streams[stream]
                 seq, events = spool.take_feedback(stream, rng.randint(1, 12))
                 ids = [e.message_id for e in events]
-                in_flight = {i for batches in streams.values() for b in batches.values() for i in b}
+                in_flight = {i for _c, bs in streams.values() for b in bs.values() for i in b}
                 assert not set(ids) & (in_flight | set(acked))
+                assert {owner[i] for i in ids} <= {client}
                 if ids:
-                    streams[stream][seq] = ids
-        elif op == "ack" and any(streams.values()):
-            stream = rng.choice([s for s, batches in streams.items() if batches])
-            seq = rng.choice(list(streams[stream]))
-            assert spool.ack(stream, seq) == len(streams[stream][seq])
-            acked.update(streams[stream].pop(seq))
+                    batches[seq] = ids
+        elif op == "ack" and any(batches for _c, batches in streams.values()):
+            stream = rng.choice([s for s, (_c, batches) in streams.items() if batches])
+            batches = streams[stream][1]
+            seq = rng.choice(list(batches))
+            assert spool.ack(stream, seq) == len(batches[seq])
+            acked.update(batches.pop(seq))
         elif op == "close" and streams:
             stream = rng.choice(list(streams))
             spool.close_stream(stream)
@@ -333,19 +394,19 @@ def test_random_takes_acks_closes_and_reopens_lose_nothing_and_ack_each_event_on
         elif op == "reopen":
             spool = reopen(spool)
             streams.clear()
-        unacknowledged = accepted - sum(acked.values())
-        assert spool.outcomes(D).unacknowledged_events == unacknowledged
-        assert spool.pending_count() == unacknowledged - sum(
-            len(b) for batches in streams.values() for b in batches.values()
-        )
+        for client in clients:
+            unacknowledged = sum(1 for i, c in owner.items() if c == client and i not in acked)
+            assert spool.outcomes(D, client).unacknowledged_events == unacknowledged
+            assert spool.pending_count(client) == unacknowledged - in_streams(client)
     spool = reopen(spool)
-    stream = spool.open_stream()
-    while True:
-        seq, events = spool.take_feedback(stream, rng.randint(1, 500))
-        if not events:
-            break
-        spool.ack(stream, seq)
-        acked.update(e.message_id for e in events)
+    for client in clients:
+        stream = spool.open_stream(client)
+        while True:
+            seq, events = spool.take_feedback(stream, rng.randint(1, 500))
+            if not events:
+                break
+            spool.ack(stream, seq)
+            acked.update(e.message_id for e in events)
     assert acked == Counter(range(1, accepted + 1))
     assert spool.outcomes(D).unacknowledged_events == 0
     spool.close()

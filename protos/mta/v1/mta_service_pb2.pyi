@@ -167,7 +167,14 @@ class Hello(_message.Message):
 
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
-    """Required. The client's name, for the MTA's logs."""
+    """Required. The client's name, at most 200 characters. The feedback about a
+    message goes only to streams of the client that relayed it, so that
+    several clients (the test suites of several teams, say) can share one MTA.
+    A client has one stream at a time: a Hello from a client whose earlier
+    stream is still open ends that stream (UNAVAILABLE), and the feedback it
+    had sent without an acknowledgement comes at once on the new one. A
+    client that runs several processes at once gives each its own client_id.
+    """
     def __init__(
         self,
         *,
@@ -529,7 +536,18 @@ Global___Faults: _TypeAlias = Faults  # noqa: Y015
 
 @_typing.final
 class SetScenarioRequest(_message.Message):
-    """The request of SetScenario."""
+    """The request of SetScenario.
+
+    A scenario applies to a scope: the global scenario (neither delivery_id nor
+    client_id set) to every message and stream without a scenario of its own; a
+    client's scenario to the messages that client relays and to its streams; a
+    delivery's scenario to the messages of that delivery. A message's fate and
+    timeline (mix, retry_interval_ms, engagement_delay_ms) come from its
+    delivery's scenario, else its client's, else the global one; how feedback
+    travels on a stream (faults, hold_feedback) comes from its client's
+    scenario, else the global one. Each SetScenario replaces its scope's
+    scenario whole.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -538,26 +556,37 @@ class SetScenarioRequest(_message.Message):
     RETRY_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     ENGAGEMENT_DELAY_MS_FIELD_NUMBER: _builtins.int
     HOLD_FEEDBACK_FIELD_NUMBER: _builtins.int
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
     retry_interval_ms: _builtins.int
     """The time between two attempts of a soft-bouncing message, in
-    milliseconds; 0 keeps the current value.
+    milliseconds; 0 keeps the current value (for a scope without a scenario
+    yet, the global scenario's).
     """
     engagement_delay_ms: _builtins.int
     """The time between delivery and open, and open and click, in
-    milliseconds; 0 keeps the current value.
+    milliseconds; 0 keeps the current value, as for retry_interval_ms.
     """
     hold_feedback: _builtins.bool
     """While true, feedback events are kept in the outbox and not streamed; setting it
     back to false releases them all at once. For load tests that measure ingest
-    apart from the relay.
+    apart from the relay. Acts on streams: not allowed in a delivery's scenario.
     """
+    delivery_id: _builtins.int
+    """The delivery whose scenario this is; 0 for none. At most one of
+    delivery_id and client_id may be set.
+    """
+    client_id: _builtins.str
+    """The client (Hello.client_id) whose scenario this is; empty for none."""
     @_builtins.property
     def mix(self) -> Global___Mix:
         """The mix for addresses that match no pattern; all delivered if unset."""
 
     @_builtins.property
     def faults(self) -> Global___Faults:
-        """The faults to inject; none if unset."""
+        """The faults to inject; none if unset. Faults act on streams: not allowed
+        in a delivery's scenario (use its client's).
+        """
 
     def __init__(
         self,
@@ -567,10 +596,12 @@ class SetScenarioRequest(_message.Message):
         retry_interval_ms: _builtins.int = ...,
         engagement_delay_ms: _builtins.int = ...,
         hold_feedback: _builtins.bool = ...,
+        delivery_id: _builtins.int = ...,
+        client_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["faults", b"faults", "mix", b"mix"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engagement_delay_ms", b"engagement_delay_ms", "faults", b"faults", "hold_feedback", b"hold_feedback", "mix", b"mix", "retry_interval_ms", b"retry_interval_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "delivery_id", b"delivery_id", "engagement_delay_ms", b"engagement_delay_ms", "faults", b"faults", "hold_feedback", b"hold_feedback", "mix", b"mix", "retry_interval_ms", b"retry_interval_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -594,22 +625,82 @@ class SetScenarioResponse(_message.Message):
 Global___SetScenarioResponse: _TypeAlias = SetScenarioResponse  # noqa: Y015
 
 @_typing.final
+class ClearScenarioRequest(_message.Message):
+    """The request of ClearScenario."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.int
+    """The delivery whose own scenario is removed: its messages then follow their
+    client's scenario, else the global one. 0 for none.
+    """
+    client_id: _builtins.str
+    """The client whose own scenario is removed: its messages and streams then
+    follow the global scenario. Empty for none. With neither field set, the
+    global scenario goes back to the stub's start-up settings (all delivered,
+    no faults); scoped scenarios stay.
+    """
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.int = ...,
+        client_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "delivery_id", b"delivery_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearScenarioRequest: _TypeAlias = ClearScenarioRequest  # noqa: Y015
+
+@_typing.final
+class ClearScenarioResponse(_message.Message):
+    """The response of ClearScenario."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLEARED_FIELD_NUMBER: _builtins.int
+    cleared: _builtins.bool
+    """Whether the scope had a scenario of its own (always true for the global one)."""
+    def __init__(
+        self,
+        *,
+        cleared: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleared", b"cleared"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearScenarioResponse: _TypeAlias = ClearScenarioResponse  # noqa: Y015
+
+@_typing.final
 class GetOutcomesRequest(_message.Message):
     """The request of GetOutcomes."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
     delivery_id: _builtins.int
     """The delivery; all deliveries if 0."""
+    client_id: _builtins.str
+    """The client: only the messages it relayed (and the duplicates it relayed
+    again); all clients if empty.
+    """
     def __init__(
         self,
         *,
         delivery_id: _builtins.int = ...,
+        client_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_id", b"delivery_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "delivery_id", b"delivery_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -47,6 +47,11 @@ class MtaServiceStub:
                 request_serializer=mta_dot_v1_dot_mta__service__pb2.SetScenarioRequest.SerializeToString,
                 response_deserializer=mta_dot_v1_dot_mta__service__pb2.SetScenarioResponse.FromString,
                 _registered_method=True)
+        self.ClearScenario = channel.unary_unary(
+                '/mta.v1.MtaService/ClearScenario',
+                request_serializer=mta_dot_v1_dot_mta__service__pb2.ClearScenarioRequest.SerializeToString,
+                response_deserializer=mta_dot_v1_dot_mta__service__pb2.ClearScenarioResponse.FromString,
+                _registered_method=True)
         self.GetOutcomes = channel.unary_unary(
                 '/mta.v1.MtaService/GetOutcomes',
                 request_serializer=mta_dot_v1_dot_mta__service__pb2.GetOutcomesRequest.SerializeToString,
@@ -78,15 +83,26 @@ class MtaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetScenario(self, request, context):
-        """Sets how the stub decides fates and which faults it injects. A control
-        RPC of the stub, for tests and load tests.
+        """Sets how the stub decides fates and which faults it injects, for every
+        message (the global scenario) or for one delivery's or one client's (a
+        scoped scenario). A test control of the stub, for tests and load tests:
+        served only when the stub runs with --test-controls, else UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearScenario(self, request, context):
+        """Removes a scoped scenario, or resets the global one. A test control, like
+        SetScenario.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetOutcomes(self, request, context):
-        """Returns the stub's own record of what it accepted and reported.
+        """Returns the stub's own record of what it accepted and reported. A test
+        control, like SetScenario.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +120,11 @@ def add_MtaServiceServicer_to_server(servicer, server):
                     servicer.SetScenario,
                     request_deserializer=mta_dot_v1_dot_mta__service__pb2.SetScenarioRequest.FromString,
                     response_serializer=mta_dot_v1_dot_mta__service__pb2.SetScenarioResponse.SerializeToString,
+            ),
+            'ClearScenario': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearScenario,
+                    request_deserializer=mta_dot_v1_dot_mta__service__pb2.ClearScenarioRequest.FromString,
+                    response_serializer=mta_dot_v1_dot_mta__service__pb2.ClearScenarioResponse.SerializeToString,
             ),
             'GetOutcomes': grpc.unary_unary_rpc_method_handler(
                     servicer.GetOutcomes,
@@ -168,6 +189,33 @@ class MtaService:
             '/mta.v1.MtaService/SetScenario',
             mta_dot_v1_dot_mta__service__pb2.SetScenarioRequest.SerializeToString,
             mta_dot_v1_dot_mta__service__pb2.SetScenarioResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearScenario(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mta.v1.MtaService/ClearScenario',
+            mta_dot_v1_dot_mta__service__pb2.ClearScenarioRequest.SerializeToString,
+            mta_dot_v1_dot_mta__service__pb2.ClearScenarioResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,11 +50,19 @@ class MtaServiceStub:
     the batch's messages, and sends FeedbackBatch messages as events occur.
     """
     SetScenario: _grpc.UnaryUnaryMultiCallable[_mta_service_pb2.SetScenarioRequest, _mta_service_pb2.SetScenarioResponse]
-    """Sets how the stub decides fates and which faults it injects. A control
-    RPC of the stub, for tests and load tests.
+    """Sets how the stub decides fates and which faults it injects, for every
+    message (the global scenario) or for one delivery's or one client's (a
+    scoped scenario). A test control of the stub, for tests and load tests:
+    served only when the stub runs with --test-controls, else UNIMPLEMENTED.
+    """
+    ClearScenario: _grpc.UnaryUnaryMultiCallable[_mta_service_pb2.ClearScenarioRequest, _mta_service_pb2.ClearScenarioResponse]
+    """Removes a scoped scenario, or resets the global one. A test control, like
+    SetScenario.
     """
     GetOutcomes: _grpc.UnaryUnaryMultiCallable[_mta_service_pb2.GetOutcomesRequest, _mta_service_pb2.GetOutcomesResponse]
-    """Returns the stub's own record of what it accepted and reported."""
+    """Returns the stub's own record of what it accepted and reported. A test
+    control, like SetScenario.
+    """
 
 @_typing.type_check_only
 class MtaServiceAsyncStub(MtaServiceStub):
@@ -78,11 +86,19 @@ class MtaServiceAsyncStub(MtaServiceStub):
     the batch's messages, and sends FeedbackBatch messages as events occur.
     """
     SetScenario: _aio.UnaryUnaryMultiCallable[_mta_service_pb2.SetScenarioRequest, _mta_service_pb2.SetScenarioResponse]  # type: ignore[assignment]
-    """Sets how the stub decides fates and which faults it injects. A control
-    RPC of the stub, for tests and load tests.
+    """Sets how the stub decides fates and which faults it injects, for every
+    message (the global scenario) or for one delivery's or one client's (a
+    scoped scenario). A test control of the stub, for tests and load tests:
+    served only when the stub runs with --test-controls, else UNIMPLEMENTED.
+    """
+    ClearScenario: _aio.UnaryUnaryMultiCallable[_mta_service_pb2.ClearScenarioRequest, _mta_service_pb2.ClearScenarioResponse]  # type: ignore[assignment]
+    """Removes a scoped scenario, or resets the global one. A test control, like
+    SetScenario.
     """
     GetOutcomes: _aio.UnaryUnaryMultiCallable[_mta_service_pb2.GetOutcomesRequest, _mta_service_pb2.GetOutcomesResponse]  # type: ignore[assignment]
-    """Returns the stub's own record of what it accepted and reported."""
+    """Returns the stub's own record of what it accepted and reported. A test
+    control, like SetScenario.
+    """
 
 class MtaServiceServicer(metaclass=_abc_1.ABCMeta):
     """MtaService is the Enhanced MTA as the delivery service sees it: it takes
@@ -115,8 +131,20 @@ class MtaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _mta_service_pb2.SetScenarioRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mta_service_pb2.SetScenarioResponse, _abc.Awaitable[_mta_service_pb2.SetScenarioResponse]]:
-        """Sets how the stub decides fates and which faults it injects. A control
-        RPC of the stub, for tests and load tests.
+        """Sets how the stub decides fates and which faults it injects, for every
+        message (the global scenario) or for one delivery's or one client's (a
+        scoped scenario). A test control of the stub, for tests and load tests:
+        served only when the stub runs with --test-controls, else UNIMPLEMENTED.
+        """
+
+    @_abc_1.abstractmethod
+    def ClearScenario(
+        self,
+        request: _mta_service_pb2.ClearScenarioRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mta_service_pb2.ClearScenarioResponse, _abc.Awaitable[_mta_service_pb2.ClearScenarioResponse]]:
+        """Removes a scoped scenario, or resets the global one. A test control, like
+        SetScenario.
         """
 
     @_abc_1.abstractmethod
@@ -125,6 +153,8 @@ class MtaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _mta_service_pb2.GetOutcomesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_mta_service_pb2.GetOutcomesResponse, _abc.Awaitable[_mta_service_pb2.GetOutcomesResponse]]:
-        """Returns the stub's own record of what it accepted and reported."""
+        """Returns the stub's own record of what it accepted and reported. A test
+        control, like SetScenario.
+        """
 
 def add_MtaServiceServicer_to_server(servicer: MtaServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
