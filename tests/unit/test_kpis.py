@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
+import pytest
+
 from delivery_service.domain.feedback import FeedbackMode
-from delivery_service.domain.kpis import Counters, Kpis, compute, percent
+from delivery_service.domain.kpis import Counters, compute, percent
 
 
 def kpis(mode: FeedbackMode, n: int, c: Counters, opened: int = 0, clicked: int = 0):  # type: ignore[no-untyped-def]
@@ -48,64 +51,47 @@ def test_empty_delivery_has_no_division_by_zero() -> None:
 
 
 STATS_TIME = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+EFS, WITHOUT = FeedbackMode.EFS, FeedbackMode.WITHOUT_EFS
 
 
-def test_every_field_efs() -> None:
-    c = Counters(relayed=9, delivered=4, soft_bounced=1, hard_bounced=2, expired=1)
+@pytest.mark.parametrize(
+    ("mode", "counters", "stats_time", "final", "expected"),
+    [
+        (
+            EFS,
+            Counters(relayed=9, delivered=4, soft_bounced=1, hard_bounced=2, expired=1),
+            STATS_TIME,
+            True,
+            (EFS, 10, 9, 4, 4, 1, 3, 1, 40.0, 40.0, 75.0, 25.0, STATS_TIME, True),
+        ),
+        (
+            WITHOUT,
+            Counters(relayed=8, delivered=5, soft_bounced=1, hard_bounced=1, expired=1),
+            None,
+            False,
+            (WITHOUT, 10, 8, 8, 2, 0, 3, 1, 80.0, 20.0, 37.5, 12.5, None, False),
+        ),
+    ],
+)
+def test_every_field(
+    mode: FeedbackMode,
+    counters: Counters,
+    stats_time: dt.datetime | None,
+    final: bool,
+    expected: tuple[object, ...],
+) -> None:
+    # Kpis' fields in order: feedback_mode, to_deliver, sent, delivered, failed, pending,
+    # opened, clicked, the four percents, stats_time, final.
     k = compute(
-        FeedbackMode.EFS,
+        mode,
         10,
-        c,
+        counters,
         opened_at_stats=3,
         clicked_at_stats=1,
-        stats_time=STATS_TIME,
-        final=True,
+        stats_time=stats_time,
+        final=final,
     )
-    assert k == Kpis(
-        feedback_mode=FeedbackMode.EFS,
-        to_deliver=10,
-        sent=9,
-        delivered=4,
-        failed=4,
-        pending=1,
-        opened=3,
-        clicked=1,
-        delivered_percent=40.0,
-        bounces_percent=40.0,
-        open_percent=75.0,
-        click_percent=25.0,
-        stats_time=STATS_TIME,
-        final=True,
-    )
-
-
-def test_every_field_without_efs() -> None:
-    c = Counters(relayed=8, delivered=5, soft_bounced=1, hard_bounced=1, expired=1)
-    k = compute(
-        FeedbackMode.WITHOUT_EFS,
-        10,
-        c,
-        opened_at_stats=4,
-        clicked_at_stats=2,
-        stats_time=None,
-        final=False,
-    )
-    assert k == Kpis(
-        feedback_mode=FeedbackMode.WITHOUT_EFS,
-        to_deliver=10,
-        sent=8,
-        delivered=8,
-        failed=2,
-        pending=0,
-        opened=4,
-        clicked=2,
-        delivered_percent=80.0,
-        bounces_percent=20.0,
-        open_percent=50.0,
-        click_percent=25.0,
-        stats_time=None,
-        final=False,
-    )
+    assert dataclasses.astuple(k) == expected
 
 
 def test_efs_pending_reaches_zero_once_every_message_is_reported() -> None:
