@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from grpc_common.settings import (
+    Count,
     Duration,
     Port,
     PositiveDuration,
@@ -16,6 +17,7 @@ from grpc_common.settings import (
     Seconds,
     ServerSettings,
     setting,
+    target_is_loopback,
 )
 
 
@@ -33,6 +35,12 @@ class Settings(ServerSettings):
     mta_address: str = setting("127.0.0.1:50052", env="MTA_ADDRESS", help="the MTA, host:port")
     database_url: Annotated[str, Field(min_length=1)] = setting(
         env="DATABASE_URL", help="PostgreSQL URL; migrations are applied at start"
+    )
+    migrate: bool = setting(
+        True,
+        env="DATABASE_MIGRATE",
+        help="apply the migrations at start; off when the service connects as a role that "
+        "may not change the schema (they are applied beforehand, as its owner)",
     )
     stats_interval: PositiveDuration = setting(
         dt.timedelta(hours=1),
@@ -54,3 +62,57 @@ class Settings(ServerSettings):
     grace: Seconds = setting(
         5.0, env="SHUTDOWN_GRACE_SECONDS", help="seconds calls in progress get on SIGTERM"
     )
+    tls_cert: str = setting(
+        "", env="DELIVERY_TLS_CERT", help="PEM certificate chain to serve TLS with; none: plaintext"
+    )
+    tls_key: str = setting("", env="DELIVERY_TLS_KEY", help="PEM private key of --tls-cert")
+    tls_client_ca: str = setting(
+        "",
+        env="DELIVERY_TLS_CLIENT_CA",
+        help="PEM CA bundle: require a client certificate it signed (mutual TLS); none: any client",
+    )
+    insecure: bool = setting(
+        False,
+        env="DELIVERY_INSECURE",
+        help="allow plaintext beyond loopback (serving without --tls-cert, or to a --mta-address "
+        "without --mta-ca); logs a warning",
+    )
+    max_concurrent_rpcs: Count = setting(
+        1000,
+        env="DELIVERY_MAX_CONCURRENT_RPCS",
+        help="calls in progress at once, streams included; more: RESOURCE_EXHAUSTED",
+    )
+    max_streams: Count = setting(
+        600,
+        env="DELIVERY_MAX_STREAMS",
+        help="streaming calls (WatchDeployment) open at once; more: RESOURCE_EXHAUSTED",
+    )
+    mta_ca: str = setting(
+        "",
+        env="MTA_CA",
+        help="PEM CA bundle to check the MTA's certificate with (the link then uses TLS); "
+        "none: plaintext",
+    )
+    mta_client_cert: str = setting(
+        "",
+        env="MTA_CLIENT_CERT",
+        help="PEM certificate chain the link presents to the MTA (mutual TLS)",
+    )
+    mta_client_key: str = setting(
+        "", env="MTA_CLIENT_KEY", help="PEM private key of --mta-client-cert"
+    )
+
+    @model_validator(mode="after")
+    def _link(self) -> Self:
+        """The link to the MTA: TLS files that go together, no plaintext beyond loopback."""
+        name = self.name_of
+        if bool(self.mta_client_cert) != bool(self.mta_client_key):
+            raise ValueError(f"{name('mta_client_cert')} and {name('mta_client_key')} go together")
+        if self.mta_client_cert and not self.mta_ca:
+            raise ValueError(f"{name('mta_client_cert')} needs {name('mta_ca')}")
+        if not self.mta_ca and not self.insecure and not target_is_loopback(self.mta_address):
+            raise ValueError(
+                f"{name('mta_address')} {self.mta_address!r} would be reached in plaintext: "
+                f"give {name('mta_ca')} (and a client certificate), or {name('insecure')}"
+            )
+        return self

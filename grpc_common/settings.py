@@ -9,18 +9,23 @@ pydantic-settings reads the variables and pydantic checks and converts every val
 reads the flags and writes --help. Flags reach pydantic as text, so a bad value is
 reported the same way wherever it came from: one line on stderr naming the flag and
 the variable, and exit code 2.
+
+Serving's settings are checked together too: a server serves plaintext only on a loopback
+address or with --insecure, so that tokens and addresses never cross a network in clear
+by accident.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import ipaddress
 import math
 import os
 from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal, NoReturn, Self
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,9 +73,36 @@ Duration = Annotated[dt.timedelta, BeforeValidator(_to_timedelta), AfterValidato
 PositiveDuration = Annotated[
     dt.timedelta, BeforeValidator(_to_timedelta), AfterValidator(_positive)
 ]
+Count = Annotated[int, Field(ge=1)]
 LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
 ]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host`, an address to listen on or to connect to, is this machine only:
+    `localhost` or a loopback address (127.0.0.0/8, ::1). `0.0.0.0` and names are not."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def target_is_loopback(target: str) -> bool:
+    """Whether a gRPC target (`host:port`, `[::1]:port`, `dns:///host:port`, `unix:path`)
+    reaches this machine only."""
+    target = target.strip()
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    target = target.removeprefix("dns:").removeprefix("ipv4:").removeprefix("ipv6:")
+    target = target.lstrip("/").rpartition("/")[2]  # dns://authority/host:port
+    host, colon, _port = target.rpartition(":")
+    if not colon or (target.count(":") > 1 and not target.startswith("[")):
+        host = target  # no port, or a bare IPv6 address
+    return is_loopback(host)
 
 
 def setting(default: Any = PydanticUndefined, *, env: str, help: str) -> Any:
@@ -114,6 +146,13 @@ class ServerSettings(BaseSettings):
     log_json: bool = setting(False, env="LOG_JSON", help="JSON log lines")
     metrics_port: Port
     grace: Seconds
+    # Transport (grpc_common.serving): TLS files, plaintext beyond loopback, and the caps.
+    tls_cert: str
+    tls_key: str
+    tls_client_ca: str
+    insecure: bool
+    max_concurrent_rpcs: Count
+    max_streams: Count
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -121,6 +160,31 @@ class ServerSettings(BaseSettings):
         missing = [name for name, field in cls.model_fields.items() if not _env(field)]
         if missing:
             raise TypeError(f"{cls.__name__}: declare {', '.join(missing)} with setting()")
+
+    @model_validator(mode="after")
+    def _transport(self) -> Self:
+        """TLS files that go together, and no plaintext beyond loopback unless asked for."""
+        name = self.name_of
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError(f"{name('tls_cert')} and {name('tls_key')} go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError(
+                f"{name('tls_client_ca')} needs {name('tls_cert')} and {name('tls_key')}"
+            )
+        if not self.tls_cert and not self.insecure and not is_loopback(self.host):
+            raise ValueError(
+                f"{name('host')} {self.host!r} would serve plaintext beyond this machine: "
+                f"give {name('tls_cert')} and {name('tls_key')}, or {name('insecure')} "
+                "to serve plaintext anyway"
+            )
+        if self.max_streams > self.max_concurrent_rpcs:
+            raise ValueError(f"{name('max_streams')} must not exceed {name('max_concurrent_rpcs')}")
+        return self
+
+    @classmethod
+    def name_of(cls, field: str) -> str:
+        """A setting as errors name it: `--flag (env VARIABLE)`."""
+        return f"{_flag(field)} (env {_env(cls.model_fields[field])})"
 
     @classmethod
     def parse(cls, argv: Sequence[str] | None = None) -> Self:
