@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import grpc
 from mta.v1 import mta_service_pb2, mta_service_pb2_grpc
@@ -57,10 +57,15 @@ _Outgoing = mta_service_pb2.ExchangeResponse | _End
 
 
 class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
-    """Validates and maps protos; the engine does the work."""
+    """Validates and maps protos; the engine does the work.
 
-    def __init__(self, engine: Engine) -> None:
+    The test controls (SetScenario, ClearScenario, GetOutcomes) answer UNIMPLEMENTED
+    unless test_controls is on.
+    """
+
+    def __init__(self, engine: Engine, test_controls: bool = False) -> None:
         self._engine = engine
+        self._test_controls = test_controls
 
     async def Exchange(
         self,
@@ -118,6 +123,7 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
             mta_service_pb2.SetScenarioRequest, mta_service_pb2.SetScenarioResponse
         ],
     ) -> mta_service_pb2.SetScenarioResponse:
+        await self._test_control(context, "SetScenario")
         mix = None
         if request.HasField("mix"):
             m = request.mix
@@ -160,6 +166,7 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
             mta_service_pb2.ClearScenarioRequest, mta_service_pb2.ClearScenarioResponse
         ],
     ) -> mta_service_pb2.ClearScenarioResponse:
+        await self._test_control(context, "ClearScenario")
         try:
             scope = checked_scope(request.delivery_id, request.client_id)
         except ScenarioError as exc:
@@ -173,12 +180,22 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
             mta_service_pb2.GetOutcomesRequest, mta_service_pb2.GetOutcomesResponse
         ],
     ) -> mta_service_pb2.GetOutcomesResponse:
+        await self._test_control(context, "GetOutcomes")
         if request.delivery_id < 0:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "delivery_id: must not be negative"
             )
         outcomes = self._engine.outcomes(request.delivery_id, request.client_id or None)
         return mta_service_pb2.GetOutcomesResponse(**dataclasses.asdict(outcomes))
+
+    async def _test_control(self, context: grpc.aio.ServicerContext[Any, Any], name: str) -> None:
+        """Ends the call with UNIMPLEMENTED unless the test controls are on."""
+        if not self._test_controls:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{name} is a test control, off on this stub: start it with --test-controls "
+                "(or MTA_TEST_CONTROLS=true) to serve it",
+            )
 
     async def _read(
         self,
@@ -333,6 +350,8 @@ def create_app(settings: Settings) -> App:
         Timing(settings.retry_interval_ms / 1000, settings.engagement_delay_ms / 1000), spool
     )
     server = serving.Server(observability.interceptor(), [SERVICE_NAME])
-    servicer = MtaServicer(engine)
+    if settings.test_controls:
+        log.info("test controls on: SetScenario, ClearScenario and GetOutcomes are served")
+    servicer = MtaServicer(engine, settings.test_controls)
     mta_service_pb2_grpc.add_MtaServiceServicer_to_server(servicer, server.grpc)
     return App(server, engine)

@@ -50,8 +50,13 @@ class Launcher:
     startup_timeout: float = 30.0
 
     def mta_stub(self, *args: str, port: int | str = 0) -> ServerProcess:
-        """`python -m mta_stub`, SERVING; `args` after --host and --port, so they win."""
-        return self._start("mta_stub", args, port)
+        """`python -m mta_stub --test-controls`, SERVING; `args` after --host, --port and
+        --test-controls, so they win (`--no-test-controls` turns them off).
+
+        The test controls (SetScenario, ClearScenario, GetOutcomes) are on: every caller
+        (`make run` and its demo, the benchmark, the tests) drives the stub's scenarios.
+        """
+        return self._start("mta_stub", ("--test-controls", *args), port)
 
     def delivery_service(
         self, database_url: str, mta_address: str, *args: str, port: int | str = 0

@@ -56,7 +56,8 @@ def read_log(path: Path) -> str:
 
 @contextlib.asynccontextmanager
 async def running_stub(log_path: Path, *args: str, port: int = 0) -> AsyncIterator[Stub]:
-    """Starts `python -m mta_stub *args` on a port (0: a free one); waits until it is SERVING."""
+    """Starts `python -m mta_stub --test-controls *args` on a port (0: a free one); waits
+    until it is SERVING."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MTA_")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "protos")])
     with log_path.open("wb") as log_file:
@@ -70,6 +71,7 @@ async def running_stub(log_path: Path, *args: str, port: int = 0) -> AsyncIterat
             str(RETRY_INTERVAL_MS),
             "--engagement-delay-ms",
             str(ENGAGEMENT_DELAY_MS),
+            "--test-controls",
             *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,
@@ -730,3 +732,27 @@ async def test_a_hello_must_name_its_client(
     await call.write(pb.ExchangeRequest(hello=pb.Hello(client_id=client_id)))
     assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (await call.details() or "").startswith(details)
+
+
+async def test_the_test_controls_are_off_without_the_flag(tmp_path: Path) -> None:
+    async with (
+        running_stub(tmp_path / "stub.log", "--no-test-controls") as running,
+        grpc.aio.insecure_channel(running.address) as channel,
+    ):
+        mta = async_stub(channel)
+        for name, request in (
+            ("SetScenario", pb.SetScenarioRequest()),
+            ("ClearScenario", pb.ClearScenarioRequest()),
+            ("GetOutcomes", pb.GetOutcomesRequest()),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await getattr(mta, name)(request, timeout=5)
+            assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert f"{name} is a test control" in (raised.value.details() or "")
+            assert "--test-controls" in (raised.value.details() or "")
+        # The stream itself is served.
+        feed = await Feed.open(mta)
+        await feed.relay([message(1, 1, "someone@example.com")])
+        await feed.events_of(1, contains("1:DELIVERED:1"))
+        await feed.close()
+        assert await stop(running) == 0, running.log()

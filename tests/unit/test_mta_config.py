@@ -1,4 +1,4 @@
-"""The stub's observability settings: flags, their environment variables, the defaults."""
+"""The stub's settings: flags, their environment variables, the defaults."""
 
 from __future__ import annotations
 
@@ -52,3 +52,11 @@ def test_a_bad_metrics_port_is_refused(
     err = capsys.readouterr().err
     assert f"MTA_METRICS_PORT={bad!r} (flag --metrics-port)" in err
     assert len(err.splitlines()) == 1
+
+
+def test_the_test_controls_are_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings.parse([]).test_controls is False
+    assert Settings.parse(["--test-controls"]).test_controls is True
+    monkeypatch.setenv("MTA_TEST_CONTROLS", "true")
+    assert Settings.parse([]).test_controls is True
+    assert Settings.parse(["--no-test-controls"]).test_controls is False
