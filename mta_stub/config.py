@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field
 
-from grpc_common.settings import Port, Seconds, ServerSettings, setting
+from grpc_common.settings import Count, Port, Seconds, ServerSettings, setting
 
 
 class Settings(ServerSettings):
@@ -40,6 +40,30 @@ class Settings(ServerSettings):
     )
     grace: Seconds = setting(
         5.0, env="MTA_GRACE_SECONDS", help="seconds calls in progress get to finish on shutdown"
+    )
+    tls_cert: str = setting(
+        "", env="MTA_TLS_CERT", help="PEM certificate chain to serve TLS with; none: plaintext"
+    )
+    tls_key: str = setting("", env="MTA_TLS_KEY", help="PEM private key of --tls-cert")
+    tls_client_ca: str = setting(
+        "",
+        env="MTA_TLS_CLIENT_CA",
+        help="PEM CA bundle: take only clients with a certificate it signed (mutual TLS, "
+        "as the link to the delivery service should be); none: any client",
+    )
+    insecure: bool = setting(
+        False, env="MTA_INSECURE", help="allow plaintext beyond loopback; logs a warning"
+    )
+    max_concurrent_rpcs: Count = setting(
+        200,
+        env="MTA_MAX_CONCURRENT_RPCS",
+        help="calls in progress at once, streams included; more: RESOURCE_EXHAUSTED",
+    )
+    max_streams: Count = setting(
+        32,
+        env="MTA_MAX_STREAMS",
+        help="Exchange streams open at once (one per delivery service process); more: "
+        "RESOURCE_EXHAUSTED",
     )
     test_controls: bool = setting(
         False,
