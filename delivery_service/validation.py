@@ -6,6 +6,8 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -36,6 +38,34 @@ MAX_VALIDITY = dt.timedelta(days=30)
 MIN_INTERVAL = dt.timedelta(seconds=1)
 MAX_INTERVAL = dt.timedelta(days=366)
 
+# The largest request the service takes, in bytes on the wire: a larger one is refused
+# with RESOURCE_EXHAUSTED before it is read (grpc_common.serving). The largest legitimate
+# request is a CreateDelivery (a CreateRecurringDelivery is a few bytes more) at every
+# limit above, its free text at 4 bytes a character (UTF-8's most) and its addresses at 1
+# (a deliverable address is ASCII), each field with its tag and length:
+#   label                      200 x 4 + 3 =        803
+#   content.subject            998 x 4 + 3 =      3,995
+#   content.body         1,048,576 x 4 + 5 =  4,194,309
+#   content.links    100 x (2,048 x 4 + 3) =    819,500
+#   content, target: their tags and lengths =        15
+#   target: 100,000 x (254 + 3 + 3)        = 26,000,000
+#   request_id                 200 x 4 + 3 =        803
+#   validity, mode, approvals, schedule    <        100
+#   total                                  < 31,019,525 bytes (29.6 MiB)
+# UpsertProfiles at its limits, with ASCII ids and segment names, is 10,000 x (203 + 257 +
+# 20 x 102 + 2 + 3) = 25,050,000. 32 MiB is 8 % over the largest. A request built of the
+# longest ids in 4-byte characters would pass the checks below yet not this limit: it is
+# refused too.
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+
+# What a label or a subject must not hold, since it is shown to people as it is: control
+# characters (C0, DEL, C1), line and paragraph separators, and the invisible bidi controls
+# that reorder or hide what a reader sees (embeddings, overrides, isolates, marks).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_BIDI = re.compile(r"[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# What a link must not hold once normalised: spaces and control characters.
+_NOT_IN_LINK = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+
 # Proto values to domain members, paired by name in one place.
 FEEDBACK_MODES = proto_enums.MODE_OF
 APPROVAL_STEPS = proto_enums.STEP_OF
@@ -60,6 +90,40 @@ def text(field: str, value: str, limit: int, *, required: bool = True) -> str:
     if "\x00" in value:
         raise Invalid(field, "must not contain NUL characters")
     return value
+
+
+def shown_text(field: str, value: str, limit: int) -> str:
+    """A label or a subject: text() on one line, without control or bidi characters."""
+    value = text(field, value, limit)
+    if "\r" in value or "\n" in value:
+        raise Invalid(field, "must be one line")
+    for pattern, kind in ((_CONTROL, "control"), (_BIDI, "bidi control")):
+        found = pattern.search(value)
+        if found:
+            raise Invalid(field, f"must not contain {kind} characters (U+{ord(found[0]):04X})")
+    return value
+
+
+def link(field: str, value: str) -> str:
+    """An http or https URL, checked as it will be used: NFKC-normalised and stripped,
+    its scheme in lower case, with a host and no credentials. Returns that form."""
+    text(field, value, MAX_LINK)
+    normal = unicodedata.normalize("NFKC", value).strip()
+    if len(normal) > MAX_LINK:
+        raise Invalid(field, f"must be at most {MAX_LINK} characters once normalised (NFKC)")
+    if _NOT_IN_LINK.search(normal):
+        raise Invalid(field, "must not contain spaces or control characters")
+    try:
+        parts = urlsplit(normal)
+        parts.port  # noqa: B018 - a port that is not a number raises ValueError
+    except ValueError:
+        raise Invalid(field, "is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(field, "must be an http or https URL")
+    if parts.username is not None or parts.password is not None:
+        raise Invalid(field, "must not carry credentials (user:password@)")
+    # urlsplit lower-cases the scheme it returns; the URL keeps it as given otherwise.
+    return parts.scheme + normal[len(parts.scheme) :]
 
 
 def positive_id(field: str, value: int) -> int:
@@ -139,18 +203,12 @@ def page_token(field: str, token: str, first: int, scope: str) -> int:
 
 
 def content(field: str, value: pb.Content) -> tuple[str, str, list[str]]:
-    subject = text(f"{field}.subject", value.subject, MAX_SUBJECT)
-    if any(c in subject for c in "\r\n"):
-        raise Invalid(f"{field}.subject", "must be one line")
+    subject = shown_text(f"{field}.subject", value.subject, MAX_SUBJECT)
     body = text(f"{field}.body", value.body, MAX_BODY)
     if len(value.links) > MAX_LINKS:
         raise Invalid(f"{field}.links", f"must have at most {MAX_LINKS} links")
-    for i, link in enumerate(value.links):
-        text(f"{field}.links[{i}]", link, MAX_LINK)
-        parts = urlsplit(link)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise Invalid(f"{field}.links[{i}]", "must be an http or https URL")
-    return subject, body, list(value.links)
+    links = [link(f"{field}.links[{i}]", value) for i, value in enumerate(value.links)]
+    return subject, body, links
 
 
 def target(field: str, value: pb.Target) -> tuple[str | None, list[Recipient]]:
@@ -199,7 +257,7 @@ def new_delivery(
     subject, body, links = content("content", content_value)
     segment, recipients = target("target", target_value)
     return NewDelivery(
-        label=text("label", request.label, MAX_LABEL),
+        label=shown_text("label", request.label, MAX_LABEL),
         subject=subject,
         body=body,
         links=links,

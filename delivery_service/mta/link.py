@@ -22,8 +22,20 @@ from mta.v1 import mta_service_pb2 as mta
 from mta.v1 import mta_service_pb2_grpc as mta_grpc
 
 from delivery_service import observability
+from grpc_common import serving
 
 log = logging.getLogger(__name__)
+
+# The largest FeedbackBatch taken from the MTA: 10,000 events (the ingest's largest batch;
+# the stub sends 500) of at most 200 bytes each on the wire (an event id of up to 128
+# bytes, 130 with its tag and length; two int64 ids, 11 each; kind and reason, 2 each;
+# attempt and link index, 11 each; a Timestamp, 19; the event's own tag and length, 3)
+# is 2,000,000 bytes. Twice that, gRPC's default of 4 MiB, leaves room for an MTA with
+# longer ids; larger batches break the stream (RESOURCE_EXHAUSTED) before they are parsed.
+MAX_FEEDBACK_BYTES = 4 * 1024 * 1024
+# The largest RelayBatch sent: what the MTA stub takes (10,000 messages and the largest
+# content; mta_stub.server). The relay sends 1,000 messages a batch, at most 5.3 MB.
+MAX_RELAY_BYTES = 8 * 1024 * 1024
 
 
 class LinkDown(Exception):
@@ -93,8 +105,11 @@ class MtaLink:
         *,
         client_id: str = "delivery-service",
         reconnect_max_delay: float = 2.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.address = address
+        # TLS to the MTA (with a client certificate: mutual TLS); None: plaintext.
+        self.credentials = credentials
         # Waits while the ingest is full: reading the stream stops, and the MTA's window
         # of unacknowledged batches holds the rest back.
         self.on_feedback = on_feedback
@@ -135,14 +150,7 @@ class MtaLink:
         delay = 0.05
         while not self._stopping:
             try:
-                async with grpc.aio.insecure_channel(
-                    self.address,
-                    options=[
-                        ("grpc.max_receive_message_length", 64 << 20),
-                        ("grpc.max_send_message_length", 64 << 20),
-                        ("grpc.keepalive_time_ms", 10_000),
-                    ],
-                ) as channel:
+                async with self._channel() as channel:
                     stub = mta_grpc.MtaServiceStub(channel)
                     await self._serve(stub)
                     delay = 0.05
@@ -162,6 +170,18 @@ class MtaLink:
             observability.STREAM_RECONNECTS.inc()
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.reconnect_max_delay)
+
+    def _channel(self) -> grpc.aio.Channel:
+        options = [
+            ("grpc.max_receive_message_length", MAX_FEEDBACK_BYTES),
+            ("grpc.max_send_message_length", MAX_RELAY_BYTES),
+            # Pings as often as the MTA's server allows (grpc_common.serving): a dead MTA
+            # is noticed within seconds, and a live one never answers too_many_pings.
+            *serving.CLIENT_KEEPALIVE_OPTIONS,
+        ]
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(self.address, options=options)
+        return grpc.aio.secure_channel(self.address, self.credentials, options=options)
 
     async def _serve(self, stub: mta_grpc.MtaServiceStub) -> None:
         call = stub.Exchange()
