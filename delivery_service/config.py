@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, ClassVar, Self
+import logging
+from typing import TYPE_CHECKING, Annotated, ClassVar, Self
 
 from pydantic import Field, model_validator
 
@@ -19,6 +20,11 @@ from grpc_common.settings import (
     setting,
     target_is_loopback,
 )
+
+if TYPE_CHECKING:
+    import grpc
+
+log = logging.getLogger(__name__)
 
 
 class Settings(ServerSettings):
@@ -116,3 +122,22 @@ class Settings(ServerSettings):
                 f"give {name('mta_ca')} (and a client certificate), or {name('insecure')}"
             )
         return self
+
+    def mta_credentials(self) -> grpc.ChannelCredentials | None:
+        """The link's TLS from --mta-ca and the client certificate; None for plaintext
+        (then a warning if the MTA is beyond loopback, which only --insecure allows).
+
+        Raises OSError if a file cannot be read.
+        """
+        if not self.mta_ca:
+            if not target_is_loopback(self.mta_address):
+                log.warning(
+                    "the link to the MTA at %s is PLAINTEXT (--insecure): give --mta-ca and a "
+                    "client certificate for mutual TLS",
+                    self.mta_address,
+                )
+            return None
+        # Imported here: reading the settings (--help) needs no gRPC.
+        from grpc_common import serving
+
+        return serving.channel_credentials(self.mta_ca, self.mta_client_cert, self.mta_client_key)

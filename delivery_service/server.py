@@ -11,7 +11,7 @@ import logging
 from delivery.v1 import delivery_service_pb2 as pb
 from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 
-from delivery_service import observability
+from delivery_service import observability, validation
 from delivery_service.api import DeliveryServicer
 from delivery_service.authorization import AuthorizationInterceptor
 from delivery_service.config import Settings
@@ -35,7 +35,9 @@ class App(serving.Service):
         self.settings = settings
         self.db = Database(settings.database_url, max_size=settings.pool_size)
         self.ingest = FeedbackIngest(functools.partial(ingest.apply_feedback, self.db))
-        self.link = MtaLink(settings.mta_address, self.ingest.receive)
+        self.link = MtaLink(
+            settings.mta_address, self.ingest.receive, credentials=settings.mta_credentials()
+        )
         self.relayer = Relayer(self.db, self.link)
         self.scheduler = Scheduler(
             self.db,
@@ -48,6 +50,8 @@ class App(serving.Service):
         self.server = serving.Server(
             observability.interceptor(),
             [SERVICE_NAME],
+            settings,
+            max_receive_bytes=validation.MAX_REQUEST_BYTES,
             then=[AuthorizationInterceptor(self.db)],
         )
         pb_grpc.add_DeliveryServiceServicer_to_server(DeliveryServicer(self.db), self.server.grpc)
@@ -55,9 +59,10 @@ class App(serving.Service):
 
     async def start(self) -> None:
         """Once the port is bound: the schema, the pool, the background work."""
-        applied = await asyncio.to_thread(migrations.apply, self.settings.database_url)
-        if applied:
-            log.info("migrations applied: %s", ", ".join(applied))
+        if self.settings.migrate:  # off: applied beforehand by the schema's owner
+            applied = await asyncio.to_thread(migrations.apply, self.settings.database_url)
+            if applied:
+                log.info("migrations applied: %s", ", ".join(applied))
         await self.db.open()
         if self.settings.metrics_port:
             self._pool_gauges()

@@ -31,6 +31,16 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = mta_service_pb2.DESCRIPTOR.services_by_name["MtaService"].full_name
 MAX_RELAY_MESSAGES = 10_000
+# The largest request the stub takes, in bytes on the wire: an ExchangeRequest carrying a
+# RelayBatch of MAX_RELAY_MESSAGES messages and the largest content the delivery service
+# accepts, each field with its tag and length:
+#   messages: 10,000 x (3 + 10 + 257), an int64 id and a 254-byte address   2,700,000
+#   content: subject 998 x 4 + 3, body 1,048,576 x 4 + 5, 100 links of
+#            2,048 x 4 + 3 (UTF-8's 4 bytes a character), and its own 5       5,017,814
+#   seq, delivery_id, expire_time, the relay's tag and length                       40
+#   total                                                                < 7,717,854 (7.4 MiB)
+# 8 MiB is 8 % over it; larger requests are refused with RESOURCE_EXHAUSTED, unread.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
 # Responses waiting to be written on one stream; a slow reader holds back the feeding.
 _OUTGOING_LIMIT = 8
 
@@ -349,7 +359,9 @@ def create_app(settings: Settings) -> App:
     engine = Engine(
         Timing(settings.retry_interval_ms / 1000, settings.engagement_delay_ms / 1000), spool
     )
-    server = serving.Server(observability.interceptor(), [SERVICE_NAME])
+    server = serving.Server(
+        observability.interceptor(), [SERVICE_NAME], settings, max_receive_bytes=MAX_REQUEST_BYTES
+    )
     if settings.test_controls:
         log.info("test controls on: SetScenario, ClearScenario and GetOutcomes are served")
     servicer = MtaServicer(engine, settings.test_controls)
