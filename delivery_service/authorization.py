@@ -42,6 +42,9 @@ DELIVERY_SERVICE: dict[str, Role | str] = {
     # servicer asks for it): creating it confirms every occurrence in advance.
     _D + "CreateRecurringDelivery": Role.CREATE_DELIVERIES,
     _D + "GetRecurringDelivery": Role.READ_DELIVERIES,
+    _D + "PauseRecurringDelivery": Role.START_DELIVERIES,
+    _D + "ResumeRecurringDelivery": Role.START_DELIVERIES,
+    _D + "CancelRecurringDelivery": Role.START_DELIVERIES,
     "/grpc.health.v1.Health/Check": OPEN,
     "/grpc.health.v1.Health/Watch": OPEN,
     "/grpc.health.v1.Health/List": OPEN,

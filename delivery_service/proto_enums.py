@@ -16,6 +16,7 @@ from mta.v1 import mta_service_pb2 as mta
 from delivery_service.domain import feedback as fb
 from delivery_service.domain import lifecycle
 from delivery_service.domain.preparation import DropReason
+from delivery_service.domain.recurring import RecurringState
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -38,6 +39,9 @@ def paired(domain: type[E], proto: Any, prefix: str, *, same_numbers: bool) -> d
 STATE_PB = paired(lifecycle.State, pb.State, "STATE_", same_numbers=False)
 MODE_PB = paired(fb.FeedbackMode, pb.FeedbackMode, "FEEDBACK_MODE_", same_numbers=False)
 STEP_PB = paired(lifecycle.ApprovalStep, pb.ApprovalStep, "APPROVAL_STEP_", same_numbers=False)
+RECURRING_STATE_PB = paired(
+    RecurringState, pb.RecurringState, "RECURRING_STATE_", same_numbers=False
+)
 DROP_REASON_PB = paired(DropReason, pb.DropReason, "DROP_REASON_", same_numbers=False)
 STATUS_PB = paired(fb.Status, pb.SendingStatus, "SENDING_STATUS_", same_numbers=True)
 FAILURE_TYPE_PB = paired(fb.FailureType, pb.FailureType, "FAILURE_TYPE_", same_numbers=True)

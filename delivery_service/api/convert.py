@@ -13,6 +13,7 @@ from delivery_service.proto_enums import (
     FAILURE_REASON_PB,
     FAILURE_TYPE_PB,
     MODE_PB,
+    RECURRING_STATE_PB,
     STATE_PB,
     STATUS_PB,
     STEP_PB,
@@ -52,6 +53,7 @@ def delivery(d: Delivery) -> pb.Delivery:
         validity_end_time=timestamp(d.validity_end_time),
         recurring_delivery_id=d.recurring_delivery_id or 0,
         confirmed_by=d.confirmed_by or "",
+        created_by=d.created_by or "",
     )
 
 
@@ -98,6 +100,8 @@ def recurring(r: RecurringDelivery) -> pb.RecurringDelivery:
         confirm_before_send=r.confirm_before_send,
         next_occurrence_time=timestamp(r.next_occurrence_time),
         occurrences=r.occurrences,
+        state=RECURRING_STATE_PB[r.state],
+        created_by=r.created_by or "",
     )
 
 

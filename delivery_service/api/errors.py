@@ -13,7 +13,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from delivery_service import auth
-from delivery_service.store.connection import Conflict, NotFound, Unavailable
+from delivery_service.store.connection import AlreadyExists, Conflict, NotFound, Unavailable
 from delivery_service.validation import Invalid
 
 Request = TypeVar("Request")
@@ -24,6 +24,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (auth.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (auth.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
 ]

@@ -12,6 +12,7 @@ from delivery_service import auth, authorization, validation
 from delivery_service.api import convert, errors
 from delivery_service.api.errors import Context
 from delivery_service.domain import kpis, lifecycle
+from delivery_service.domain.recurring import Control
 from delivery_service.domain.requests import NewRecurring
 from delivery_service.domain.roles import Role
 from delivery_service.proto_enums import STATE_PB
@@ -37,7 +38,8 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
     async def CreateDelivery(
         self, request: pb.CreateDeliveryRequest, context: Context
     ) -> pb.CreateDeliveryResponse:
-        created = await deliveries.create(self.db, validation.new_delivery(request))
+        operator = authorization.current_operator.get().name
+        created = await deliveries.create(self.db, validation.new_delivery(request), operator)
         return pb.CreateDeliveryResponse(delivery=convert.delivery(created))
 
     @errors.unary
@@ -207,7 +209,9 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         if request.HasField("first_occurrence_time"):
             first = validation.timestamp("first_occurrence_time", request.first_occurrence_time)
         created = await recurring.create(
-            self.db, NewRecurring(template, interval, first, request.confirm_before_send)
+            self.db,
+            NewRecurring(template, interval, first, request.confirm_before_send),
+            authorization.current_operator.get().name,
         )
         return pb.CreateRecurringDeliveryResponse(recurring_delivery=convert.recurring(created))
 
@@ -223,3 +227,28 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
             recurring_delivery=convert.recurring(found),
             occurrences=[convert.delivery(d) for d in occurrences],
         )
+
+    async def _control(self, recurring_delivery_id: int, control: Control) -> pb.RecurringDelivery:
+        recurring_id = validation.positive_id("recurring_delivery_id", recurring_delivery_id)
+        return convert.recurring(await recurring.control(self.db, recurring_id, control))
+
+    @errors.unary
+    async def PauseRecurringDelivery(
+        self, request: pb.PauseRecurringDeliveryRequest, context: Context
+    ) -> pb.PauseRecurringDeliveryResponse:
+        paused = await self._control(request.recurring_delivery_id, Control.PAUSE)
+        return pb.PauseRecurringDeliveryResponse(recurring_delivery=paused)
+
+    @errors.unary
+    async def ResumeRecurringDelivery(
+        self, request: pb.ResumeRecurringDeliveryRequest, context: Context
+    ) -> pb.ResumeRecurringDeliveryResponse:
+        resumed = await self._control(request.recurring_delivery_id, Control.RESUME)
+        return pb.ResumeRecurringDeliveryResponse(recurring_delivery=resumed)
+
+    @errors.unary
+    async def CancelRecurringDelivery(
+        self, request: pb.CancelRecurringDeliveryRequest, context: Context
+    ) -> pb.CancelRecurringDeliveryResponse:
+        cancelled = await self._control(request.recurring_delivery_id, Control.CANCEL)
+        return pb.CancelRecurringDeliveryResponse(recurring_delivery=cancelled)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
+import json
 from dataclasses import dataclass
 
 from delivery_service.domain.feedback import FeedbackMode
@@ -51,3 +54,10 @@ class ProfileUpdate:
     email: str
     quarantined: bool
     segments: list[str]
+
+
+def request_digest(request: NewDelivery | NewRecurring) -> bytes:
+    """A digest of everything a creating request asks for: a request_id reused for a
+    different request is told apart from a repeat of the same one."""
+    canonical = json.dumps(dataclasses.asdict(request), sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).digest()

@@ -54,8 +54,18 @@ CREATE TABLE recurring_deliveries (
     confirm_before_send  boolean NOT NULL,
     next_occurrence_time timestamptz NOT NULL,
     occurrences          integer NOT NULL DEFAULT 0,
-    request_id           text CONSTRAINT recurring_deliveries_request_id_key UNIQUE,
-    create_time          timestamptz NOT NULL DEFAULT now()
+    request_id           text,
+    create_time          timestamptz NOT NULL DEFAULT now(),
+    -- Who created it: occurrences that send unattended run on this operator's authority.
+    created_by           text,
+    -- A digest of the creating request: the same request_id with another request is
+    -- refused (ALREADY_EXISTS).
+    request_digest       bytea,
+    state                text NOT NULL DEFAULT {RecurringState.ACTIVE}
+        CHECK (state IN ({RecurringState.ACTIVE}, {RecurringState.PAUSED},
+                         {RecurringState.CANCELLED})),
+    -- Idempotency keys are scoped to the operator who sends them.
+    CONSTRAINT recurring_deliveries_request_id_key UNIQUE (created_by, request_id)
 );
 
 CREATE TABLE deliveries (
@@ -83,7 +93,8 @@ CREATE TABLE deliveries (
     -- Open % and Click % are refreshed on a schedule: the counts as of stats_time.
     stats_time            timestamptz,
     opened_at_stats       bigint NOT NULL DEFAULT 0,
-    clicked_at_stats      bigint NOT NULL DEFAULT 0
+    clicked_at_stats      bigint NOT NULL DEFAULT 0,
+    created_by            text
 );
 CREATE INDEX deliveries_state_idx ON deliveries (state) WHERE state IN ('SENDING', 'SENT');
 CREATE INDEX deliveries_recurring_idx ON deliveries (recurring_delivery_id, id)
@@ -99,9 +110,13 @@ CREATE TABLE dropped_recipients (
 );
 
 -- The request ids of deliveries (a key unique across deliveries: a table of its own).
+-- Scoped to the operator who sent them, with a digest of the request they answered.
 CREATE TABLE delivery_requests (
-    request_id  text PRIMARY KEY,
-    delivery_id bigint NOT NULL
+    request_id     text NOT NULL,
+    delivery_id    bigint NOT NULL,
+    operator       text NOT NULL,
+    request_digest bytea,
+    CONSTRAINT delivery_requests_pkey PRIMARY KEY (request_id, operator)
 );
 
 -- One row per message. message_id is the MTA's idempotency key.

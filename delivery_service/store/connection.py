@@ -20,7 +20,7 @@ import psycopg
 from psycopg.rows import class_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from delivery_service.domain import feedback, lifecycle, preparation
+from delivery_service.domain import feedback, lifecycle, preparation, recurring
 from grpc_common import named_queries
 
 T = TypeVar("T")
@@ -69,6 +69,7 @@ NAMED_VALUES: dict[str, type[enum.Enum]] = {
         feedback.FailureReason,
         feedback.EventKind,
         preparation.DropReason,
+        recurring.RecurringState,
     )
 }
 _NAMED = re.compile(r"\{(" + "|".join(NAMED_VALUES) + r")\.([A-Z_]+)\}")

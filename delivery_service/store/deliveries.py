@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 from delivery_service.domain import lifecycle
-from delivery_service.domain.requests import NewDelivery, Recipient
+from delivery_service.domain.requests import NewDelivery, Recipient, request_digest
 from delivery_service.store.connection import (
     Conn,
     NotFound,
@@ -14,6 +14,7 @@ from delivery_service.store.connection import (
     execute,
     fetch_all,
     fetch_one,
+    fetch_tuples,
     fetch_value,
 )
 from delivery_service.store.records import Delivery
@@ -45,26 +46,36 @@ def template_params(new: NewDelivery, target_id: int) -> dict[str, object]:
     }
 
 
-async def insert(conn: Conn, new: NewDelivery) -> int | None:
-    """Creates a DRAFT delivery and claims its request_id; None if another request
-    claimed it first (the caller then rolls back)."""
+async def insert(conn: Conn, new: NewDelivery, operator: str) -> int | None:
+    """Creates a DRAFT delivery and claims its request_id for the operator; None if
+    another request of the operator claimed it first (the caller then rolls back)."""
     target_id = await insert_target(conn, new.segment, new.recipients)
     delivery_id: int = await fetch_value(
-        conn, "insert_delivery", **template_params(new, target_id), recurring_delivery_id=None
+        conn,
+        "insert_delivery",
+        **template_params(new, target_id),
+        recurring_delivery_id=None,
+        created_by=operator,
     )
     if new.request_id is None:
         return delivery_id
     claimed: int | None = await fetch_value(
-        conn, "claim_delivery_request", request_id=new.request_id, delivery_id=delivery_id
+        conn,
+        "claim_delivery_request",
+        request_id=new.request_id,
+        operator=operator,
+        delivery_id=delivery_id,
+        request_digest=request_digest(new),
     )
     return claimed
 
 
-async def id_by_request(conn: Conn, request_id: str) -> int | None:
-    delivery_id: int | None = await fetch_value(
-        conn, "delivery_id_by_request", request_id=request_id
+async def by_request(conn: Conn, operator: str, request_id: str) -> tuple[int, bytes] | None:
+    """The delivery an operator's request_id created, and the digest of that request."""
+    rows = await fetch_tuples(
+        conn, "delivery_id_by_request", request_id=request_id, operator=operator
     )
-    return delivery_id
+    return (rows[0][0], bytes(rows[0][1] or b"")) if rows else None
 
 
 async def get(conn: Conn, delivery_id: int) -> Delivery:

@@ -13,6 +13,7 @@ from delivery_service.domain.feedback import FailureReason, FailureType, Feedbac
 from delivery_service.domain.kpis import Counters
 from delivery_service.domain.lifecycle import ApprovalStep, State
 from delivery_service.domain.preparation import DropReason
+from delivery_service.domain.recurring import RecurringState
 
 
 @dataclass(slots=True)
@@ -36,6 +37,7 @@ class Delivery:
     confirm_time: dt.datetime | None
     confirmed_by: str | None
     validity_end_time: dt.datetime | None
+    created_by: str | None
 
     def __post_init__(self) -> None:
         self.feedback_mode = FeedbackMode(self.feedback_mode)
@@ -118,6 +120,11 @@ class RecurringDelivery:
     confirm_before_send: bool
     next_occurrence_time: dt.datetime
     occurrences: int
+    state: RecurringState
+    created_by: str | None
+
+    def __post_init__(self) -> None:
+        self.state = RecurringState(self.state)
 
 
 @dataclass(slots=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from delivery_service.domain.requests import NewRecurring
+from delivery_service.domain.recurring import RecurringState
+from delivery_service.domain.requests import NewRecurring, request_digest
 from delivery_service.store.connection import (
     Conn,
     NotFound,
@@ -17,7 +18,7 @@ from delivery_service.store.deliveries import insert_target, template_params
 from delivery_service.store.records import RecurringDelivery
 
 
-async def insert(conn: Conn, new: NewRecurring, now: dt.datetime) -> int | None:
+async def insert(conn: Conn, new: NewRecurring, operator: str, now: dt.datetime) -> int | None:
     """Creates a recurring delivery; None if its request_id is taken already."""
     template = new.template
     target_id = await insert_target(conn, template.segment, template.recipients)
@@ -29,15 +30,18 @@ async def insert(conn: Conn, new: NewRecurring, now: dt.datetime) -> int | None:
         occurrence_interval=new.interval,
         confirm_before_send=new.confirm_before_send,
         next_occurrence_time=new.first_time or now,
+        created_by=operator,
+        request_digest=request_digest(new),
     )
     return recurring_id
 
 
-async def id_by_request(conn: Conn, request_id: str) -> int | None:
-    recurring_id: int | None = await fetch_value(
-        conn, "recurring_id_by_request", request_id=request_id
+async def by_request(conn: Conn, operator: str, request_id: str) -> tuple[int, bytes] | None:
+    """The recurring delivery an operator's request_id created, and that request's digest."""
+    rows = await fetch_tuples(
+        conn, "recurring_id_by_request", request_id=request_id, operator=operator
     )
-    return recurring_id
+    return (rows[0][0], bytes(rows[0][1] or b"")) if rows else None
 
 
 async def get(conn: Conn, recurring_id: int) -> RecurringDelivery:
@@ -47,10 +51,21 @@ async def get(conn: Conn, recurring_id: int) -> RecurringDelivery:
     return row
 
 
-async def due(conn: Conn) -> list[tuple[int, bool]]:
-    """The recurring deliveries whose next occurrence is due, locked (other processes
-    skip them): (id, confirm before send)."""
-    return [(rid, confirm) for rid, confirm in await fetch_tuples(conn, "due_recurring")]
+async def due(conn: Conn) -> list[tuple[int, bool, str | None]]:
+    """The active recurring deliveries whose next occurrence is due, locked (other
+    processes skip them): (id, confirm before send, creator)."""
+    return [(rid, confirm, by) for rid, confirm, by in await fetch_tuples(conn, "due_recurring")]
+
+
+async def lock_state(conn: Conn, recurring_id: int) -> RecurringState:
+    state = await fetch_value(conn, "lock_recurring", id=recurring_id)
+    if state is None:
+        raise NotFound(f"recurring delivery {recurring_id} does not exist")
+    return RecurringState(state)
+
+
+async def set_state(conn: Conn, recurring_id: int, state: RecurringState, now: dt.datetime) -> None:
+    await execute(conn, "set_recurring_state", id=recurring_id, state=str(state), now=now)
 
 
 async def insert_occurrence(conn: Conn, recurring_id: int) -> int:

@@ -5,17 +5,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from delivery_service import clock
 from delivery_service.domain import feedback as fb
 from delivery_service.domain import lifecycle
-from delivery_service.domain.requests import NewDelivery, ProfileUpdate
+from delivery_service.domain.requests import NewDelivery, ProfileUpdate, request_digest
 from delivery_service.store import deliveries, logs, preparation, profiles
 from delivery_service.store.connection import Conflict, Conn, Database
 from delivery_service.store.records import Delivery, SendingLog
 from delivery_service.usecases.idempotency import create_once
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -24,21 +28,24 @@ class Prepared:
     analysis: preparation.Analysis
 
 
-def checked(rule: Callable[[lifecycle.State], bool | None], state: lifecycle.State) -> bool:
+def checked(rule: Callable[[S], R], state: S) -> R:
     """Applies a lifecycle rule; a refused transition is a Conflict (FAILED_PRECONDITION)."""
     try:
-        return bool(rule(state))
+        return rule(state)
     except lifecycle.TransitionError as exc:
         raise Conflict(str(exc)) from exc
 
 
-async def create(db: Database, new: NewDelivery) -> Delivery:
-    """Creates a DRAFT delivery; a repeated request_id answers with the first one."""
+async def create(db: Database, new: NewDelivery, operator: str) -> Delivery:
+    """Creates a DRAFT delivery for the operator; the operator repeating a request with
+    its request_id gets the first answer back."""
     return await create_once(
         db,
+        operator,
         new.request_id,
-        find=deliveries.id_by_request,
-        insert=lambda conn: deliveries.insert(conn, new),
+        request_digest(new),
+        find=deliveries.by_request,
+        insert=lambda conn: deliveries.insert(conn, new, operator),
         read=deliveries.get,
     )
 

@@ -26,6 +26,8 @@ class Pair:
     stub_process: ServerProcess
     database_url: str
     api: pb_grpc.DeliveryServiceStub
+    # The same service on a channel that adds no token: calls carry only their own.
+    anonymous: pb_grpc.DeliveryServiceStub
     mta: mta_grpc.MtaServiceStub
     # Call metadata of operators: `caller` (every role but admin; what `api` sends by
     # default), `sender` (start_deliveries, read_deliveries), `approver`
@@ -62,6 +64,7 @@ async def open_pair(
     operators = await create_operators(database_url)
     async with (
         aio_channel(service.address, operators["caller"]) as channel,
+        grpc.aio.insecure_channel(service.address) as bare_channel,
         grpc.aio.insecure_channel(stub_process.address) as mta_channel,
     ):
         yield Pair(
@@ -69,6 +72,7 @@ async def open_pair(
             stub_process=stub_process,
             database_url=database_url,
             api=pb_grpc.DeliveryServiceStub(channel),
+            anonymous=pb_grpc.DeliveryServiceStub(bare_channel),
             mta=mta_grpc.MtaServiceStub(mta_channel),
             caller=operators["caller"],
             sender=operators["sender"],

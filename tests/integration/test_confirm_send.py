@@ -28,7 +28,7 @@ async def confirm_code(
     pair: Pair, delivery_id: int, metadata: list[tuple[str, str]] | None
 ) -> grpc.StatusCode:
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await pair.api.ConfirmSend(
+        await pair.anonymous.ConfirmSend(
             pb.ConfirmSendRequest(delivery_id=delivery_id), metadata=metadata, timeout=30
         )
     return err.value.code()

@@ -14,11 +14,11 @@ import pytest
 
 from delivery_service.domain import feedback as fb
 from delivery_service.domain.kpis import Counters
-from delivery_service.domain.requests import NewDelivery
+from delivery_service.store import deliveries as store_deliveries
 from delivery_service.store import distribution, ingest, migrations, relay
 from delivery_service.store.connection import Database
 from delivery_service.store.distribution import Distributed, Local, Reference
-from delivery_service.usecases import deliveries, figures
+from delivery_service.usecases import figures
 from tests.support.citus_rules import catalog_problems
 
 BEFORE_CITUS = "0002_hot_sending_logs"
@@ -114,21 +114,14 @@ async def test_a_delivery_in_flight_is_migrated_and_finished_exactly(empty_db_ur
     migrations.apply(empty_db_url, upto=BEFORE_CITUS)
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
         conn.execute(OLD_DELIVERY)
-    assert migrations.apply(empty_db_url) == ["0003_citus_ready"]
+    assert "0003_citus_ready" in migrations.apply(empty_db_url)
     assert catalog_problems(empty_db_url) == []
     db = Database(empty_db_url, max_size=2)
     await db.open()
     try:
-        # The old request id still names its delivery.
-        again = await deliveries.create(
-            db,
-            NewDelivery(
-                label="again", subject="s", body="b", links=[],
-                feedback_mode=fb.FeedbackMode.EFS, validity_period=dt.timedelta(hours=1),
-                required_approvals=[], segment=None, recipients=[], request_id="req-1",
-            ),
-        )  # fmt: skip
-        assert again.id == 1 and again.label == "old"
+        # The old request id still names its delivery (its operator was not recorded).
+        async with db.connection() as conn:
+            assert await store_deliveries.by_request(conn, "", "req-1") == (1, b"")
         # The rest is relayed and reported by today's code; old events sent again are
         # recognised by their ids.
         assert await relay.mark_relayed(db, 1, fb.FeedbackMode.EFS, 6, 10) == 4

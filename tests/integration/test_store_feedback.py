@@ -94,7 +94,8 @@ async def sent_delivery(db: Database, mode: fb.FeedbackMode) -> tuple[int, list[
             validity_period=dt.timedelta(hours=1), required_approvals=[ApprovalStep.TARGET],
             segment=None, recipients=[Recipient(None, f"u{i}@example.com") for i in range(N)],
             request_id=None,
-        )
+        ),
+        "test",
     )  # fmt: skip
     await deliveries.prepare(db, created.id)
     await deliveries.approve(db, created.id, ApprovalStep.TARGET)

@@ -16,6 +16,7 @@ from delivery_service import proto_enums
 from delivery_service.domain import feedback as fb
 from delivery_service.domain import lifecycle
 from delivery_service.domain.preparation import DropReason
+from delivery_service.domain.recurring import RecurringState
 from delivery_service.store import connection
 
 PAIRS: list[tuple[Any, Any, str]] = [
@@ -23,6 +24,7 @@ PAIRS: list[tuple[Any, Any, str]] = [
     (lifecycle.ApprovalStep, pb.ApprovalStep, "APPROVAL_STEP_"),
     (fb.FeedbackMode, pb.FeedbackMode, "FEEDBACK_MODE_"),
     (DropReason, pb.DropReason, "DROP_REASON_"),
+    (RecurringState, pb.RecurringState, "RECURRING_STATE_"),
     (fb.Status, pb.SendingStatus, "SENDING_STATUS_"),
     (fb.FailureType, pb.FailureType, "FAILURE_TYPE_"),
     (fb.FailureReason, pb.FailureReason, "FAILURE_REASON_"),

@@ -12,42 +12,54 @@ COPY target_recipients (target_id, position, profile_id, email) FROM STDIN;
 -- name: insert_delivery
 -- Creates a delivery in state DRAFT.
 INSERT INTO deliveries (label, subject, body, links, target_id, feedback_mode,
-                        validity_period, required_approvals, state, recurring_delivery_id)
+                        validity_period, required_approvals, state, recurring_delivery_id,
+                        created_by)
 VALUES (%(label)s, %(subject)s, %(body)s, %(links)s, %(target_id)s, %(feedback_mode)s,
-        %(validity_period)s, %(required_approvals)s, {State.DRAFT}, %(recurring_delivery_id)s)
+        %(validity_period)s, %(required_approvals)s, {State.DRAFT}, %(recurring_delivery_id)s,
+        %(created_by)s)
 RETURNING id;
 
 -- name: claim_delivery_request
--- Records the delivery a request_id created, in the same transaction; nothing if
--- another request took that request_id first.
-INSERT INTO delivery_requests (request_id, delivery_id)
-VALUES (%(request_id)s, %(delivery_id)s)
-ON CONFLICT (request_id) DO NOTHING
+-- Records the delivery an operator's request_id created, in the same transaction;
+-- nothing if another request of that operator took the request_id first.
+INSERT INTO delivery_requests (request_id, operator, delivery_id, request_digest)
+VALUES (%(request_id)s, %(operator)s, %(delivery_id)s, %(request_digest)s)
+ON CONFLICT (request_id, operator) DO NOTHING
 RETURNING delivery_id;
 
 -- name: delivery_id_by_request
--- The delivery a request_id created.
-SELECT delivery_id FROM delivery_requests WHERE request_id = %(request_id)s;
+-- The delivery an operator's request_id created, and the digest of that request.
+SELECT delivery_id, request_digest FROM delivery_requests
+WHERE request_id = %(request_id)s AND operator = %(operator)s;
 
 -- name: get_delivery
 -- One delivery.
 SELECT id, label, subject, body, links, target_id, feedback_mode, validity_period,
        required_approvals, approvals, state, targeted, to_deliver, dropped,
-       recurring_delivery_id, create_time, confirm_time, confirmed_by, validity_end_time
+       recurring_delivery_id, create_time, confirm_time, confirmed_by, validity_end_time,
+       created_by,
+       created_by,
+       created_by
 FROM deliveries WHERE id = %(id)s;
 
 -- name: lock_delivery
 -- One delivery, locked until the transaction ends.
 SELECT id, label, subject, body, links, target_id, feedback_mode, validity_period,
        required_approvals, approvals, state, targeted, to_deliver, dropped,
-       recurring_delivery_id, create_time, confirm_time, confirmed_by, validity_end_time
+       recurring_delivery_id, create_time, confirm_time, confirmed_by, validity_end_time,
+       created_by,
+       created_by,
+       created_by
 FROM deliveries WHERE id = %(id)s FOR UPDATE;
 
 -- name: list_deliveries
 -- A page of deliveries, newest first, optionally of one state or recurring delivery.
 SELECT id, label, subject, body, links, target_id, feedback_mode, validity_period,
        required_approvals, approvals, state, targeted, to_deliver, dropped,
-       recurring_delivery_id, create_time, confirm_time, confirmed_by, validity_end_time
+       recurring_delivery_id, create_time, confirm_time, confirmed_by, validity_end_time,
+       created_by,
+       created_by,
+       created_by
 FROM deliveries
 WHERE id < %(before_id)s
   AND (%(state)s::text IS NULL OR state = %(state)s)

@@ -266,6 +266,34 @@ DROP_REASON_NO_ADDRESS: DropReason.ValueType  # 5
 """The profile has no email address."""
 Global___DropReason: _TypeAlias = DropReason  # noqa: Y015
 
+class _RecurringState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RecurringStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecurringState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECURRING_STATE_UNSPECIFIED: _RecurringState.ValueType  # 0
+    """Not used."""
+    RECURRING_STATE_ACTIVE: _RecurringState.ValueType  # 1
+    """Occurrences start at each interval."""
+    RECURRING_STATE_PAUSED: _RecurringState.ValueType  # 2
+    """No occurrence starts until it is resumed."""
+    RECURRING_STATE_CANCELLED: _RecurringState.ValueType  # 3
+    """No occurrence starts again."""
+
+class RecurringState(_RecurringState, metaclass=_RecurringStateEnumTypeWrapper):
+    """Whether a recurring delivery's occurrences start."""
+
+RECURRING_STATE_UNSPECIFIED: RecurringState.ValueType  # 0
+"""Not used."""
+RECURRING_STATE_ACTIVE: RecurringState.ValueType  # 1
+"""Occurrences start at each interval."""
+RECURRING_STATE_PAUSED: RecurringState.ValueType  # 2
+"""No occurrence starts until it is resumed."""
+RECURRING_STATE_CANCELLED: RecurringState.ValueType  # 3
+"""No occurrence starts again."""
+Global___RecurringState: _TypeAlias = RecurringState  # noqa: Y015
+
 @_typing.final
 class Content(_message.Message):
     """The email content of a delivery."""
@@ -401,6 +429,7 @@ class Delivery(_message.Message):
     VALIDITY_END_TIME_FIELD_NUMBER: _builtins.int
     RECURRING_DELIVERY_ID_FIELD_NUMBER: _builtins.int
     CONFIRMED_BY_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The delivery's id, assigned by the service."""
     label: _builtins.str
@@ -416,7 +445,13 @@ class Delivery(_message.Message):
     recurring_delivery_id: _builtins.int
     """The recurring delivery this delivery is an occurrence of; 0 if none."""
     confirmed_by: _builtins.str
-    """The operator who confirmed the send; empty before."""
+    """The operator who confirmed the send; empty before. An occurrence of a
+    recurring delivery that sends unattended says `scheduler for <creator>`.
+    """
+    created_by: _builtins.str
+    """The operator who created the delivery (the recurring delivery's creator for
+    an occurrence); empty for deliveries created before this was recorded.
+    """
     @_builtins.property
     def content(self) -> Global___Content:
         """The email content."""
@@ -463,10 +498,11 @@ class Delivery(_message.Message):
         validity_end_time: _timestamp_pb2.Timestamp | None = ...,
         recurring_delivery_id: _builtins.int = ...,
         confirmed_by: _builtins.str = ...,
+        created_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["confirm_time", b"confirm_time", "content", b"content", "create_time", b"create_time", "validity_end_time", b"validity_end_time", "validity_period", b"validity_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals", "confirm_time", b"confirm_time", "confirmed_by", b"confirmed_by", "content", b"content", "create_time", b"create_time", "dropped", b"dropped", "feedback_mode", b"feedback_mode", "id", b"id", "label", b"label", "recurring_delivery_id", b"recurring_delivery_id", "required_approvals", b"required_approvals", "state", b"state", "to_deliver", b"to_deliver", "validity_end_time", b"validity_end_time", "validity_period", b"validity_period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals", "confirm_time", b"confirm_time", "confirmed_by", b"confirmed_by", "content", b"content", "create_time", b"create_time", "created_by", b"created_by", "dropped", b"dropped", "feedback_mode", b"feedback_mode", "id", b"id", "label", b"label", "recurring_delivery_id", b"recurring_delivery_id", "required_approvals", b"required_approvals", "state", b"state", "to_deliver", b"to_deliver", "validity_end_time", b"validity_end_time", "validity_period", b"validity_period"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -694,6 +730,8 @@ class RecurringDelivery(_message.Message):
     CONFIRM_BEFORE_SEND_FIELD_NUMBER: _builtins.int
     NEXT_OCCURRENCE_TIME_FIELD_NUMBER: _builtins.int
     OCCURRENCES_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The recurring delivery's id."""
     label: _builtins.str
@@ -702,6 +740,12 @@ class RecurringDelivery(_message.Message):
     """Whether each occurrence waits, unsent, until ConfirmSend."""
     occurrences: _builtins.int
     """The number of occurrences created so far."""
+    state: Global___RecurringState.ValueType
+    """Whether occurrences still start."""
+    created_by: _builtins.str
+    """The operator who created it: occurrences that send unattended are confirmed
+    on this operator's authority.
+    """
     @_builtins.property
     def interval(self) -> _duration_pb2.Duration:
         """The interval between two occurrences."""
@@ -719,10 +763,12 @@ class RecurringDelivery(_message.Message):
         confirm_before_send: _builtins.bool = ...,
         next_occurrence_time: _timestamp_pb2.Timestamp | None = ...,
         occurrences: _builtins.int = ...,
+        state: Global___RecurringState.ValueType = ...,
+        created_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "next_occurrence_time", b"next_occurrence_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm_before_send", b"confirm_before_send", "id", b"id", "interval", b"interval", "label", b"label", "next_occurrence_time", b"next_occurrence_time", "occurrences", b"occurrences"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm_before_send", b"confirm_before_send", "created_by", b"created_by", "id", b"id", "interval", b"interval", "label", b"label", "next_occurrence_time", b"next_occurrence_time", "occurrences", b"occurrences", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -746,8 +792,9 @@ class CreateDeliveryRequest(_message.Message):
     feedback_mode: Global___FeedbackMode.ValueType
     """Required. How feedback is reported."""
     request_id: _builtins.str
-    """An optional idempotency key, at most 200 characters: a repeat with the
-    same key returns the delivery the first request created.
+    """An optional idempotency key, at most 200 characters, scoped to the caller: a
+    repeat of the same request by the same caller returns the delivery the first
+    created; the same key with a different request is ALREADY_EXISTS.
     """
     @_builtins.property
     def content(self) -> Global___Content:
@@ -1569,7 +1616,10 @@ class CreateRecurringDeliveryRequest(_message.Message):
     delivery has no aggregation period, so each occurrence is one delivery.
     """
     request_id: _builtins.str
-    """An optional idempotency key, at most 200 characters."""
+    """An optional idempotency key, at most 200 characters, scoped to the caller:
+    the same caller repeating a request with it gets the first answer back; the
+    same key with a different request is ALREADY_EXISTS.
+    """
     @_builtins.property
     def content(self) -> Global___Content:
         """Required. The content of every occurrence."""
@@ -1691,3 +1741,141 @@ class GetRecurringDeliveryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRecurringDeliveryResponse: _TypeAlias = GetRecurringDeliveryResponse  # noqa: Y015
+
+@_typing.final
+class PauseRecurringDeliveryRequest(_message.Message):
+    """The request of PauseRecurringDelivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECURRING_DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    recurring_delivery_id: _builtins.int
+    """Required. The recurring delivery's id."""
+    def __init__(
+        self,
+        *,
+        recurring_delivery_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recurring_delivery_id", b"recurring_delivery_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseRecurringDeliveryRequest: _TypeAlias = PauseRecurringDeliveryRequest  # noqa: Y015
+
+@_typing.final
+class PauseRecurringDeliveryResponse(_message.Message):
+    """The response of PauseRecurringDelivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECURRING_DELIVERY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def recurring_delivery(self) -> Global___RecurringDelivery:
+        """The recurring delivery, PAUSED."""
+
+    def __init__(
+        self,
+        *,
+        recurring_delivery: Global___RecurringDelivery | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recurring_delivery", b"recurring_delivery"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recurring_delivery", b"recurring_delivery"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseRecurringDeliveryResponse: _TypeAlias = PauseRecurringDeliveryResponse  # noqa: Y015
+
+@_typing.final
+class ResumeRecurringDeliveryRequest(_message.Message):
+    """The request of ResumeRecurringDelivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECURRING_DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    recurring_delivery_id: _builtins.int
+    """Required. The recurring delivery's id."""
+    def __init__(
+        self,
+        *,
+        recurring_delivery_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recurring_delivery_id", b"recurring_delivery_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeRecurringDeliveryRequest: _TypeAlias = ResumeRecurringDeliveryRequest  # noqa: Y015
+
+@_typing.final
+class ResumeRecurringDeliveryResponse(_message.Message):
+    """The response of ResumeRecurringDelivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECURRING_DELIVERY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def recurring_delivery(self) -> Global___RecurringDelivery:
+        """The recurring delivery, ACTIVE."""
+
+    def __init__(
+        self,
+        *,
+        recurring_delivery: Global___RecurringDelivery | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recurring_delivery", b"recurring_delivery"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recurring_delivery", b"recurring_delivery"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeRecurringDeliveryResponse: _TypeAlias = ResumeRecurringDeliveryResponse  # noqa: Y015
+
+@_typing.final
+class CancelRecurringDeliveryRequest(_message.Message):
+    """The request of CancelRecurringDelivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECURRING_DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    recurring_delivery_id: _builtins.int
+    """Required. The recurring delivery's id."""
+    def __init__(
+        self,
+        *,
+        recurring_delivery_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recurring_delivery_id", b"recurring_delivery_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRecurringDeliveryRequest: _TypeAlias = CancelRecurringDeliveryRequest  # noqa: Y015
+
+@_typing.final
+class CancelRecurringDeliveryResponse(_message.Message):
+    """The response of CancelRecurringDelivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECURRING_DELIVERY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def recurring_delivery(self) -> Global___RecurringDelivery:
+        """The recurring delivery, CANCELLED."""
+
+    def __init__(
+        self,
+        *,
+        recurring_delivery: Global___RecurringDelivery | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recurring_delivery", b"recurring_delivery"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recurring_delivery", b"recurring_delivery"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRecurringDeliveryResponse: _TypeAlias = CancelRecurringDeliveryResponse  # noqa: Y015

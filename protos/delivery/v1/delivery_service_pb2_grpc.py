@@ -30,9 +30,9 @@ class DeliveryServiceStub:
     to the MTA, and keeps their sending logs and KPIs.
 
     Callers authenticate with an operator token in the `authorization` metadata
-    entry (`Bearer <token>`). ConfirmSend and StopDelivery need the role
-    `start_deliveries`; ApproveDelivery needs `approve_deliveries`. The other
-    RPCs need no token.
+    entry (`Bearer <token>`). Every RPC needs a role (delivery_service/
+    authorization.py has the table, README.md shows it): no or an unknown token
+    is UNAUTHENTICATED, a known caller without the role PERMISSION_DENIED.
     """
 
     def __init__(self, channel):
@@ -116,6 +116,21 @@ class DeliveryServiceStub:
                 request_serializer=delivery_dot_v1_dot_delivery__service__pb2.GetRecurringDeliveryRequest.SerializeToString,
                 response_deserializer=delivery_dot_v1_dot_delivery__service__pb2.GetRecurringDeliveryResponse.FromString,
                 _registered_method=True)
+        self.PauseRecurringDelivery = channel.unary_unary(
+                '/delivery.v1.DeliveryService/PauseRecurringDelivery',
+                request_serializer=delivery_dot_v1_dot_delivery__service__pb2.PauseRecurringDeliveryRequest.SerializeToString,
+                response_deserializer=delivery_dot_v1_dot_delivery__service__pb2.PauseRecurringDeliveryResponse.FromString,
+                _registered_method=True)
+        self.ResumeRecurringDelivery = channel.unary_unary(
+                '/delivery.v1.DeliveryService/ResumeRecurringDelivery',
+                request_serializer=delivery_dot_v1_dot_delivery__service__pb2.ResumeRecurringDeliveryRequest.SerializeToString,
+                response_deserializer=delivery_dot_v1_dot_delivery__service__pb2.ResumeRecurringDeliveryResponse.FromString,
+                _registered_method=True)
+        self.CancelRecurringDelivery = channel.unary_unary(
+                '/delivery.v1.DeliveryService/CancelRecurringDelivery',
+                request_serializer=delivery_dot_v1_dot_delivery__service__pb2.CancelRecurringDeliveryRequest.SerializeToString,
+                response_deserializer=delivery_dot_v1_dot_delivery__service__pb2.CancelRecurringDeliveryResponse.FromString,
+                _registered_method=True)
 
 
 class DeliveryServiceServicer:
@@ -123,9 +138,9 @@ class DeliveryServiceServicer:
     to the MTA, and keeps their sending logs and KPIs.
 
     Callers authenticate with an operator token in the `authorization` metadata
-    entry (`Bearer <token>`). ConfirmSend and StopDelivery need the role
-    `start_deliveries`; ApproveDelivery needs `approve_deliveries`. The other
-    RPCs need no token.
+    entry (`Bearer <token>`). Every RPC needs a role (delivery_service/
+    authorization.py has the table, README.md shows it): no or an unknown token
+    is UNAUTHENTICATED, a known caller without the role PERMISSION_DENIED.
     """
 
     def CreateDelivery(self, request, context):
@@ -247,6 +262,32 @@ class DeliveryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseRecurringDelivery(self, request, context):
+        """Pauses an ACTIVE recurring delivery: no occurrence starts until it is
+        resumed. Pausing a paused one returns it unchanged. Needs start_deliveries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRecurringDelivery(self, request, context):
+        """Resumes a PAUSED recurring delivery; occurrences missed while paused are
+        skipped, the next one is due at the first interval boundary from now.
+        Resuming an active one returns it unchanged. Needs start_deliveries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRecurringDelivery(self, request, context):
+        """Cancels a recurring delivery for good: no occurrence starts again.
+        Occurrences already created are not touched (StopDelivery stops one).
+        Cancelling a cancelled one returns it unchanged. Needs start_deliveries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeliveryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -325,6 +366,21 @@ def add_DeliveryServiceServicer_to_server(servicer, server):
                     request_deserializer=delivery_dot_v1_dot_delivery__service__pb2.GetRecurringDeliveryRequest.FromString,
                     response_serializer=delivery_dot_v1_dot_delivery__service__pb2.GetRecurringDeliveryResponse.SerializeToString,
             ),
+            'PauseRecurringDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRecurringDelivery,
+                    request_deserializer=delivery_dot_v1_dot_delivery__service__pb2.PauseRecurringDeliveryRequest.FromString,
+                    response_serializer=delivery_dot_v1_dot_delivery__service__pb2.PauseRecurringDeliveryResponse.SerializeToString,
+            ),
+            'ResumeRecurringDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRecurringDelivery,
+                    request_deserializer=delivery_dot_v1_dot_delivery__service__pb2.ResumeRecurringDeliveryRequest.FromString,
+                    response_serializer=delivery_dot_v1_dot_delivery__service__pb2.ResumeRecurringDeliveryResponse.SerializeToString,
+            ),
+            'CancelRecurringDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRecurringDelivery,
+                    request_deserializer=delivery_dot_v1_dot_delivery__service__pb2.CancelRecurringDeliveryRequest.FromString,
+                    response_serializer=delivery_dot_v1_dot_delivery__service__pb2.CancelRecurringDeliveryResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'delivery.v1.DeliveryService', rpc_method_handlers)
@@ -338,9 +394,9 @@ class DeliveryService:
     to the MTA, and keeps their sending logs and KPIs.
 
     Callers authenticate with an operator token in the `authorization` metadata
-    entry (`Bearer <token>`). ConfirmSend and StopDelivery need the role
-    `start_deliveries`; ApproveDelivery needs `approve_deliveries`. The other
-    RPCs need no token.
+    entry (`Bearer <token>`). Every RPC needs a role (delivery_service/
+    authorization.py has the table, README.md shows it): no or an unknown token
+    is UNAUTHENTICATED, a known caller without the role PERMISSION_DENIED.
     """
 
     @staticmethod
@@ -738,6 +794,87 @@ class DeliveryService:
             '/delivery.v1.DeliveryService/GetRecurringDelivery',
             delivery_dot_v1_dot_delivery__service__pb2.GetRecurringDeliveryRequest.SerializeToString,
             delivery_dot_v1_dot_delivery__service__pb2.GetRecurringDeliveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRecurringDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/delivery.v1.DeliveryService/PauseRecurringDelivery',
+            delivery_dot_v1_dot_delivery__service__pb2.PauseRecurringDeliveryRequest.SerializeToString,
+            delivery_dot_v1_dot_delivery__service__pb2.PauseRecurringDeliveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRecurringDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/delivery.v1.DeliveryService/ResumeRecurringDelivery',
+            delivery_dot_v1_dot_delivery__service__pb2.ResumeRecurringDeliveryRequest.SerializeToString,
+            delivery_dot_v1_dot_delivery__service__pb2.ResumeRecurringDeliveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRecurringDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/delivery.v1.DeliveryService/CancelRecurringDelivery',
+            delivery_dot_v1_dot_delivery__service__pb2.CancelRecurringDeliveryRequest.SerializeToString,
+            delivery_dot_v1_dot_delivery__service__pb2.CancelRecurringDeliveryResponse.FromString,
             options,
             channel_credentials,
             insecure,

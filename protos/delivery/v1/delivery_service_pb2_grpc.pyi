@@ -31,9 +31,9 @@ class DeliveryServiceStub:
     to the MTA, and keeps their sending logs and KPIs.
 
     Callers authenticate with an operator token in the `authorization` metadata
-    entry (`Bearer <token>`). ConfirmSend and StopDelivery need the role
-    `start_deliveries`; ApproveDelivery needs `approve_deliveries`. The other
-    RPCs need no token.
+    entry (`Bearer <token>`). Every RPC needs a role (delivery_service/
+    authorization.py has the table, README.md shows it): no or an unknown token
+    is UNAUTHENTICATED, a known caller without the role PERMISSION_DENIED.
     """
 
     @_typing.overload
@@ -92,6 +92,20 @@ class DeliveryServiceStub:
     """
     GetRecurringDelivery: _grpc.UnaryUnaryMultiCallable[_delivery_service_pb2.GetRecurringDeliveryRequest, _delivery_service_pb2.GetRecurringDeliveryResponse]
     """Returns a recurring delivery and its occurrences."""
+    PauseRecurringDelivery: _grpc.UnaryUnaryMultiCallable[_delivery_service_pb2.PauseRecurringDeliveryRequest, _delivery_service_pb2.PauseRecurringDeliveryResponse]
+    """Pauses an ACTIVE recurring delivery: no occurrence starts until it is
+    resumed. Pausing a paused one returns it unchanged. Needs start_deliveries.
+    """
+    ResumeRecurringDelivery: _grpc.UnaryUnaryMultiCallable[_delivery_service_pb2.ResumeRecurringDeliveryRequest, _delivery_service_pb2.ResumeRecurringDeliveryResponse]
+    """Resumes a PAUSED recurring delivery; occurrences missed while paused are
+    skipped, the next one is due at the first interval boundary from now.
+    Resuming an active one returns it unchanged. Needs start_deliveries.
+    """
+    CancelRecurringDelivery: _grpc.UnaryUnaryMultiCallable[_delivery_service_pb2.CancelRecurringDeliveryRequest, _delivery_service_pb2.CancelRecurringDeliveryResponse]
+    """Cancels a recurring delivery for good: no occurrence starts again.
+    Occurrences already created are not touched (StopDelivery stops one).
+    Cancelling a cancelled one returns it unchanged. Needs start_deliveries.
+    """
 
 @_typing.type_check_only
 class DeliveryServiceAsyncStub(DeliveryServiceStub):
@@ -99,9 +113,9 @@ class DeliveryServiceAsyncStub(DeliveryServiceStub):
     to the MTA, and keeps their sending logs and KPIs.
 
     Callers authenticate with an operator token in the `authorization` metadata
-    entry (`Bearer <token>`). ConfirmSend and StopDelivery need the role
-    `start_deliveries`; ApproveDelivery needs `approve_deliveries`. The other
-    RPCs need no token.
+    entry (`Bearer <token>`). Every RPC needs a role (delivery_service/
+    authorization.py has the table, README.md shows it): no or an unknown token
+    is UNAUTHENTICATED, a known caller without the role PERMISSION_DENIED.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -157,15 +171,29 @@ class DeliveryServiceAsyncStub(DeliveryServiceStub):
     """
     GetRecurringDelivery: _aio.UnaryUnaryMultiCallable[_delivery_service_pb2.GetRecurringDeliveryRequest, _delivery_service_pb2.GetRecurringDeliveryResponse]  # type: ignore[assignment]
     """Returns a recurring delivery and its occurrences."""
+    PauseRecurringDelivery: _aio.UnaryUnaryMultiCallable[_delivery_service_pb2.PauseRecurringDeliveryRequest, _delivery_service_pb2.PauseRecurringDeliveryResponse]  # type: ignore[assignment]
+    """Pauses an ACTIVE recurring delivery: no occurrence starts until it is
+    resumed. Pausing a paused one returns it unchanged. Needs start_deliveries.
+    """
+    ResumeRecurringDelivery: _aio.UnaryUnaryMultiCallable[_delivery_service_pb2.ResumeRecurringDeliveryRequest, _delivery_service_pb2.ResumeRecurringDeliveryResponse]  # type: ignore[assignment]
+    """Resumes a PAUSED recurring delivery; occurrences missed while paused are
+    skipped, the next one is due at the first interval boundary from now.
+    Resuming an active one returns it unchanged. Needs start_deliveries.
+    """
+    CancelRecurringDelivery: _aio.UnaryUnaryMultiCallable[_delivery_service_pb2.CancelRecurringDeliveryRequest, _delivery_service_pb2.CancelRecurringDeliveryResponse]  # type: ignore[assignment]
+    """Cancels a recurring delivery for good: no occurrence starts again.
+    Occurrences already created are not touched (StopDelivery stops one).
+    Cancelling a cancelled one returns it unchanged. Needs start_deliveries.
+    """
 
 class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
     """DeliveryService confirms the send of email deliveries, relays their messages
     to the MTA, and keeps their sending logs and KPIs.
 
     Callers authenticate with an operator token in the `authorization` metadata
-    entry (`Bearer <token>`). ConfirmSend and StopDelivery need the role
-    `start_deliveries`; ApproveDelivery needs `approve_deliveries`. The other
-    RPCs need no token.
+    entry (`Bearer <token>`). Every RPC needs a role (delivery_service/
+    authorization.py has the table, README.md shows it): no or an unknown token
+    is UNAUTHENTICATED, a known caller without the role PERMISSION_DENIED.
     """
 
     @_abc_1.abstractmethod
@@ -309,5 +337,37 @@ class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_delivery_service_pb2.GetRecurringDeliveryResponse, _abc.Awaitable[_delivery_service_pb2.GetRecurringDeliveryResponse]]:
         """Returns a recurring delivery and its occurrences."""
+
+    @_abc_1.abstractmethod
+    def PauseRecurringDelivery(
+        self,
+        request: _delivery_service_pb2.PauseRecurringDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_service_pb2.PauseRecurringDeliveryResponse, _abc.Awaitable[_delivery_service_pb2.PauseRecurringDeliveryResponse]]:
+        """Pauses an ACTIVE recurring delivery: no occurrence starts until it is
+        resumed. Pausing a paused one returns it unchanged. Needs start_deliveries.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeRecurringDelivery(
+        self,
+        request: _delivery_service_pb2.ResumeRecurringDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_service_pb2.ResumeRecurringDeliveryResponse, _abc.Awaitable[_delivery_service_pb2.ResumeRecurringDeliveryResponse]]:
+        """Resumes a PAUSED recurring delivery; occurrences missed while paused are
+        skipped, the next one is due at the first interval boundary from now.
+        Resuming an active one returns it unchanged. Needs start_deliveries.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelRecurringDelivery(
+        self,
+        request: _delivery_service_pb2.CancelRecurringDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_service_pb2.CancelRecurringDeliveryResponse, _abc.Awaitable[_delivery_service_pb2.CancelRecurringDeliveryResponse]]:
+        """Cancels a recurring delivery for good: no occurrence starts again.
+        Occurrences already created are not touched (StopDelivery stops one).
+        Cancelling a cancelled one returns it unchanged. Needs start_deliveries.
+        """
 
 def add_DeliveryServiceServicer_to_server(servicer: DeliveryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
