@@ -181,11 +181,7 @@ class Scope:
         return GLOBAL
 
     def __str__(self) -> str:
-        if self.delivery_id:
-            return f"delivery {self.delivery_id}"
-        if self.client_id:
-            return f"client {self.client_id!r}"
-        return "global"
+        return self.key or "global"
 
 
 GLOBAL = Scope()

@@ -786,7 +786,8 @@ def test_scopes_round_trip_through_their_keys() -> None:
         scenarios.Scope(client_id="a:b"),
     ):
         assert scenarios.Scope.from_key(scope.key) == scope
-    assert str(scenarios.Scope(client_id="a")) == "client 'a'"
+    assert str(scenarios.Scope(client_id="a")) == "client:a"
+    assert str(scenarios.GLOBAL) == "global"
 
 
 def test_scoped_scenarios_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
