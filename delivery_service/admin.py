@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from delivery_service import auth
 from delivery_service.domain.roles import Role
 from delivery_service.store import connection, distribution, migrations
-from delivery_service.store import operators as operator_store
+from delivery_service.usecases import operators
 
 # The role names an operator can hold, as the CLI offers them.
 ROLES: tuple[str, ...] = tuple(str(r) for r in Role)
@@ -66,9 +65,7 @@ async def create_operator(
     db = connection.Database(database_url, min_size=1, max_size=1)
     try:
         await db.open(timeout=timeout)
-        token = auth.new_token()
-        async with db.transaction() as conn:
-            await operator_store.create(conn, name, auth.token_hash(token), list(roles))
+        _, token = await operators.create(db, name, list(roles))
         return token
     except connection.Conflict as exc:
         raise OperatorExists(str(exc)) from None

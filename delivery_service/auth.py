@@ -21,6 +21,10 @@ class Unauthenticated(Exception):
 class PermissionDenied(Exception):
     """The operator lacks the role the call needs."""
 
+    def __init__(self, message: str, operator: str = "") -> None:
+        super().__init__(message)
+        self.operator = operator
+
 
 def new_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
@@ -68,4 +72,4 @@ async def require(db: Database, token: str | None, role: Role) -> Operator:
 def check(operator: Operator, role: Role) -> None:
     """Raises PermissionDenied unless the operator has the role too."""
     if str(role) not in operator.roles:
-        raise PermissionDenied(f"operator {operator.name!r} lacks the role {role}")
+        raise PermissionDenied(f"operator {operator.name!r} lacks the role {role}", operator.name)

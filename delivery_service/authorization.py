@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from delivery_service import auth
+from delivery_service import audit, auth
 from delivery_service.domain.roles import Role
 from delivery_service.store.connection import Database, Unavailable
 from delivery_service.store.records import Operator
@@ -24,6 +24,8 @@ from delivery_service.store.records import Operator
 OPEN = "open"
 
 _D = "/delivery.v1.DeliveryService/"
+_A = "/delivery.v1.AdminService/"
+# The delivery service's process serves DeliveryService and AdminService.
 DELIVERY_SERVICE: dict[str, Role | str] = {
     _D + "CreateDelivery": Role.CREATE_DELIVERIES,
     _D + "PrepareDelivery": Role.CREATE_DELIVERIES,
@@ -45,6 +47,11 @@ DELIVERY_SERVICE: dict[str, Role | str] = {
     _D + "PauseRecurringDelivery": Role.START_DELIVERIES,
     _D + "ResumeRecurringDelivery": Role.START_DELIVERIES,
     _D + "CancelRecurringDelivery": Role.START_DELIVERIES,
+    _A + "CreateOperator": Role.ADMIN,
+    _A + "ListOperators": Role.ADMIN,
+    _A + "RevokeOperator": Role.ADMIN,
+    _A + "RotateOperatorToken": Role.ADMIN,
+    _A + "ListAuditEvents": Role.ADMIN,
     "/grpc.health.v1.Health/Check": OPEN,
     "/grpc.health.v1.Health/Watch": OPEN,
     "/grpc.health.v1.Health/List": OPEN,
@@ -72,10 +79,18 @@ MTA_STUB: dict[str, str] = {
 current_operator: contextvars.ContextVar[Operator] = contextvars.ContextVar("current_operator")
 
 
-def _refusal(handler: Any, code: grpc.StatusCode, message: str) -> Any:
-    """A handler of the same kind as `handler` that answers only `code`."""
+def _refusal(
+    handler: Any,
+    code: grpc.StatusCode,
+    message: str,
+    record: Callable[[Any, Any], Awaitable[None]] | None = None,
+) -> Any:
+    """A handler of the same kind as `handler` that answers only `code` (after
+    `record(request, context)`, for an audited call)."""
 
     async def refuse(request: Any, context: Any) -> Any:
+        if record is not None:
+            await record(request, context)
         await context.abort(code, message)
 
     async def refuse_stream(request: Any, context: Any) -> Any:
@@ -99,7 +114,7 @@ def _refusal(handler: Any, code: grpc.StatusCode, message: str) -> Any:
 class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Checks the caller against the table before the servicer runs."""
 
-    def __init__(self, db: Database, table: dict[str, Role | str] = DELIVERY_SERVICE) -> None:
+    def __init__(self, db: Database, table: dict[str, Role | str]) -> None:
         self.db = db
         self.table = table
 
@@ -118,14 +133,36 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{details.method} is in no authorization rule: refused",
             )
+        method: str = details.method
         token = auth.bearer_token(details.invocation_metadata)
         try:
             operator = await auth.require(self.db, token, rule)
-        except auth.Unauthenticated as exc:
-            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        except auth.PermissionDenied as exc:
-            return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except Unavailable as exc:
-            return _refusal(handler, grpc.StatusCode.UNAVAILABLE, str(exc))
+        except (auth.Unauthenticated, auth.PermissionDenied, Unavailable) as exc:
+            code = _REFUSALS[type(exc)]
+            return _refusal(handler, code, str(exc), self._recorder(method, exc, code))
         current_operator.set(operator)
+        if method in audit.AUDITED:
+            return audit.audited(self.db, method, operator.name, handler)
         return handler
+
+    def _recorder(
+        self, method: str, refusal: Exception, code: grpc.StatusCode
+    ) -> Callable[[Any, Any], Awaitable[None]] | None:
+        """Writes a refused attempt at a state change to the audit trail."""
+        if method not in audit.AUDITED:
+            return None
+        who = getattr(refusal, "operator", "")
+
+        async def record(request: Any, context: Any) -> None:
+            await audit.write(
+                self.db, method, who, audit.target_of(request, None), code.name, context
+            )
+
+        return record
+
+
+_REFUSALS: dict[type[Exception], grpc.StatusCode] = {
+    auth.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    auth.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}

@@ -42,6 +42,12 @@ class Settings(ServerSettings):
     database_url: Annotated[str, Field(min_length=1)] = setting(
         env="DATABASE_URL", help="PostgreSQL URL; migrations are applied at start"
     )
+    bootstrap_token_file: str = setting(
+        "",
+        env="BOOTSTRAP_TOKEN_FILE",
+        help="when no operator holds the role admin: create `admin` with the token this "
+        "file holds, or with a new one written to it (mode 0600); empty: off",
+    )
     migrate: bool = setting(
         True,
         env="DATABASE_MIGRATE",

@@ -7,12 +7,16 @@ import asyncio
 import contextlib
 import functools
 import logging
+from pathlib import Path
 
+from delivery.v1 import admin_service_pb2 as apb
+from delivery.v1 import admin_service_pb2_grpc as apb_grpc
 from delivery.v1 import delivery_service_pb2 as pb
 from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 
-from delivery_service import observability, validation
+from delivery_service import authorization, observability, validation
 from delivery_service.api import DeliveryServicer
+from delivery_service.api.admin import AdminServicer
 from delivery_service.authorization import AuthorizationInterceptor
 from delivery_service.config import Settings
 from delivery_service.mta.ingest import FeedbackIngest
@@ -21,11 +25,13 @@ from delivery_service.mta.relay import Relayer
 from delivery_service.scheduler import Scheduler
 from delivery_service.store import ingest, migrations
 from delivery_service.store.connection import Database
+from delivery_service.usecases import operators
 from grpc_common import serving
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DeliveryService"].full_name
+ADMIN_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
 class App(serving.Service):
@@ -49,12 +55,13 @@ class App(serving.Service):
         )
         self.server = serving.Server(
             observability.interceptor(),
-            [SERVICE_NAME],
+            [SERVICE_NAME, ADMIN_SERVICE_NAME],
             settings,
             max_receive_bytes=validation.MAX_REQUEST_BYTES,
-            then=[AuthorizationInterceptor(self.db)],
+            then=[AuthorizationInterceptor(self.db, authorization.DELIVERY_SERVICE)],
         )
         pb_grpc.add_DeliveryServiceServicer_to_server(DeliveryServicer(self.db), self.server.grpc)
+        apb_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.db), self.server.grpc)
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
@@ -64,6 +71,8 @@ class App(serving.Service):
             if applied:
                 log.info("migrations applied: %s", ", ".join(applied))
         await self.db.open()
+        if self.settings.bootstrap_token_file:
+            await operators.bootstrap(self.db, Path(self.settings.bootstrap_token_file))
         if self.settings.metrics_port:
             self._pool_gauges()
         self._tasks = {

@@ -293,3 +293,28 @@ def profiles(values: list[pb.Profile]) -> list[ProfileUpdate]:
             text(f"{name}.segments[{j}]", segment, MAX_SEGMENT)
         out.append(ProfileUpdate(profile_id, p.email, p.quarantined, list(p.segments)))
     return out
+
+
+OPERATOR_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,100}$")
+
+
+def operator_name(field: str, value: str) -> str:
+    if not OPERATOR_NAME.match(value):
+        raise Invalid(field, "required: 1 to 100 letters, digits or . _ @ -")
+    return value
+
+
+def roles(field: str, values: list[str], known: tuple[str, ...]) -> list[str]:
+    for i, role in enumerate(values):
+        if role not in known:
+            raise Invalid(f"{field}[{i}]", f"{role!r} is no role; roles are {', '.join(known)}")
+    if len(set(values)) != len(values):
+        raise Invalid(field, "names a role twice")
+    return list(values)
+
+
+def future_time(field: str, value: timestamp_pb2.Timestamp, now: dt.datetime) -> dt.datetime:
+    when = timestamp(field, value)
+    if when <= now:
+        raise Invalid(field, "must be in the future")
+    return when

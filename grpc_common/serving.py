@@ -193,12 +193,15 @@ class Server:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     async def set_health(self, serving: bool) -> None:
-        """SERVING or NOT_SERVING for every service (ignored once draining)."""
+        """SERVING or NOT_SERVING for the named services (ignored once draining). The
+        process's own entry, "", stays as it is: it says the process is alive (a
+        liveness probe), the named ones whether it should take calls (readiness)."""
         status = health_pb2.HealthCheckResponse.SERVING
         if not serving:
             status = health_pb2.HealthCheckResponse.NOT_SERVING
         for service in self._services:
-            await self.health.set(service, status)
+            if service:
+                await self.health.set(service, status)
 
 
 class Service:

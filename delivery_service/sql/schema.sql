@@ -11,8 +11,24 @@ CREATE TABLE operators (
     -- sha256 of the token: tokens are 256-bit random, so a slow hash buys nothing.
     token_hash  bytea NOT NULL CONSTRAINT operators_token_hash_key UNIQUE,
     roles       text[] NOT NULL,
-    create_time timestamptz NOT NULL DEFAULT now()
+    create_time timestamptz NOT NULL DEFAULT now(),
+    -- When the token stops working (never if null), and when it was revoked.
+    expire_time timestamptz,
+    revoke_time timestamptz
 );
+
+-- The audit trail: every state-changing call, appended, never updated.
+CREATE TABLE audit_events (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    time       timestamptz NOT NULL,
+    operator   text NOT NULL,
+    method     text NOT NULL,
+    target     text NOT NULL,
+    code       text NOT NULL,
+    request_id text NOT NULL,
+    peer       text NOT NULL
+);
+CREATE INDEX audit_events_operator_idx ON audit_events (operator, id);
 
 CREATE TABLE profiles (
     profile_id  text PRIMARY KEY,

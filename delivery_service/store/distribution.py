@@ -49,6 +49,8 @@ TABLES: dict[str, Placement] = {
     "target_recipients": Distributed("target_id"),
     # Keyed by a value unique across deliveries: sharded by that value.
     "delivery_requests": Distributed("request_id"),
+    # Appended by every state change, read by the admin: sharded by its own id.
+    "audit_events": Distributed("id"),
     "schema_migrations": Local(),
 }
 VIEWS: dict[str, str] = {"tracking_logs": "feedback_events"}
@@ -62,6 +64,7 @@ FAN_OUTS: dict[str, str] = {
     "refresh_stats": "the scheduled refresh of Open % and Click % of every live delivery",
     "history_by_profile": "a profile's messages, across deliveries",
     "history_by_email": "an address's messages, across deliveries",
+    "list_audit_events": "the admin's page of the audit trail, newest first",
 }
 
 

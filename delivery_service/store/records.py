@@ -131,3 +131,27 @@ class RecurringDelivery:
 class Operator:
     name: str
     roles: list[str]
+
+
+@dataclass(slots=True)
+class OperatorEntry:
+    """An operator as the admin sees it: no token."""
+
+    id: int
+    name: str
+    roles: list[str]
+    create_time: dt.datetime
+    expire_time: dt.datetime | None
+    revoke_time: dt.datetime | None
+
+
+@dataclass(slots=True)
+class AuditEvent:
+    id: int
+    time: dt.datetime
+    operator: str
+    method: str
+    target: str
+    code: str
+    request_id: str
+    peer: str

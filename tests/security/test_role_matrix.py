@@ -1,4 +1,5 @@
-"""Every RPC of the delivery service, generated from its descriptor, called with no token,
+"""Every RPC of the delivery service's process (DeliveryService and AdminService),
+generated from the descriptors, called with no token,
 an unknown token, an operator holding every role but the one it needs, and one holding
 only that role: UNAUTHENTICATED, UNAUTHENTICATED, PERMISSION_DENIED, and past the check."""
 
@@ -10,6 +11,8 @@ from typing import Any
 
 import grpc
 import pytest
+from delivery.v1 import admin_service_pb2 as apb
+from delivery.v1 import admin_service_pb2_grpc as apb_grpc
 from delivery.v1 import delivery_service_pb2 as pb
 from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 
@@ -19,8 +22,15 @@ from tests.conftest import Servers
 from tests.support.callers import bearer
 from tests.support.processes import create_operator
 
-SERVICE = pb.DESCRIPTOR.services_by_name["DeliveryService"]
-RPCS = {m.name: m for m in SERVICE.methods}
+# RPC name -> (its method descriptor, the client stub class, the module of its messages).
+RPCS: dict[str, tuple[Any, Any, Any]] = {
+    m.name: (m, stub, module)
+    for module, service, stub in (
+        (pb, "DeliveryService", pb_grpc.DeliveryServiceStub),
+        (apb, "AdminService", apb_grpc.AdminServiceStub),
+    )
+    for m in module.DESCRIPTOR.services_by_name[service].methods
+}
 AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
@@ -46,16 +56,18 @@ def target(module_db_url: str, module_servers: Servers) -> Iterator[Target]:
 def request_for(name: str) -> Any:
     """An empty request of the RPC; a recurring delivery that waits for confirmation, so
     that create_deliveries alone is enough for it."""
-    request = getattr(pb, RPCS[name].input_type.name)()
+    method, _, module = RPCS[name]
+    request = getattr(module, method.input_type.name)()
     if name == "CreateRecurringDelivery":
         request.confirm_before_send = True
     return request
 
 
 def code_of(target: Target, name: str, metadata: Any) -> grpc.StatusCode:
-    method = getattr(pb_grpc.DeliveryServiceStub(target.channel), name)
+    descriptor, stub, _ = RPCS[name]
+    method = getattr(stub(target.channel), name)
     try:
-        if RPCS[name].server_streaming:
+        if descriptor.server_streaming:
             stream = method(request_for(name), metadata=metadata, timeout=10)
             next(stream)
             stream.cancel()
@@ -68,7 +80,7 @@ def code_of(target: Target, name: str, metadata: Any) -> grpc.StatusCode:
 
 
 def role_of(name: str) -> str:
-    rule = authorization.DELIVERY_SERVICE[f"/{SERVICE.full_name}/{name}"]
+    rule = authorization.DELIVERY_SERVICE[f"/{RPCS[name][0].containing_service.full_name}/{name}"]
     assert isinstance(rule, Role)
     return str(rule)
 

@@ -3,6 +3,7 @@ new RPC without an entry fails here (and is refused by the service at run time).
 
 from __future__ import annotations
 
+from delivery.v1 import admin_service_pb2 as apb
 from delivery.v1 import delivery_service_pb2 as pb
 from grpc_health.v1 import health_pb2
 from mta.v1 import mta_service_pb2 as mta
@@ -19,8 +20,11 @@ def methods(descriptor: object, service: str) -> set[str]:
 HEALTH = methods(health_pb2.DESCRIPTOR, "Health")
 
 
+DELIVERY_RPCS = methods(pb.DESCRIPTOR, "DeliveryService") | methods(apb.DESCRIPTOR, "AdminService")
+
+
 def test_every_rpc_of_the_delivery_service_has_an_entry() -> None:
-    rpcs = methods(pb.DESCRIPTOR, "DeliveryService")
+    rpcs = DELIVERY_RPCS
     assert rpcs <= set(authorization.DELIVERY_SERVICE)
     assert all(isinstance(authorization.DELIVERY_SERVICE[r], Role) for r in rpcs)
     assert all(authorization.DELIVERY_SERVICE[h] == authorization.OPEN for h in HEALTH)
@@ -36,7 +40,7 @@ def test_the_table_names_no_rpc_that_does_not_exist() -> None:
     reflection = {
         f"/grpc.reflection.{v}.ServerReflection/ServerReflectionInfo" for v in ("v1alpha", "v1")
     }
-    known = methods(pb.DESCRIPTOR, "DeliveryService") | HEALTH | reflection
+    known = DELIVERY_RPCS | HEALTH | reflection
     assert set(authorization.DELIVERY_SERVICE) == known
     assert (
         set(authorization.MTA_STUB) == methods(mta.DESCRIPTOR, "MtaService") | HEALTH | reflection
