@@ -16,12 +16,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from grpc_common import serving
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,6 +79,19 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """How a client reaches a server over TLS: the CA bundle that signed the server's
+    certificate and, for mutual TLS, the client's own certificate and key (PEM files)."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return serving.channel_credentials(str(self.ca), str(self.cert or ""), str(self.key or ""))
+
+
 class ServerProcessError(RuntimeError):
     """A server process died or did not come up in time; the message has its log tail."""
 
@@ -93,9 +109,12 @@ class ServerProcess:
         name: str,
         log_path: Path | None,
         stdout_sink: IO[str],
+        tls: ClientTls | None = None,
     ) -> None:
         self.name = name
         self.log_path = log_path
+        # How clients reach it: None for plaintext.
+        self.tls = tls
         self.host = ""
         self.port = 0
         self._popen = popen
@@ -117,11 +136,13 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 30.0,
         name: str | None = None,
+        tls: ClientTls | None = None,
     ) -> ServerProcess:
         """Starts `python -m module *args` and waits for its listening line.
 
         With `log_dir`, the child's stderr and any further stdout go to a log file there;
         without, stderr is the caller's and stdout lines are echoed to the caller's stdout.
+        With `tls`, clients (wait_healthy, channel(), aio_channel()) reach it over TLS.
         """
         name = name or module
         log_path: Path | None = None
@@ -154,7 +175,7 @@ class ServerProcess:
             if stderr is not None:
                 stderr.close()  # the child holds its own copy
         sink: IO[str] = open(log_path, "a", encoding="utf-8") if log_path else sys.stdout  # noqa: SIM115
-        process = cls(popen, name, log_path, sink)
+        process = cls(popen, name, log_path, sink, tls)
         try:
             process._wait_listening(startup_timeout)
         except BaseException:
@@ -212,9 +233,21 @@ class ServerProcess:
         self._finish()
         return code
 
+    def channel(self) -> grpc.Channel:
+        """A channel to the server, over TLS if it serves TLS."""
+        if self.tls is None:
+            return grpc.insecure_channel(self.address)
+        return grpc.secure_channel(self.address, self.tls.credentials())
+
+    def aio_channel(self, options: Sequence[tuple[str, int]] = ()) -> grpc.aio.Channel:
+        """An asyncio channel to the server, over TLS if it serves TLS."""
+        if self.tls is None:
+            return grpc.aio.insecure_channel(self.address, options=options)
+        return grpc.aio.secure_channel(self.address, self.tls.credentials(), options=options)
+
     def wait_healthy(self, timeout: float = 30.0, service: str = "") -> None:
         """Polls grpc.health.v1 Check until `service` is SERVING."""
-        with grpc.insecure_channel(self.address) as channel:
+        with self.channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             request = health_pb2.HealthCheckRequest(service=service)
 

@@ -1,0 +1,167 @@
+"""TLS and mutual TLS, as a caller on the network meets them: a plaintext client, a client
+whose certificate another CA signed, a delivery service without a client certificate, and
+the whole pair over mutual TLS delivering with exact figures.
+
+Certificates are throwaway ones (trustme, tests/support/tls.py), made for each test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from delivery.v1 import delivery_service_pb2 as pb
+from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mta.v1 import mta_service_pb2_grpc as mta_grpc
+
+from tests.conftest import Servers
+from tests.integration import flows
+from tests.integration.conftest import Pair, create_operators
+from tests.support.callers import DefaultMetadataAio
+from tests.support.processes import ServerProcess, wait_until
+from tests.support.tls import pair_tls, stranger
+from tools.pair import PairTls
+from tools.processes import ClientTls
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture
+def certificates(tmp_path: Path) -> PairTls:
+    return pair_tls(tmp_path / "tls")
+
+
+@pytest.fixture
+def tls_servers(
+    request: pytest.FixtureRequest, tmp_path: Path, certificates: PairTls
+) -> Iterator[Servers]:
+    """Servers that serve mutual TLS, the link between them too; stopped after the test."""
+    started = Servers(request, tmp_path / "logs")
+    started.launcher = dataclasses.replace(started.launcher, tls=certificates)
+    yield started
+    started.stop_all()
+
+
+def health(channel: grpc.Channel) -> int:
+    response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    status: int = response.status
+    return status
+
+
+def refused(channel: grpc.Channel) -> grpc.StatusCode:
+    """The code a health check on `channel` fails with."""
+    with pytest.raises(grpc.RpcError) as failed:
+        health(channel)
+    code: grpc.StatusCode = failed.value.code()
+    return code
+
+
+def test_a_plaintext_client_to_a_tls_port_fails(
+    tls_servers: Servers, fresh_db_url: str, certificates: PairTls
+) -> None:
+    pair = tls_servers.pair(fresh_db_url)
+    for process in pair.processes:
+        with grpc.insecure_channel(process.address) as plaintext:
+            assert refused(plaintext) == grpc.StatusCode.UNAVAILABLE
+        # The same port answers a client with the CA and a client certificate.
+        with process.channel() as tls:
+            assert health(tls) == SERVING
+
+
+def test_the_stub_refuses_a_client_certificate_from_another_ca(
+    tls_servers: Servers, certificates: PairTls, tmp_path: Path
+) -> None:
+    stub = tls_servers.mta_stub()
+    rogue = stranger(tmp_path / "rogue", certificates)
+    with grpc.secure_channel(stub.address, rogue.credentials()) as channel:
+        assert refused(channel) == grpc.StatusCode.UNAVAILABLE
+    # Trusting the stub is not enough either: a client must show a certificate.
+    anonymous = ClientTls(certificates.ca)
+    with grpc.secure_channel(stub.address, anonymous.credentials()) as channel:
+        assert refused(channel) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_stub_refuses_a_delivery_service_without_a_client_certificate(
+    tls_servers: Servers, fresh_db_url: str
+) -> None:
+    stub = tls_servers.mta_stub()
+    # The service checks the stub's certificate but has none of its own to show.
+    service = tls_servers.delivery_service(
+        fresh_db_url, stub.address, "--mta-client-cert", "", "--mta-client-key", ""
+    )
+    assert service.log_path is not None and stub.log_path is not None
+    log = service.log_path
+
+    def link_refused() -> bool:
+        lines = log.read_text(encoding="utf-8").splitlines()
+        return any("MTA stream lost" in line and "UNAVAILABLE" in line for line in lines)
+
+    wait_until(link_refused, 30, message=lambda: f"no refused link in\n{service.log_tail()}")
+    assert "connected to the MTA" not in log.read_text(encoding="utf-8")
+    assert "stream opened" not in stub.log_path.read_text(encoding="utf-8")
+
+
+@pytest.fixture
+async def tls_pair(fresh_db_url: str, tls_servers: Servers) -> AsyncIterator[Pair]:
+    """The pair over mutual TLS (callers included), with its clients and operators."""
+    processes = tls_servers.pair(
+        fresh_db_url, ("--retry-interval-ms", "100", "--engagement-delay-ms", "50")
+    )
+    service, stub = processes.service, processes.stub
+    operators = await create_operators(fresh_db_url)
+    with_token = [DefaultMetadataAio(operators["caller"])]
+    async with (
+        tls_channel(service, with_token) as channel,
+        tls_channel(service) as bare_channel,
+        tls_channel(stub) as mta_channel,
+    ):
+        yield Pair(
+            service=service,
+            stub_process=stub,
+            database_url=fresh_db_url,
+            api=pb_grpc.DeliveryServiceStub(channel),
+            anonymous=pb_grpc.DeliveryServiceStub(bare_channel),
+            mta=mta_grpc.MtaServiceStub(mta_channel),
+            caller=operators["caller"],
+            sender=operators["sender"],
+            approver=operators["approver"],
+            nobody=operators["nobody"],
+        )
+
+
+def tls_channel(
+    process: ServerProcess, interceptors: list[DefaultMetadataAio] | None = None
+) -> grpc.aio.Channel:
+    assert process.tls is not None
+    return grpc.aio.secure_channel(
+        process.address, process.tls.credentials(), interceptors=interceptors
+    )
+
+
+async def test_the_pair_delivers_over_mutual_tls_with_exact_kpis(tls_pair: Pair) -> None:
+    emails = [
+        "ann@example.com",
+        "hard-user-unknown@example.com",
+        "soft-1@example.com",
+        "open@example.com",
+        "click-0@example.com",
+    ]
+    request = flows.request(
+        emails, validity_seconds=3, approvals=[pb.APPROVAL_STEP_TARGET, pb.APPROVAL_STEP_CONTENT]
+    )
+    delivery = await flows.send(tls_pair, request)
+    finished = await flows.wait_state(tls_pair, delivery.id, pb.STATE_FINISHED)
+    assert finished.to_deliver == 5
+    kpis = await flows.kpis(tls_pair, delivery.id)
+    assert kpis.final
+    assert (kpis.to_deliver, kpis.sent, kpis.delivered, kpis.failed) == (5, 5, 4, 1)
+    assert (kpis.opened, kpis.clicked) == (2, 1)
+    assert (kpis.delivered_percent, kpis.bounces_percent) == (80.0, 20.0)
+    assert (kpis.open_percent, kpis.click_percent) == (50.0, 25.0)
+    # Nothing but mutual TLS reached the stub: the link went through it.
+    assert tls_pair.stub_process.log_path is not None
+    assert "stream opened" in tls_pair.stub_process.log_path.read_text(encoding="utf-8")
