@@ -169,11 +169,13 @@ class Hello(_message.Message):
     client_id: _builtins.str
     """Required. The client's name, at most 200 characters. The feedback about a
     message goes only to streams of the client that relayed it, so that
-    several clients (the test suites of several teams, say) can share one MTA.
-    A client has one stream at a time: a Hello from a client whose earlier
-    stream is still open ends that stream (UNAVAILABLE), and the feedback it
-    had sent without an acknowledgement comes at once on the new one. A
-    client that runs several processes at once gives each its own client_id.
+    several clients (the test suites of several teams, say) can share one MTA;
+    the processes of one delivery service, which share a database, share a
+    client_id. The feedback goes to the client's newest stream: a Hello from
+    a client whose earlier stream is still open (its process may have died
+    silently) takes over at once the feedback that stream had not
+    acknowledged. The earlier stream stays open on standby: it may still
+    relay, and it gets feedback again once the newer ones close.
     """
     def __init__(
         self,
