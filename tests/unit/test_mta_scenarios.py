@@ -779,6 +779,13 @@ def test_a_bad_scope_names_its_field(delivery_id: int, client_id: str, message: 
         scenarios.checked_scope(delivery_id, client_id)
 
 
+def test_a_good_scope_is_taken_as_given() -> None:
+    assert scenarios.checked_scope(0, "") == scenarios.GLOBAL
+    assert scenarios.checked_scope(5, "") == scenarios.Scope(delivery_id=5)
+    longest = "x" * scenarios.MAX_CLIENT_ID
+    assert scenarios.checked_scope(0, longest) == scenarios.Scope(client_id=longest)
+
+
 def test_scopes_round_trip_through_their_keys() -> None:
     for scope in (
         scenarios.GLOBAL,
