@@ -17,7 +17,7 @@ from rich.console import Console, RenderableType
 from typer.core import TyperGroup
 
 from campaign_cli import operators, profiles_csv, render
-from campaign_cli.client import Client
+from campaign_cli.client import Client, credentials
 from campaign_cli.errors import CliError, reported
 from delivery_service import admin
 
@@ -79,6 +79,10 @@ class Settings:
     token: str | None
     as_json: bool
     timeout: float
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    insecure: bool = False
 
 
 DeliveryId = Annotated[int, typer.Argument(metavar="ID", min=1, help="The delivery's id.")]
@@ -106,9 +110,38 @@ def main_options(
     timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds each call may take (watch has no limit).")
     ] = 30.0,
+    tls_ca: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CAMPAIGN_TLS_CA",
+            show_default=False,
+            help="PEM CA bundle that signed the service's certificate: connect over TLS.",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CAMPAIGN_TLS_CERT",
+            show_default=False,
+            help="PEM client certificate, for a service that requires one (mutual TLS).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        str | None,
+        typer.Option(envvar="CAMPAIGN_TLS_KEY", show_default=False, help="PEM key of --tls-cert."),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            envvar="CAMPAIGN_INSECURE",
+            help="Allow plaintext to an address beyond this machine (the token in clear).",
+        ),
+    ] = False,
 ) -> None:
     """Operate the delivery service: deliveries, their live deployment, KPIs and logs."""
-    ctx.obj = Settings(address, token or None, as_json, timeout)
+    ctx.obj = Settings(
+        address, token or None, as_json, timeout, tls_ca, tls_cert, tls_key, insecure
+    )
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -119,7 +152,8 @@ def _settings(ctx: typer.Context) -> Settings:
 def _client(ctx: typer.Context) -> Client:
     s = _settings(ctx)
     # Closed with the command's context, whatever happens in between.
-    return ctx.with_resource(Client(s.address, s.token, s.timeout))
+    tls = credentials(s.address, s.tls_ca, s.tls_cert, s.tls_key, s.insecure)
+    return ctx.with_resource(Client(s.address, s.token, s.timeout, tls))
 
 
 def make_console() -> Console:

@@ -1,4 +1,5 @@
-"""Every gRPC call of the CLI: a deadline on each, the operator token, errors as CliError."""
+"""Every gRPC call of the CLI: a deadline on each, the operator token, TLS when given a CA,
+errors as CliError."""
 
 from __future__ import annotations
 
@@ -13,17 +14,61 @@ from mta.v1 import mta_service_pb2 as mta
 from mta.v1 import mta_service_pb2_grpc as mta_grpc
 
 from campaign_cli.errors import CliError
+from grpc_common import serving
+from grpc_common.settings import target_is_loopback
+
+# Answers as large as the service sends (a delivery with a 1 MiB body is 4 MiB and more),
+# and keepalive as the service's policy allows.
+CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", serving.MAX_SEND_BYTES),
+    *serving.CLIENT_KEEPALIVE_OPTIONS,
+]
+
+
+def credentials(
+    address: str, ca: str | None, cert: str | None, key: str | None, insecure: bool
+) -> grpc.ChannelCredentials | None:
+    """TLS to `address` with the CA bundle `ca` (and a client certificate for mutual TLS);
+    None for plaintext, which only a loopback address or `insecure` allows: a token must
+    not cross a network in clear by accident."""
+    if bool(cert) != bool(key):
+        raise CliError(None, "--tls-cert and --tls-key go together")
+    if ca:
+        try:
+            return serving.channel_credentials(ca, cert or "", key or "")
+        except OSError as exc:
+            raise CliError(None, str(exc)) from None
+    if cert:
+        raise CliError(None, "--tls-cert needs --tls-ca, the CA that signed the service's")
+    if not insecure and not target_is_loopback(address):
+        raise CliError(
+            None,
+            f"{address} is beyond this machine: give --tls-ca (the CA that signed the "
+            "service's certificate), or --insecure to send your token in plaintext",
+        )
+    return None
 
 
 class Client:
-    """The delivery service at `address`; use as a context manager to close the channel."""
+    """The delivery service at `address`, over TLS with `credentials` (see credentials())
+    or else in plaintext; use as a context manager to close the channel."""
 
-    def __init__(self, address: str, token: str | None, timeout: float) -> None:
+    def __init__(
+        self,
+        address: str,
+        token: str | None,
+        timeout: float,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.address = address
         self.timeout = timeout
         self._token = token
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
-        self._channel = grpc.insecure_channel(address)
+        self._channel = (
+            grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            if credentials is None
+            else grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+        )
         self._stub = pb_grpc.DeliveryServiceStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -104,18 +149,25 @@ class Client:
     def watch(self, delivery_id: int) -> Iterator[pb.WatchDeploymentResponse]:
         """The deployment's updates until FINISHED or STOPPED.
 
-        No deadline: a deployment lasts as long as its validity period.
+        No deadline: a deployment lasts as long as its validity period. A stream that
+        ends UNAVAILABLE after an update (its connection reached the service's maximum
+        age, or the service restarted) is opened again.
         """
-        call = self._stub.WatchDeployment(
-            pb.WatchDeploymentRequest(delivery_id=delivery_id), metadata=self._metadata
-        )
-        try:
-            yield from call
-        except grpc.RpcError as err:
-            raise self._error(err) from None
-        finally:
-            # Ctrl-C or an early exit must not leave the stream open on the server.
-            call.cancel()
+        request = pb.WatchDeploymentRequest(delivery_id=delivery_id)
+        while True:
+            call = self._stub.WatchDeployment(request, metadata=self._metadata)
+            updated = False
+            try:
+                for update in call:
+                    updated = True
+                    yield update
+                return
+            except grpc.RpcError as err:
+                if not (updated and err.code() == grpc.StatusCode.UNAVAILABLE):
+                    raise self._error(err) from None
+            finally:
+                # Ctrl-C or an early exit must not leave the stream open on the server.
+                call.cancel()
 
     def kpis(self, delivery_id: int) -> pb.GetKpisResponse:
         response: pb.GetKpisResponse = self._call(

@@ -17,7 +17,11 @@ from delivery.v1 import delivery_service_pb2 as pb
 from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mta.v1 import mta_service_pb2_grpc as mta_grpc
+from typer.testing import CliRunner
 
+from campaign_cli.app import app
+from campaign_cli.client import credentials
+from campaign_cli.errors import CliError
 from tests.conftest import Servers
 from tests.integration import flows
 from tests.integration.conftest import Pair, create_operators
@@ -165,3 +169,48 @@ async def test_the_pair_delivers_over_mutual_tls_with_exact_kpis(tls_pair: Pair)
     # Nothing but mutual TLS reached the stub: the link went through it.
     assert tls_pair.stub_process.log_path is not None
     assert "stream opened" in tls_pair.stub_process.log_path.read_text(encoding="utf-8")
+
+
+def campaign(*args: str) -> tuple[int, str]:
+    """`campaign *args` in process: the exit code and what it printed."""
+    env: dict[str, str | None] = {
+        name: None
+        for name in ("CAMPAIGN_ADDRESS", "CAMPAIGN_TOKEN", "CAMPAIGN_TLS_CA", "CAMPAIGN_INSECURE")
+    }
+    result = CliRunner(env=env).invoke(app, list(args), prog_name="campaign")
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    return result.exit_code, result.output
+
+
+async def test_the_cli_talks_mutual_tls_with_a_ca_and_a_client_certificate(
+    tls_pair: Pair, certificates: PairTls
+) -> None:
+    delivery = await flows.create_and_approve(tls_pair, flows.request(["ann@example.com"]))
+    (_, token), *_ = tls_pair.caller
+    address = tls_pair.service.address
+    tls = ("--tls-ca", str(certificates.ca))
+    client = (
+        "--tls-cert",
+        str(certificates.client_cert),
+        "--tls-key",
+        str(certificates.client_key),
+    )
+    code, out = campaign("--json", "--address", address, "--token", token.split()[1], *tls, *client,
+                         "deliveries", "get", str(delivery.id))  # fmt: skip
+    assert code == 0, out
+    assert f'"id": "{delivery.id}"' in out or f'"id": {delivery.id}' in out
+    # Without its client certificate, or in plaintext, it does not get through.
+    for args in (tls, ()):
+        code, out = campaign("--address", address, "--timeout", "5", *args, "kpis", "1")
+        assert code == 1 and "UNAVAILABLE" in out, out
+
+
+def test_the_cli_refuses_plaintext_beyond_loopback_unless_insecure() -> None:
+    with pytest.raises(CliError, match="beyond this machine: give --tls-ca"):
+        credentials("10.1.2.3:50051", None, None, None, insecure=False)
+    assert credentials("10.1.2.3:50051", None, None, None, insecure=True) is None
+    assert credentials("localhost:50051", None, None, None, insecure=False) is None
+    with pytest.raises(CliError, match="go together"):
+        credentials("localhost:50051", "ca.pem", "client.pem", None, insecure=False)
+    with pytest.raises(CliError, match=r"cannot read /nonexistent/ca\.pem"):
+        credentials("localhost:50051", "/nonexistent/ca.pem", None, None, insecure=False)
