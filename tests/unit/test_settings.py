@@ -4,6 +4,7 @@ booleans, and one-line errors with exit code 2, never a traceback. No server sta
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from delivery_service.config import Settings as ServiceSettings
-from grpc_common.settings import ServerSettings, setting
+from grpc_common.settings import ServerSettings, is_loopback, setting, target_is_loopback
 from mta_stub.config import Settings as StubSettings
 from tools.processes import REPO_ROOT, child_env
 
@@ -194,6 +195,7 @@ def test_a_setting_needs_its_variable() -> None:
         ("delivery_service", ["--port", "abc"], {}, "--port 'abc' (env DELIVERY_PORT)"),
         ("delivery_service", ["--help"], {"DELIVERY_PORT": "abc"}, "DELIVERY_PORT='abc'"),
         ("mta_stub", [], {"MTA_PORT": "-1"}, "MTA_PORT='-1' (flag --port)"),
+        ("mta_stub", [], {"MTA_HOST": "0.0.0.0"}, "would serve plaintext beyond this machine"),
     ],
 )
 def test_the_real_entry_points_exit_2_without_a_traceback(
@@ -214,3 +216,116 @@ def test_the_real_entry_points_exit_2_without_a_traceback(
     assert "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert expected in result.stderr
+
+
+# --- the transport: TLS, plaintext beyond loopback, the caps ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("LocalHost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("10.0.0.1", False),
+        ("example.com", False),
+        ("localhost.example.com", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("target", "loopback"),
+    [
+        ("127.0.0.1:50052", True),
+        ("localhost:50052", True),
+        ("[::1]:50052", True),
+        ("dns:///localhost:50052", True),
+        ("ipv4:127.0.0.1:50052", True),
+        ("unix:/tmp/mta.sock", True),
+        ("mta-stub:50052", False),
+        ("10.1.2.3:50052", False),
+        ("dns://8.8.8.8/localhost.example.com:50052", False),
+        ("[2001:db8::1]:50052", False),
+    ],
+)
+def test_target_is_loopback(target: str, loopback: bool) -> None:
+    assert target_is_loopback(target) is loopback
+
+
+@pytest.mark.parametrize("settings", [ServiceSettings, StubSettings])
+def test_plaintext_beyond_loopback_is_refused_in_one_line(
+    settings: type[ServerSettings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--host", "0.0.0.0", *(DATABASE if settings is ServiceSettings else [])]
+    with pytest.raises(SystemExit) as exit_info:
+        settings.parse(argv)
+    err = one_line_error(capsys, exit_info)
+    assert "--host (env " in err and "'0.0.0.0' would serve plaintext beyond this machine" in err
+    assert "give --tls-cert" in err and "--insecure" in err
+    # Asked for, it is allowed; and so is TLS.
+    assert settings.parse([*argv, "--insecure"]).insecure is True
+    tls = ["--tls-cert", "c.pem", "--tls-key", "k.pem"]
+    assert settings.parse([*argv, *tls]).tls_cert == "c.pem"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--tls-cert", "c.pem"], "--tls-cert (env DELIVERY_TLS_CERT) and --tls-key"),
+        (["--tls-key", "k.pem"], "--tls-cert (env DELIVERY_TLS_CERT) and --tls-key"),
+        (["--tls-client-ca", "ca.pem"], "--tls-client-ca (env DELIVERY_TLS_CLIENT_CA) needs"),
+        (["--max-streams", "11", "--max-concurrent-rpcs", "10"], "must not exceed"),
+        (["--max-streams", "0"], "--max-streams '0' (env DELIVERY_MAX_STREAMS)"),
+        (["--mta-address", "mta:50052"], "'mta:50052' would be reached in plaintext"),
+        (["--mta-client-cert", "c.pem", "--mta-client-key", "k.pem"], "needs --mta-ca"),
+        (["--mta-ca", "ca.pem", "--mta-client-cert", "c.pem"], "go together"),
+    ],
+)
+def test_transport_settings_that_do_not_fit_are_one_line(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        ServiceSettings.parse([*argv, *DATABASE])
+    assert expected in one_line_error(capsys, exit_info)
+
+
+def test_transport_defaults_and_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    service, stub = ServiceSettings.parse(DATABASE), StubSettings.parse([])
+    assert (service.tls_cert, service.insecure, service.mta_ca, service.migrate) == (
+        "",
+        False,
+        "",
+        True,
+    )
+    assert (service.max_concurrent_rpcs, service.max_streams) == (1000, 600)
+    assert (stub.max_concurrent_rpcs, stub.max_streams) == (200, 32)
+    monkeypatch.setenv("MTA_TLS_CERT", "stub.pem")
+    monkeypatch.setenv("MTA_TLS_KEY", "stub.key")
+    monkeypatch.setenv("MTA_TLS_CLIENT_CA", "ca.pem")
+    monkeypatch.setenv("DATABASE_MIGRATE", "false")
+    # Each server reads its own variables: the stub's TLS is not the service's.
+    assert StubSettings.parse([]).tls_client_ca == "ca.pem"
+    assert ServiceSettings.parse(DATABASE).tls_cert == ""
+    assert ServiceSettings.parse(DATABASE).migrate is False
+
+
+def test_a_plaintext_link_beyond_loopback_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    settings = ServiceSettings.parse(["--mta-address", "mta-stub:50052", "--insecure", *DATABASE])
+    with caplog.at_level(logging.WARNING):
+        assert settings.mta_credentials() is None
+    assert "the link to the MTA at mta-stub:50052 is PLAINTEXT" in caplog.text
+
+
+def test_a_missing_tls_file_is_one_error_naming_it() -> None:
+    settings = ServiceSettings.parse(["--mta-ca", "/nonexistent/ca.pem", *DATABASE])
+    with pytest.raises(OSError, match=r"cannot read /nonexistent/ca\.pem"):
+        settings.mta_credentials()
