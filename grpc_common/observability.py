@@ -15,6 +15,7 @@ It comes back in the trailing metadata of every call, failed ones included.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import json
@@ -79,6 +80,9 @@ def _code(context: Any, error: BaseException | None) -> grpc.StatusCode:
         return code
     if error is None:
         return grpc.StatusCode.OK
+    if isinstance(error, asyncio.CancelledError):
+        # The peer went away (it cancelled, or its connection died) or the server stops.
+        return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.UNKNOWN
 
 

@@ -368,7 +368,8 @@ def frozen_client(stub_address: str) -> Iterator[tuple[subprocess.Popen[str], li
         for line in stdout:
             lines.put(line)
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
         line = lines.get(timeout=30)
         assert line.startswith("feedback "), line
@@ -376,6 +377,8 @@ def frozen_client(stub_address: str) -> Iterator[tuple[subprocess.Popen[str], li
     finally:
         process.kill()
         process.wait(10)
+        reader.join(10)
+        stdout.close()
 
 
 def exchange_lines(log: Path) -> list[str]:
