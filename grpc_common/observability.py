@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import re
@@ -311,8 +312,10 @@ async def _decoded(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[
         yield request
 
 
+@functools.lru_cache(maxsize=1024)
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """The deserializer, with a failure made an Undecodable instead of grpc's UNKNOWN."""
+    """The deserializer, with a failure made an Undecodable instead of grpc's UNKNOWN
+    (made once per method: the generated handlers keep their deserializer)."""
     if deserializer is None:
         return None
     message_type = getattr(deserializer, "__self__", None)
