@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeVar
 
 import typer
+from delivery.v1 import admin_service_pb2 as apb
 from delivery.v1 import delivery_service_pb2 as pb
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from rich.console import Console, RenderableType
 from typer.core import TyperGroup
 
-from campaign_cli import operators, profiles_csv, render
+from campaign_cli import profiles_csv, render
 from campaign_cli.client import Client, credentials
 from campaign_cli.errors import CliError, reported
-from delivery_service import admin
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 # The most profiles one UpsertProfiles call may carry is 10,000; half keeps calls short.
@@ -34,18 +34,16 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
 
 
-app = typer.Typer(
+app: typer.Typer = typer.Typer(
     cls=_Group,
     help="Operate the delivery service: deliveries, their live deployment, KPIs and logs.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-operators_app = typer.Typer(help="Operators and their tokens.", no_args_is_help=True)
 profiles_app = typer.Typer(help="Profiles that deliveries target.", no_args_is_help=True)
 deliveries_app = typer.Typer(help="Create and run deliveries.", no_args_is_help=True)
 stats_app = typer.Typer(help="Recompute KPIs from the logs.", no_args_is_help=True)
-app.add_typer(operators_app, name="operators")
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(stats_app, name="stats")
@@ -88,6 +86,7 @@ class Settings:
 DeliveryId = Annotated[int, typer.Argument(metavar="ID", min=1, help="The delivery's id.")]
 PageSize = Annotated[int, typer.Option(min=1, max=1000, help="The most rows a page has.")]
 PageToken = Annotated[str, typer.Option(help="The token a previous page printed.")]
+Every = Annotated[bool, typer.Option("--all", help="Follow every page to the end.")]
 
 
 @app.callback()
@@ -171,6 +170,20 @@ def _show(ctx: typer.Context, data: Message | Mapping[str, Any], *shown: Rendera
             console.print(item)
 
 
+ListPage = (
+    pb.ListDeliveriesResponse
+    | pb.ListSendingLogsResponse
+    | pb.GetProfileHistoryResponse
+    | apb.ListOperatorsResponse
+    | apb.ListAuditEventsResponse
+)
+
+
+def show_list(ctx: typer.Context, page: ListPage, table: RenderableType, command: str) -> None:
+    """A page of a list as JSON; else its `table` and the `command` for the next page."""
+    _show(ctx, page, table, render.next_page(page.next_page_token, command))
+
+
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 
@@ -190,48 +203,6 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(None, f"cannot read {path}: {exc}") from None
-
-
-# --- operators ---------------------------------------------------------------------------
-
-
-def _role(name: str) -> str:
-    """One of the service's roles (delivery_service.admin.ROLES), as a choice."""
-    if name not in admin.ROLES:
-        raise typer.BadParameter(f"{name!r} is not one of {', '.join(admin.ROLES)}")
-    return name
-
-
-@operators_app.command("create")
-def create_operator(
-    ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The operator's name, unique.")],
-    role: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--role",
-            parser=_role,
-            metavar=f"[{'|'.join(admin.ROLES)}]",
-            help="A role to grant; repeatable.",
-        ),
-    ] = None,
-    database_url: Annotated[
-        str,
-        typer.Option(envvar="DATABASE_URL", show_default=False, help="The service's database."),
-    ] = "",
-) -> None:
-    """Create an operator in the database and print its token, shown only this once."""
-    if not database_url:
-        raise typer.BadParameter("required, or DATABASE_URL", param_hint="'--database-url'")
-    roles = list(dict.fromkeys(role or []))
-    token = operators.create(database_url, name, roles, _settings(ctx).timeout)
-    _show(
-        ctx,
-        {"name": name, "roles": roles, "token": token},
-        f"Operator {name!r} created with roles {', '.join(roles) or '(none)'}.",
-        "Its token, shown only this once (use it as --token or CAMPAIGN_TOKEN):",
-        token,
-    )
 
 
 # --- profiles ----------------------------------------------------------------------------
@@ -434,11 +405,8 @@ def list_deliveries(
     if state is not None:
         request.state = pb.State.Value(f"STATE_{state.name}")
     response = _client(ctx).list_deliveries(request)
-    _show(
-        ctx,
-        response,
-        render.deliveries_table(response.deliveries),
-        render.next_page(response.next_page_token, "campaign deliveries list"),
+    show_list(
+        ctx, response, render.deliveries_table(response.deliveries), "campaign deliveries list"
     )
 
 
@@ -482,17 +450,22 @@ def kpis(ctx: typer.Context, delivery_id: DeliveryId) -> None:
     _show(ctx, response, render.kpi_table(response.kpis, f"KPIs of delivery {delivery_id}"))
 
 
-LogPage = pb.ListSendingLogsResponse | pb.GetProfileHistoryResponse
+class _Page(Protocol):
+    next_page_token: str
 
 
-def _pages(fetch: Callable[[str], LogPage], token: str, every: bool) -> Iterator[LogPage]:
-    """The page at `token`; with `every`, that page and all the ones after it."""
-    while True:
-        page = fetch(token)
-        yield page
-        token = page.next_page_token
-        if not every or not token:
-            return
+PageT = TypeVar("PageT", bound=_Page)
+
+
+def pages(fetch: Callable[[str], PageT], token: str, every: bool, rows: str) -> PageT:
+    """The page at `token`; with `every`, it and every page after it, their repeated field
+    `rows` gathered in one response (whose next_page_token is then empty)."""
+    response = fetch(token)
+    while every and response.next_page_token:
+        page = fetch(response.next_page_token)
+        getattr(response, rows).extend(getattr(page, rows))
+        response.next_page_token = page.next_page_token
+    return response
 
 
 @app.command("logs")
@@ -502,7 +475,7 @@ def logs(
     status: Annotated[StatusName | None, typer.Option(help="Only logs with this status.")] = None,
     page_size: PageSize = 100,
     page_token: PageToken = "",
-    every: Annotated[bool, typer.Option("--all", help="Follow every page to the end.")] = False,
+    every: Every = False,
 ) -> None:
     """List the sending logs of a delivery: one row per message."""
     client = _client(ctx)
@@ -510,19 +483,13 @@ def logs(
     if status is not None:
         request.status = pb.SendingStatus.Value(f"SENDING_STATUS_{status.name}")
 
-    def fetch(token: str) -> LogPage:
+    def fetch(token: str) -> pb.ListSendingLogsResponse:
         request.page_token = token
         return client.sending_logs(request)
 
-    response = pb.ListSendingLogsResponse()
-    for page in _pages(fetch, page_token, every):
-        response.sending_logs.extend(page.sending_logs)
-        response.next_page_token = page.next_page_token
-    _show(
-        ctx,
-        response,
-        render.logs_table(response.sending_logs),
-        render.next_page(response.next_page_token, f"campaign logs {delivery_id}"),
+    response = pages(fetch, page_token, every, "sending_logs")
+    show_list(
+        ctx, response, render.logs_table(response.sending_logs), f"campaign logs {delivery_id}"
     )
 
 
@@ -533,7 +500,7 @@ def history(
     email: Annotated[str | None, typer.Option(help="An inline recipient's address.")] = None,
     page_size: PageSize = 100,
     page_token: PageToken = "",
-    every: Annotated[bool, typer.Option("--all", help="Follow every page to the end.")] = False,
+    every: Every = False,
 ) -> None:
     """List the messages sent to a profile or an address, newest first."""
     if (profile_id is None) == (email is None):
@@ -547,20 +514,12 @@ def history(
         request.email = email or ""
         again = f"campaign history --email {email}"
 
-    def fetch(token: str) -> LogPage:
+    def fetch(token: str) -> pb.GetProfileHistoryResponse:
         request.page_token = token
         return client.history(request)
 
-    response = pb.GetProfileHistoryResponse()
-    for page in _pages(fetch, page_token, every):
-        response.sending_logs.extend(page.sending_logs)
-        response.next_page_token = page.next_page_token
-    _show(
-        ctx,
-        response,
-        render.logs_table(response.sending_logs, with_delivery=True),
-        render.next_page(response.next_page_token, again),
-    )
+    response = pages(fetch, page_token, every, "sending_logs")
+    show_list(ctx, response, render.logs_table(response.sending_logs, with_delivery=True), again)
 
 
 @stats_app.command("compute")
@@ -573,3 +532,9 @@ def compute_stats(ctx: typer.Context, delivery_id: DeliveryId) -> None:
         render.kpi_table(response.kpis, f"KPIs of delivery {delivery_id}, recomputed"),
         f"Repaired counters: {response.repaired_counters}",
     )
+
+
+# --- recurring deliveries, operators and audit ---------------------------------------------
+
+# Their modules register them on `app` and use the helpers above (hence last).
+from campaign_cli import admin_commands, recurring_commands  # noqa: E402, F401

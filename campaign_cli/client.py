@@ -8,6 +8,8 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+from delivery.v1 import admin_service_pb2 as apb
+from delivery.v1 import admin_service_pb2_grpc as apb_grpc
 from delivery.v1 import delivery_service_pb2 as pb
 from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from mta.v1 import mta_service_pb2 as mta
@@ -70,6 +72,7 @@ class Client:
             else grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
         )
         self._stub = pb_grpc.DeliveryServiceStub(self._channel)
+        self._admin = apb_grpc.AdminServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -193,6 +196,60 @@ class Client:
         response: pb.UpsertProfilesResponse = self._call(
             self._stub.UpsertProfiles, pb.UpsertProfilesRequest(profiles=profiles)
         )
+        return response
+
+    def pause_recurring(self, recurring_id: int) -> pb.PauseRecurringDeliveryResponse:
+        response: pb.PauseRecurringDeliveryResponse = self._call(
+            self._stub.PauseRecurringDelivery,
+            pb.PauseRecurringDeliveryRequest(recurring_delivery_id=recurring_id),
+        )
+        return response
+
+    def resume_recurring(self, recurring_id: int) -> pb.ResumeRecurringDeliveryResponse:
+        response: pb.ResumeRecurringDeliveryResponse = self._call(
+            self._stub.ResumeRecurringDelivery,
+            pb.ResumeRecurringDeliveryRequest(recurring_delivery_id=recurring_id),
+        )
+        return response
+
+    def cancel_recurring(self, recurring_id: int) -> pb.CancelRecurringDeliveryResponse:
+        response: pb.CancelRecurringDeliveryResponse = self._call(
+            self._stub.CancelRecurringDelivery,
+            pb.CancelRecurringDeliveryRequest(recurring_delivery_id=recurring_id),
+        )
+        return response
+
+    def get_recurring(self, recurring_id: int) -> pb.GetRecurringDeliveryResponse:
+        response: pb.GetRecurringDeliveryResponse = self._call(
+            self._stub.GetRecurringDelivery,
+            pb.GetRecurringDeliveryRequest(recurring_delivery_id=recurring_id),
+        )
+        return response
+
+    # AdminService (role admin), on the same channel.
+
+    def create_operator(self, request: apb.CreateOperatorRequest) -> apb.CreateOperatorResponse:
+        response: apb.CreateOperatorResponse = self._call(self._admin.CreateOperator, request)
+        return response
+
+    def list_operators(self, request: apb.ListOperatorsRequest) -> apb.ListOperatorsResponse:
+        response: apb.ListOperatorsResponse = self._call(self._admin.ListOperators, request)
+        return response
+
+    def revoke_operator(self, name: str) -> apb.RevokeOperatorResponse:
+        response: apb.RevokeOperatorResponse = self._call(
+            self._admin.RevokeOperator, apb.RevokeOperatorRequest(name=name)
+        )
+        return response
+
+    def rotate_operator_token(self, name: str) -> apb.RotateOperatorTokenResponse:
+        response: apb.RotateOperatorTokenResponse = self._call(
+            self._admin.RotateOperatorToken, apb.RotateOperatorTokenRequest(name=name)
+        )
+        return response
+
+    def audit_events(self, request: apb.ListAuditEventsRequest) -> apb.ListAuditEventsResponse:
+        response: apb.ListAuditEventsResponse = self._call(self._admin.ListAuditEvents, request)
         return response
 
 

@@ -69,9 +69,10 @@ def run(
         if not database_url:
             raise CliError(None, "set --database-url or DATABASE_URL to the service's database")
         operator = f"demo-{secrets.token_hex(3)}"
-        # Every role: the demo both approves and confirms its delivery.
-        token = operators.create(database_url, operator, admin.ROLES, timeout)
-        console.print(f"Operator {operator} created (roles {', '.join(admin.ROLES)}).")
+        # Every role but admin: the demo both approves and confirms its delivery.
+        roles = [r for r in admin.ROLES if r != "admin"]
+        token = operators.create(database_url, operator, roles, timeout)
+        console.print(f"Operator {operator} created (roles {', '.join(roles)}).")
         set_mta_scenario(mta_address, mta.SetScenarioRequest(mix=MIX), timeout)
         console.print(
             f"MTA stub at {mta_address}: seeded mix of {MIX.hard_bounce_rate:.0%} hard bounces, "

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
+from delivery.v1 import admin_service_pb2 as apb
 from delivery.v1 import delivery_service_pb2 as pb
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.descriptor import EnumDescriptor
@@ -159,6 +160,7 @@ def delivery_table(d: pb.Delivery) -> Table:
         ("To deliver", count(d.to_deliver)),
         ("Dropped", count(d.dropped)),
         ("Created", when(d.create_time, d.HasField("create_time"))),
+        ("Created by", d.created_by or "-"),
         ("Confirmed", when(d.confirm_time, d.HasField("confirm_time"))),
         ("Confirmed by", d.confirmed_by or "-"),
         ("Validity ends", when(d.validity_end_time, d.HasField("validity_end_time"))),
@@ -166,6 +168,21 @@ def delivery_table(d: pb.Delivery) -> Table:
     if d.recurring_delivery_id:
         rows.append(("Recurring", str(d.recurring_delivery_id)))
     return _pairs(f"Delivery {d.id}", rows)
+
+
+def recurring_table(r: pb.RecurringDelivery) -> Table:
+    return _pairs(
+        f"Recurring delivery {r.id}",
+        [
+            ("Label", r.label),
+            ("State", enum_name(pb.RecurringState.DESCRIPTOR, r.state) or "-"),
+            ("Interval", duration(r.interval)),
+            ("Sends", "after ConfirmSend" if r.confirm_before_send else "unattended"),
+            ("Next occurrence", when(r.next_occurrence_time, r.HasField("next_occurrence_time"))),
+            ("Occurrences", count(r.occurrences)),
+            ("Created by", r.created_by or "-"),
+        ],
+    )
 
 
 def deliveries_table(deliveries: Iterable[pb.Delivery]) -> Table:
@@ -268,6 +285,77 @@ def logs_table(logs: Iterable[pb.SendingLog], *, with_delivery: bool = False) ->
             "yes" if log.clicked else "",
         ]
         table.add_row(*([str(log.delivery_id), *row] if with_delivery else row))
+    return table
+
+
+def role_list(values: Iterable[str]) -> str:
+    return ", ".join(values) or "(none)"
+
+
+def operator_table(o: apb.Operator) -> Table:
+    return _pairs(
+        f"Operator {o.name}",
+        [
+            ("Roles", role_list(o.roles)),
+            ("Created", when(o.create_time, o.HasField("create_time"))),
+            ("Expires", when(o.expire_time, o.HasField("expire_time"))),
+            ("Revoked", when(o.revoke_time, o.HasField("revoke_time"))),
+        ],
+    )
+
+
+def new_token(token: str) -> Group:
+    """A token printed once, on its own last line (scripts take the last line, or --json)."""
+    return Group("Its token, shown only this once (use it as --token or CAMPAIGN_TOKEN):", token)
+
+
+def operator_created(name: str, roles: Iterable[str], token: str, expires: str = "-") -> Group:
+    lines = [f"Operator {name!r} created with roles {role_list(roles)}."]
+    if expires != "-":
+        lines.append(f"Its token expires {expires}.")
+    return Group(*lines, new_token(token))
+
+
+def operators_table(operators: Iterable[apb.Operator]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("Name")
+    table.add_column("Roles")
+    table.add_column("Created (UTC)", no_wrap=True)
+    table.add_column("Expires (UTC)", no_wrap=True)
+    table.add_column("Revoked (UTC)", no_wrap=True)
+    for o in operators:
+        table.add_row(
+            o.name,
+            role_list(o.roles),
+            when(o.create_time, o.HasField("create_time"), zone=False),
+            when(o.expire_time, o.HasField("expire_time"), zone=False),
+            when(o.revoke_time, o.HasField("revoke_time"), zone=False),
+        )
+    return table
+
+
+def audit_table(events: Iterable[apb.AuditEvent]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("ID", justify="right")
+    table.add_column("Time (UTC)", no_wrap=True)
+    table.add_column("Operator")
+    table.add_column("Call")
+    table.add_column("Target")
+    table.add_column("Code")
+    table.add_column("Request id")
+    table.add_column("Peer")
+    for e in events:
+        table.add_row(
+            str(e.id),
+            when(e.time, e.HasField("time"), zone=False),
+            e.operator or "-",
+            # `/delivery.v1.DeliveryService/ConfirmSend` → `DeliveryService/ConfirmSend`.
+            e.method.removeprefix("/").split(".")[-1],
+            e.target or "-",
+            e.code,
+            e.request_id,
+            e.peer,
+        )
     return table
 
 

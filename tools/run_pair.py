@@ -7,6 +7,10 @@ PostgreSQL is DATABASE_URL when set, else the embedded server under ./.data/pg (
 running afterwards; `make db-stop` stops it). Ports: DELIVERY_PORT (50051) and MTA_PORT
 (50052). The services' logs go to this terminal; other settings they read from the
 environment (LOG_LEVEL, STATS_INTERVAL_SECONDS, ...) pass through.
+
+The first admin: the delivery service gets --bootstrap-token-file .data/admin.token, so
+on a database with no admin it creates the operator `admin` with the token that file
+holds, or with a new one written there (mode 0600). The banner says what to do with it.
 """
 
 from __future__ import annotations
@@ -17,43 +21,91 @@ import shlex
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 import psycopg
 from psycopg import sql
 
 from tools import embedded_pg
 from tools.pair import Launcher, Pair
-from tools.processes import ServerProcessError
+from tools.processes import REPO_ROOT, ServerProcessError
 
 # Its own database on the embedded server, apart from the maintenance one and the tests'.
 DB_NAME = "delivery"
 STARTUP_TIMEOUT_S = 60.0
 # The delivery service drains its stream to the MTA on SIGTERM before it exits.
 STOP_TIMEOUT_S = 15.0
+# The first admin's token (see the module's docstring).
+ADMIN_TOKEN_FILE = REPO_ROOT / ".data" / "admin.token"
+# What the README's tours do: create, prepare, confirm and read deliveries.
+TOUR_ROLES = ("create_deliveries", "start_deliveries", "read_deliveries")
 
 
-def _banner(database_url: str, pair: Pair) -> str:
-    python = shlex.quote(os.path.relpath(sys.executable))
-    url = shlex.quote(database_url)
-    service, stub = pair.service, pair.stub
+class Listening(Protocol):
+    """A server as the banner shows it (a ServerProcess is one)."""
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def pid(self) -> int: ...
+
+
+def banner(
+    service: Listening,
+    stub: Listening,
+    database_url: str,
+    *,
+    token_file: str,
+    has_token: bool,
+    campaign: str,
+) -> str:
+    """What `make run` prints once the pair is up: where each part is, where the admin
+    token is (`token_file`, a path as the user types it; `has_token`: whether it exists),
+    and the next steps with `campaign`, the CLI's path as the user types it."""
+    admin = f'--token "$(cat {shlex.quote(token_file)})"'
+    if has_token:
+        token = f"{token_file}   (operator `admin`, role admin)"
+    else:
+        # The database had an admin before: the service wrote no token.
+        token = (
+            f"none in {token_file}: this database had an admin already; set ADMIN_TOKEN\n"
+            "                    to its token, or to that of another made offline:\n"
+            f"                    {campaign} operators create root --role admin "
+            f"--database-url {shlex.quote(database_url)}"
+        )
+        admin = '--token "$ADMIN_TOKEN"'
+    roles = " ".join(f"--role {r}" for r in TOUR_ROLES)
+    bearer = '-H "authorization: Bearer $CAMPAIGN_TOKEN"'
     return f"""
-  delivery service  {service.address}   delivery.v1.DeliveryService  (pid {service.pid})
-  MTA stub          {stub.address}   mta.v1.MtaService            (pid {stub.pid})
+  delivery service  {service.address}   DeliveryService, AdminService (pid {service.pid})
+  MTA stub          {stub.address}   MtaService (pid {stub.pid})
   DATABASE_URL      {database_url}
+  admin token       {token}
 
-  Create an operator who may confirm sends (the token is the last line printed):
-    {python} -m delivery_service create-operator alice --role start_deliveries \\
-        --database-url {url}
+  Next, an operator for the tours, created by the admin (its token is the last line):
+    {campaign} {admin} operators create alice \\
+        {roles}
+    export CAMPAIGN_TOKEN=...   # alice's token
+    {campaign} deliveries list
 
-  Talk to it with grpcurl (server reflection is on):
+  Talk to it with grpcurl (server reflection is on; it and health need no token):
     grpcurl -plaintext {service.address} list delivery.v1.DeliveryService
     grpcurl -plaintext {service.address} grpc.health.v1.Health/Check
-    grpcurl -plaintext -H "authorization: Bearer $TOKEN" \\
+    grpcurl -plaintext {bearer} \\
+        {service.address} delivery.v1.DeliveryService/ListDeliveries
+    grpcurl -plaintext {bearer} \\
         -d '{{"delivery_id": 1}}' {service.address} delivery.v1.DeliveryService/ConfirmSend
 
   Ctrl-C stops both services.
 """
+
+
+def service_args(log_args: list[str]) -> list[str]:
+    """The delivery service's flags: the log level, and the first admin's token file."""
+    return [*log_args, "--bootstrap-token-file", str(ADMIN_TOKEN_FILE)]
 
 
 def _embedded_database() -> str:
@@ -102,11 +154,20 @@ def run() -> int:
         pair = Launcher(startup_timeout=STARTUP_TIMEOUT_S).pair(
             database_url,
             stub_args=log_args,
-            service_args=log_args,
+            service_args=service_args(log_args),
             stub_port=mta_port,
             service_port=delivery_port,
         )
-        print(_banner(database_url, pair), flush=True)
+        campaign = Path(sys.executable).with_name("campaign")
+        text = banner(
+            pair.service,
+            pair.stub,
+            database_url,
+            token_file=os.path.relpath(ADMIN_TOKEN_FILE),
+            has_token=ADMIN_TOKEN_FILE.exists(),
+            campaign=shlex.quote(os.path.relpath(campaign)),
+        )
+        print(text, flush=True)
 
         # Wake up now and then to notice a child that died on its own.
         while not stop.wait(0.5):

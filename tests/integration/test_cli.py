@@ -6,25 +6,32 @@ Most calls go through typer's CliRunner on the app (fast, in process); some run
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import shlex
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 import pytest
+from delivery.v1 import delivery_service_pb2 as pb
+from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
+from google.protobuf import duration_pb2, timestamp_pb2
 from typer.testing import CliRunner, Result
 
 from campaign_cli.app import app
 from tests.conftest import Servers
-from tests.support.callers import CALLER_ROLES
-from tools import embedded_pg
+from tests.support import processes
+from tests.support.callers import CALLER_ROLES, bearer
+from tools import embedded_pg, run_pair
 from tools.processes import REPO_ROOT, child_env
 
 # Wide enough that no table cell wraps; nothing from the caller's environment leaks in.
@@ -83,6 +90,12 @@ def assert_error(stderr: str, stdout: str, expected: str) -> None:
     assert "Traceback" not in stderr
 
 
+def fails(*args: str, expected: str) -> None:
+    """`campaign *args` exits with 1 and the one line `expected` on stderr."""
+    result = run(*args, code=1)
+    assert_error(result.stderr, result.stdout, expected)
+
+
 def row(output: str, *cells: str) -> None:
     """Some line of `output` holds these cells in order, separated by spaces only."""
     pattern = r"\s+".join(re.escape(c) for c in cells)
@@ -130,7 +143,7 @@ def write_csv(path: Path, *lines: str) -> Path:
 def test_operators_create(fresh_db_url: str, tmp_path: Path) -> None:
     table = run("operators", "create", "alice", *BOTH_ROLES, "--database-url", fresh_db_url)
     lines = table.stdout.splitlines()
-    assert lines[0] == "Operator 'alice' created with roles start_deliveries, approve_deliveries."
+    assert lines[0] == f"Operator 'alice' created with roles {', '.join(CALLER_ROLES)}."
     assert re.fullmatch(r"[A-Za-z0-9_-]{40,}", lines[-1])
 
     created = run_json(
@@ -158,6 +171,129 @@ def test_operators_create(fresh_db_url: str, tmp_path: Path) -> None:
     assert "--database-url" in missing.output
 
 
+def refused_soon(*args: str, expected: str) -> None:
+    """`campaign *args` fails with `expected` within 5 s: the service believes a looked-up
+    token for up to 2 s after it is rotated or revoked."""
+    deadline = time.monotonic() + 5
+    while True:
+        result = RUNNER.invoke(app, list(args), prog_name="campaign")
+        if result.exit_code == 1:
+            assert_error(result.stderr, result.stdout, expected)
+            return
+        assert result.exit_code == 0, result.output
+        assert time.monotonic() < deadline, f"campaign {shlex.join(args)} still accepted"
+        time.sleep(0.2)
+
+
+def test_operators_through_the_service(cli_pair: CliPair) -> None:
+    root = processes.create_operator(cli_pair.database_url, "root", "admin")
+    admin = ["--address", cli_pair.address, "--token", root]
+
+    table = run(
+        *admin, "operators", "create", "carol", "--role", "read_deliveries", "--expires", "30d"
+    ).stdout.splitlines()
+    assert table[0] == "Operator 'carol' created with roles read_deliveries."
+    shown = re.fullmatch(r"Its token expires (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC\.", table[1])
+    assert shown, table
+    expires = dt.datetime.fromisoformat(shown.group(1)).replace(tzinfo=dt.UTC)
+    in_30_days = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+    assert abs(expires - in_30_days) < dt.timedelta(minutes=1)
+    carol = table[-1]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{40,}", carol)
+    # The new token works, with its role.
+    assert run_json("--address", cli_pair.address, "--token", carol, "deliveries", "list") == {
+        "deliveries": [],
+        "next_page_token": "",
+    }
+
+    # DATABASE_URL in the environment does not take the call away from the service when
+    # a token is given: the JSON is the API's answer (the offline one has no "operator").
+    process = run_process(
+        *admin,
+        "--json",
+        "operators",
+        "create",
+        "dave",
+        "--role",
+        "create_deliveries",
+        "--role",
+        "read_deliveries",
+        env={"DATABASE_URL": cli_pair.database_url},
+    )
+    assert process.returncode == 0, process.stderr
+    created = json.loads(process.stdout)
+    assert created["operator"]["name"] == "dave"
+    assert created["operator"]["roles"] == ["create_deliveries", "read_deliveries"]
+    assert created["operator"]["create_time"].endswith("Z")
+    assert created["operator"]["expire_time"] is None
+    dave = created["token"]
+
+    listed = run(*admin, "operators", "list").stdout
+    row(listed, "ops", ", ".join(CALLER_ROLES))
+    row(listed, "root", "admin")
+    row(listed, "carol", "read_deliveries")
+    row(listed, "dave", "create_deliveries, read_deliveries")
+    assert re.search(rf"carol\s+read_deliveries\s+\S+ \S+\s+{shown.group(1)}\s", listed), listed
+    assert listed.splitlines()[-1] == "Last page."
+    names = [o["name"] for o in run_json(*admin, "operators", "list")["operators"]]
+    assert names == ["ops", "root", "carol", "dave"]
+    first = run(*admin, "operators", "list", "--page-size", "3").stdout
+    assert re.search(r"^More: campaign operators list --page-token \S+$", first, re.MULTILINE)
+    assert "dave" not in first
+    every = run_json(*admin, "operators", "list", "--page-size", "3", "--all")
+    assert [o["name"] for o in every["operators"]] == names
+    assert every["next_page_token"] == ""
+
+    # Rotate: a new token, and the old one refused.
+    rotated = run(*admin, "operators", "rotate", "dave").stdout
+    assert rotated.startswith("Operator dave")
+    row(rotated, "Roles", "create_deliveries, read_deliveries")
+    new_dave = rotated.splitlines()[-1]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{40,}", new_dave) and new_dave != dave
+    run("--address", cli_pair.address, "--token", new_dave, "deliveries", "list")
+    refused_soon(
+        *("--address", cli_pair.address, "--token", dave, "deliveries", "list"),
+        expected="error: UNAUTHENTICATED: the token is not an operator's",
+    )
+    again = run_json(*admin, "operators", "rotate", "dave")
+    assert again["operator"]["name"] == "dave" and again["token"] not in (dave, new_dave)
+
+    # Revoke: the token refused; revoking again changes nothing.
+    revoked = run(*admin, "operators", "revoke", "carol").stdout
+    assert re.search(r"^\s*Revoked\s+\d{4}-\d\d-\d\d \S+ UTC\s*$", revoked, re.MULTILINE)
+    refused_soon(
+        *("--address", cli_pair.address, "--token", carol, "deliveries", "list"),
+        expected="error: UNAUTHENTICATED: the token is not an operator's",
+    )
+    twice = run_json(*admin, "operators", "revoke", "carol")["operator"]
+    assert twice["revoke_time"] is not None
+    row(run(*admin, "operators", "list").stdout, "carol", "read_deliveries")
+
+    # Errors: one line each.
+    for args, expected in (
+        (
+            ("--token", cli_pair.token, "operators", "list"),
+            "error: PERMISSION_DENIED: operator 'ops' lacks the role admin",
+        ),
+        (
+            ("--token", root, "operators", "revoke", "nobody"),
+            "error: NOT_FOUND: operator 'nobody' does not exist",
+        ),
+        (
+            ("--token", root, "operators", "create", "dave"),
+            "error: ALREADY_EXISTS: an operator named 'dave' already exists",
+        ),
+    ):
+        fails("--address", cli_pair.address, *args, expected=expected)
+    # Neither a token nor a database; an expiry offline: usage errors.
+    nothing = run("--address", cli_pair.address, "operators", "create", "erin", code=2)
+    assert "--token" in nothing.output and "--database-url" in nothing.output
+    offline = ["operators", "create", "erin", "--database-url", cli_pair.database_url]
+    assert "--expires" in run(*admin, *offline, "--expires", "1d", code=2).output
+    bad = run(*admin, "operators", "create", "erin", "--expires", "soon", code=2)
+    assert "--expires" in bad.output
+
+
 # --- profiles ------------------------------------------------------------------------------
 
 
@@ -167,7 +303,7 @@ def test_profiles_import(cli_pair: CliPair, tmp_path: Path) -> None:
         "profile_id,email,quarantined,segments",
         *(f"p{i},person{i}@example.com,{'true' if i == 6 else ''},vip;news" for i in range(7)),
     )
-    base = ["--address", cli_pair.address]
+    base = ["--address", cli_pair.address, "--token", cli_pair.token]
 
     table = run(*base, "profiles", "import", str(people), "--chunk-size", "3")
     assert table.stdout.strip() == "Imported 7 profiles from people.csv: 7 created, 0 updated."
@@ -326,9 +462,8 @@ def test_delivery_in_json(cli_pair: CliPair, tmp_path: Path) -> None:
     assert run_json(*cli(f"profiles import {shlex.quote(str(people))}"))["created"] == 4
 
     create = "deliveries create --label VIP --subject Hi --body '<p>Hi</p>' --segment vip"
-    created = run_json(
-        *cli(f"{create} --validity 2s --no-efs --approval content --request-id vip-1")
-    )
+    options = "--validity 2s --no-efs --approval content --request-id vip-1"
+    created = run_json(*cli(f"{create} {options}"))
     delivery = created["delivery"]
     assert delivery["id"] == 1
     assert delivery["state"] == "DRAFT"
@@ -336,8 +471,11 @@ def test_delivery_in_json(cli_pair: CliPair, tmp_path: Path) -> None:
     assert delivery["validity_period"] == 2.0
     assert delivery["required_approvals"] == ["CONTENT"]
     assert delivery["confirm_time"] is None
-    # The same request id: the same delivery back.
-    assert run_json(*cli(f"{create} --request-id vip-1"))["delivery"]["id"] == 1
+    # The same request with the same request id: the same delivery back.
+    assert run_json(*cli(f"{create} {options}"))["delivery"]["id"] == 1
+    # Another request with it: refused, naming the field.
+    reused = run(*cli(f"{create} --request-id vip-1"), code=1)
+    assert reused.stderr.startswith("error: ALREADY_EXISTS: request_id: ")
 
     prepared = run_json(*cli("deliveries prepare 1"))
     assert prepared["delivery"]["state"] == "PREPARED"
@@ -361,7 +499,12 @@ def test_delivery_in_json(cli_pair: CliPair, tmp_path: Path) -> None:
     assert all(u["state"] in ("SENDING", "SENT", "FINISHED") for u in updates)
 
     # The real entry point, with the address from the environment.
-    process = run_process("--json", "kpis", "1", env={"CAMPAIGN_ADDRESS": cli_pair.address})
+    process = run_process(
+        "--json",
+        "kpis",
+        "1",
+        env={"CAMPAIGN_ADDRESS": cli_pair.address, "CAMPAIGN_TOKEN": cli_pair.token},
+    )
     assert process.returncode == 0, process.stderr
     kpis = json.loads(process.stdout)["kpis"]
     assert kpis["feedback_mode"] == "WITHOUT_EFS"
@@ -439,13 +582,9 @@ def test_errors_are_one_line(cli_pair: CliPair) -> None:
         "(pass --token or set CAMPAIGN_TOKEN)",
     )
     approver = create_operator(cli_pair.database_url, "approver", "--role", "approve_deliveries")
-    denied = run(
-        "--address", cli_pair.address, "--token", approver, "deliveries", "confirm", "1", code=1
-    )
-    assert_error(
-        denied.stderr,
-        denied.stdout,
-        "error: PERMISSION_DENIED: operator 'approver' lacks the role start_deliveries",
+    fails(
+        *("--address", cli_pair.address, "--token", approver, "deliveries", "confirm", "1"),
+        expected="error: PERMISSION_DENIED: operator 'approver' lacks the role start_deliveries",
     )
 
     invalid = run(*cli(f"{create} --recipient 'a b@example.com'"), code=1)
@@ -474,6 +613,175 @@ def test_unreachable_service() -> None:
     process = run_process("--json", "deliveries", "get", "1", env={"CAMPAIGN_ADDRESS": address})
     assert process.returncode == 1
     assert_error(process.stderr, process.stdout, expected)
+
+
+# --- recurring deliveries and the audit trail ------------------------------------------------
+
+
+def create_recurring(cli_pair: CliPair, label: str) -> int:
+    """A recurring delivery whose first occurrence is an hour away (the CLI does not create
+    them): what pause, resume and cancel act on."""
+    first = timestamp_pb2.Timestamp()
+    first.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    request = pb.CreateRecurringDeliveryRequest(
+        label=label,
+        content=pb.Content(subject="Weekly", body="<p>News</p>"),
+        target=pb.Target(
+            recipients=pb.RecipientList(recipients=[pb.Recipient(email="ann@example.com")])
+        ),
+        validity_period=duration_pb2.Duration(seconds=60),
+        feedback_mode=pb.FEEDBACK_MODE_EFS,
+        interval=duration_pb2.Duration(seconds=7 * 86_400),
+        first_occurrence_time=first,
+        confirm_before_send=False,
+    )
+    with grpc.insecure_channel(cli_pair.address) as channel:
+        response = pb_grpc.DeliveryServiceStub(channel).CreateRecurringDelivery(
+            request, metadata=bearer(cli_pair.token), timeout=10
+        )
+    recurring_id: int = response.recurring_delivery.id
+    return recurring_id
+
+
+def test_recurring_pause_resume_cancel(cli_pair: CliPair) -> None:
+    cli = cli_pair.args
+    weekly = create_recurring(cli_pair, "Weekly news")
+
+    got = run(*cli(f"recurring get {weekly}")).stdout
+    assert got.startswith(f"Recurring delivery {weekly}")
+    row(got, "Label", "Weekly news")
+    row(got, "State", "ACTIVE")
+    row(got, "Interval", "7d")
+    row(got, "Sends", "unattended")
+    row(got, "Occurrences", "0")
+    row(got, "Created by", "ops")
+
+    paused = run(*cli(f"recurring pause {weekly}")).stdout
+    row(paused, "State", "PAUSED")
+    row(paused, "Created by", "ops")
+    assert run_json(*cli(f"recurring pause {weekly}"))["recurring_delivery"]["state"] == "PAUSED"
+    resumed = run_json(*cli(f"recurring resume {weekly}"))["recurring_delivery"]
+    assert (resumed["state"], resumed["created_by"]) == ("ACTIVE", "ops")
+    assert resumed["next_occurrence_time"].endswith("Z")
+    row(run(*cli(f"recurring cancel {weekly}")).stdout, "State", "CANCELLED")
+    cancelled = run_json(*cli(f"recurring get {weekly}"))
+    assert cancelled["recurring_delivery"]["state"] == "CANCELLED"
+    assert cancelled["occurrences"] == []
+
+    late = run(*cli(f"recurring resume {weekly}"), code=1)
+    assert late.stderr.startswith("error: FAILED_PRECONDITION: ")
+    fails(
+        *cli("recurring pause 999"),
+        expected="error: NOT_FOUND: recurring delivery 999 does not exist",
+    )
+    reader = create_operator(cli_pair.database_url, "reader", "--role", "read_deliveries")
+    fails(
+        *("--address", cli_pair.address, "--token", reader, "recurring", "pause", "1"),
+        expected="error: PERMISSION_DENIED: operator 'reader' lacks the role start_deliveries",
+    )
+
+
+def test_audit_lists_the_changes(cli_pair: CliPair) -> None:
+    root = processes.create_operator(cli_pair.database_url, "root", "admin")
+    admin = ["--address", cli_pair.address, "--token", root]
+    cli = cli_pair.args
+    weekly = create_recurring(cli_pair, "Weekly")
+    run(*cli(f"recurring pause {weekly}"))
+    run(*cli(f"recurring cancel {weekly}"))
+    run(*cli(f"recurring resume {weekly}"), code=1)
+    run(*admin, "operators", "create", "carol", "--role", "read_deliveries")
+    run(*admin, "operators", "revoke", "carol")
+
+    table = run(*admin, "audit").stdout
+    recurring = f"recurring {weekly}"
+    row(table, "root", "AdminService/RevokeOperator", "operator carol", "OK")
+    row(table, "root", "AdminService/CreateOperator", "operator carol", "OK")
+    row(table, "ops", "DeliveryService/ResumeRecurringDelivery", recurring, "FAILED_PRECONDITION")
+    row(table, "ops", "DeliveryService/CancelRecurringDelivery", recurring, "OK")
+    row(table, "ops", "DeliveryService/PauseRecurringDelivery", recurring, "OK")
+    row(table, "ops", "DeliveryService/CreateRecurringDelivery", recurring, "OK")
+    assert table.splitlines()[-1] == "Last page."
+
+    events = run_json(*admin, "audit")["events"]
+    assert [(e["operator"], e["method"].rsplit("/", 1)[-1], e["code"]) for e in events] == [
+        ("root", "RevokeOperator", "OK"),
+        ("root", "CreateOperator", "OK"),
+        ("ops", "ResumeRecurringDelivery", "FAILED_PRECONDITION"),
+        ("ops", "CancelRecurringDelivery", "OK"),
+        ("ops", "PauseRecurringDelivery", "OK"),
+        ("ops", "CreateRecurringDelivery", "OK"),
+    ]
+    assert all(e["time"].endswith("Z") and e["request_id"] and e["peer"] for e in events)
+    ids = [e["id"] for e in events]
+    assert ids == sorted(ids, reverse=True)
+
+    mine = run_json(*admin, "audit", "--operator", "root")["events"]
+    assert [e["target"] for e in mine] == ["operator carol", "operator carol"]
+    first = run(*admin, "audit", "--operator", "ops", "--page-size", "2").stdout
+    assert re.search(
+        r"^More: campaign audit --operator ops --page-token \S+$", first, re.MULTILINE
+    ), first
+    every = run_json(*admin, "audit", "--operator", "ops", "--page-size", "2", "--all")
+    assert [e["id"] for e in every["events"]] == ids[2:]
+    assert every["next_page_token"] == ""
+
+    # The trail is the admin's to read.
+    fails(*cli("audit"), expected="error: PERMISSION_DENIED: operator 'ops' lacks the role admin")
+
+
+# --- make run's banner -----------------------------------------------------------------------
+
+
+@dataclass
+class Listening:
+    address: str
+    pid: int
+
+
+def test_make_run_banner_gives_the_admin_token() -> None:
+    service, stub = Listening("127.0.0.1:50051", 11), Listening("127.0.0.1:50052", 10)
+    url = "postgresql://postgres@/delivery?host=/repo/.data/pg"
+    shown = run_pair.banner(
+        service,
+        stub,
+        url,
+        token_file=".data/admin.token",
+        has_token=True,
+        campaign=".venv/bin/campaign",
+    )
+    row(shown, "admin token", ".data/admin.token")
+    create = (
+        '.venv/bin/campaign --token "$(cat .data/admin.token)" operators create alice \\\n'
+        "        --role create_deliveries --role start_deliveries --role read_deliveries\n"
+    )
+    assert create in shown
+    # Every grpcurl call of a DeliveryService RPC carries a token; health and reflection
+    # are open.
+    calls = re.findall(r"^\s+grpcurl (.*)$", shown.replace("\\\n", " "), re.MULTILINE)
+    assert len(calls) == 4, shown
+    for call in calls:
+        needs_token = "delivery.v1.DeliveryService/" in call
+        assert ("authorization: Bearer $CAMPAIGN_TOKEN" in call) == needs_token, call
+    assert "127.0.0.1:50051" in shown and "(pid 11)" in shown
+
+    # A database that had an admin already: no token was written; say how to get one.
+    without = run_pair.banner(
+        service,
+        stub,
+        url,
+        token_file=".data/admin.token",
+        has_token=False,
+        campaign=".venv/bin/campaign",
+    )
+    assert "$(cat .data/admin.token)" not in without
+    assert f"operators create root --role admin --database-url '{url}'" in without
+    assert '--token "$ADMIN_TOKEN" operators create alice' in without
+
+
+def test_make_run_passes_the_bootstrap_token_file() -> None:
+    token_file = str(REPO_ROOT / ".data" / "admin.token")
+    assert run_pair.service_args([]) == ["--bootstrap-token-file", token_file]
+    assert run_pair.service_args(["--log-level", "DEBUG"])[:2] == ["--log-level", "DEBUG"]
 
 
 # --- make demo -------------------------------------------------------------------------------
@@ -515,7 +823,7 @@ def test_demo(cli_pair: CliPair) -> None:
     delivery_id = int(found.group(1))
 
     # The table holds the service's final figures.
-    kpis = run_json("--address", cli_pair.address, "kpis", str(delivery_id))["kpis"]
+    kpis = run_json(*cli_pair.args(f"kpis {delivery_id}"))["kpis"]
     assert kpis["final"] is True
     assert (kpis["to_deliver"], kpis["sent"], kpis["pending"]) == (300, 300, 0)
     # The seeded mix bounces some messages, and every message ends up counted once.
