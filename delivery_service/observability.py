@@ -27,6 +27,12 @@ FEEDBACK_FAILED_BATCHES = Counter(
     "Feedback batches an unexpected error kept from being applied (logged with its "
     "traceback; the MTA sends them again after the reconnect).",
 )
+FEEDBACK_REFUSED = Counter(
+    "delivery_feedback_events_refused_total",
+    "Feedback events not believed because they do not fit the relay record, by reason "
+    "(delivery_state, not_relayed, event_time, link_index, not_delivered, events_per_batch).",
+    ["reason"],
+)
 STREAM_RECONNECTS = Counter("delivery_mta_stream_reconnects_total", "Reconnects to the MTA.")
 BATCH_SIZE = Histogram(
     "delivery_batch_size",

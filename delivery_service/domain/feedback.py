@@ -132,6 +132,48 @@ def expiry_outcome(mode: FeedbackMode, relayed: bool, outcome: Outcome) -> Outco
     return outcome
 
 
+class Refusal(enum.StrEnum):
+    """Why an event from the MTA is not believed (it does not fit the relay record)."""
+
+    DELIVERY_STATE = "delivery_state"  # its delivery is not sending, sent or finished
+    NOT_RELAYED = "not_relayed"  # its message was not relayed (yet)
+    EVENT_TIME = "event_time"  # before its relay (minus a margin) or in the future
+    LINK_INDEX = "link_index"  # a click on a link the content does not have
+    NOT_DELIVERED = "not_delivered"  # an open or click of a message not delivered (yet)
+    EVENTS_PER_BATCH = "events_per_batch"  # beyond the events a batch may carry
+
+
+# What time may mend: a relay acknowledged but not recorded yet, a delivery report
+# that an open overtook. Such events wait, unacknowledged, before they are refused.
+DEFERRABLE = frozenset({Refusal.NOT_RELAYED, Refusal.NOT_DELIVERED})
+# How far an event's time may be before its message's relay, or after now.
+EVENT_TIME_MARGIN_SECONDS = 300
+
+
+def engageable(mode: FeedbackMode, outcome: Outcome) -> bool:
+    """Whether an open or a click is believed of a message with this fate: only of one
+    delivered (with EFS, reported delivered; without, not failed)."""
+    if mode is FeedbackMode.EFS:
+        return outcome is Outcome.DELIVERED
+    return outcome not in (Outcome.HARD_BOUNCED, Outcome.EXPIRED)
+
+
+def refusal(
+    message: MessageState, kind: EventKind, link_index: int, links: int, delivered_in_batch: bool
+) -> Refusal | None:
+    """Why an event about a message of a sending, sent or finished delivery is not
+    believed, or None (the event's time is checked by the caller)."""
+    if not message.relayed:
+        return Refusal.NOT_RELAYED
+    if kind is EventKind.CLICKED and not 0 <= link_index < links:
+        return Refusal.LINK_INDEX
+    if kind in ENGAGEMENTS and not (
+        delivered_in_batch or engageable(message.mode, message.outcome)
+    ):
+        return Refusal.NOT_DELIVERED
+    return None
+
+
 @dataclass
 class MessageState:
     """What the sending log holds of one message, as feedback is folded into it."""

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Iterable
+from typing import Protocol
 
 from mta.v1 import mta_service_pb2 as mta
 
@@ -26,7 +28,10 @@ from delivery_service.store.ingest import EventBatch, IngestResult
 
 log = logging.getLogger(__name__)
 
-ApplyBatch = Callable[[EventBatch], Awaitable[IngestResult]]
+
+class ApplyBatch(Protocol):
+    async def __call__(self, batch: EventBatch, *, final: bool = True) -> IngestResult: ...
+
 
 _KINDS = {int(k) for k in fb.EventKind}
 # What the database can hold, checked here so that one bad event from the MTA is
@@ -36,6 +41,14 @@ _KINDS = {int(k) for k in fb.EventKind}
 MAX_EVENT_ID_CHARS = 256
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 RETRY_MAX_DELAY = 2.0
+# How long events that may fit the relay record soon (a relay acknowledged but not yet
+# recorded, an open ahead of its delivery report) wait before they are refused, and how
+# often their batch is tried again meanwhile.
+DEFER_SECONDS = 30.0
+DEFER_RETRY_SECONDS = 0.2
+# The most events one batch may carry (the stub sends 500); the rest are refused.
+MAX_BATCH_EVENTS = 10_000
+REFUSED_LOG_SECONDS = 10.0
 
 
 class FeedbackIngest:
@@ -50,6 +63,7 @@ class FeedbackIngest:
         self._applying = 0
         self._idle = asyncio.Event()  # set while no feedback is being applied
         self._idle.set()
+        self._refusals_said: dict[str, float] = {}  # reason -> when last logged
 
     async def receive(self, received: ReceivedFeedback) -> None:
         """Takes a batch from the link; waits while the ingest is full."""
@@ -89,9 +103,16 @@ class FeedbackIngest:
             live = [r for r in taken if r.live]
             if not live:
                 return
+            # Events that may fit the relay record soon wait, their batches unacknowledged,
+            # up to DEFER_SECONDS from the oldest batch's arrival; then they are refused.
+            final = time.monotonic() - min(r.received_at for r in live) >= DEFER_SECONDS
             try:
-                await self.apply_events(e for r in live for e in r.batch.events)
-                break
+                result = await self.apply_events(
+                    (e for r in live for e in r.batch.events), final=final
+                )
+                if not result.deferred:
+                    break
+                await asyncio.sleep(DEFER_RETRY_SECONDS)
             except Unavailable as exc:
                 log.warning("%d feedback batches not applied yet: %s", len(live), exc)
                 await asyncio.sleep(delay)
@@ -105,13 +126,19 @@ class FeedbackIngest:
         for r in live:
             await r.acknowledge()
 
-    async def apply_events(self, events: Iterable[mta.FeedbackEvent]) -> None:
-        """Checks and applies events: malformed ones and repeats within the batch are
-        dropped (counted), the rest go to the database in one batch."""
+    async def apply_events(
+        self, events: Iterable[mta.FeedbackEvent], *, final: bool = True
+    ) -> IngestResult:
+        """Checks and applies events: malformed ones, repeats within the batch and those
+        beyond MAX_BATCH_EVENTS are dropped (counted), the rest go to the database in
+        one batch, which believes only what fits the relay record (see IngestResult)."""
         batch = EventBatch()
         seen: set[str] = set()
-        malformed = repeated = 0
+        malformed = repeated = beyond = 0
         for e in events:
+            if len(batch) >= MAX_BATCH_EVENTS:
+                beyond += 1
+                continue
             event_id = e.event_id
             t = e.event_time
             if (
@@ -140,25 +167,40 @@ class FeedbackIngest:
             log.warning("ignored %d malformed feedback events", malformed)
             observability.FEEDBACK_REJECTED.inc(malformed)
         if not batch:
-            return
-        result = await self._apply_isolating(batch)
+            return IngestResult()
+        result = await self._apply_isolating(batch, final)
+        if beyond:
+            result.refused[fb.Refusal.EVENTS_PER_BATCH] += beyond
         observability.BATCH_SIZE.labels("feedback").observe(len(batch))
         observability.FEEDBACK_APPLIED.inc(result.applied)
         observability.FEEDBACK_DEDUPLICATED.inc(result.duplicates + repeated)
         observability.FEEDBACK_UNKNOWN.inc(result.unknown)
+        for why, count in result.refused.items():
+            observability.FEEDBACK_REFUSED.labels(why).inc(count)
+            self._say_refused(why, count)
+        return result
 
-    async def _apply_isolating(self, batch: EventBatch) -> IngestResult:
+    def _say_refused(self, reason: str, count: int) -> None:
+        """One log line per reason per REFUSED_LOG_SECONDS at most: a peer sending
+        forgeries cannot flood the log."""
+        now = time.monotonic()
+        if now - self._refusals_said.get(reason, -REFUSED_LOG_SECONDS) >= REFUSED_LOG_SECONDS:
+            self._refusals_said[reason] = now
+            log.warning("refused %d feedback events that do not fit the relay record: %s",
+                        count, reason)  # fmt: skip
+
+    async def _apply_isolating(self, batch: EventBatch, final: bool) -> IngestResult:
         """Applies a batch; if the database refuses its data, applies each half on its
         own, down to the event it refuses, which is dropped. One bad event must not stop
         the stream: it would be sent again, and refused again, forever."""
         try:
-            return await self.apply(batch)
+            return await self.apply(batch, final=final)
         except Rejected as exc:
             if len(batch) == 1:
                 log.error("feedback event %r refused, dropped: %s", batch.event_ids[0], exc)
                 observability.FEEDBACK_REJECTED.inc()
                 return IngestResult()
             half = len(batch) // 2
-            return await self._apply_isolating(batch[:half]) + await self._apply_isolating(
-                batch[half:]
+            return await self._apply_isolating(batch[:half], final) + await self._apply_isolating(
+                batch[half:], final
             )

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from mta.v1 import mta_service_pb2 as mta
@@ -76,6 +77,8 @@ class ReceivedFeedback:
 
     batch: mta.FeedbackBatch
     stream: _Stream
+    # When it arrived (time.monotonic): how long its deferred events have waited.
+    received_at: float = field(default_factory=time.monotonic)
 
     @property
     def live(self) -> bool:

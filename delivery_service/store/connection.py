@@ -221,6 +221,11 @@ def text_array(values: Iterable[str]) -> str:
     return "{" + ",".join(map(_quote, values)) + "}"
 
 
+def bool_table(rows: Iterable[Iterable[bool]]) -> str:
+    """A two-dimensional array literal of booleans."""
+    return "{" + ",".join(bool_array(row) for row in rows) + "}"
+
+
 def int_table(rows: Iterable[Iterable[int | None]]) -> str:
     """A two-dimensional array literal; None is NULL."""
     return (

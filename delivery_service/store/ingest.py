@@ -3,6 +3,7 @@ counters by one set-based statement (sql/queries/ingest.sql), each event once.""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, fields
 
 from delivery_service import clock
@@ -14,6 +15,7 @@ from delivery_service.store.connection import (
     Database,
     Rejected,
     bool_array,
+    bool_table,
     execute,
     int_array,
     int_table,
@@ -49,16 +51,23 @@ class IngestResult:
     applied: int = 0
     duplicates: int = 0
     unknown: int = 0
+    # Events that do not fit the relay record yet, and may later: not applied, their
+    # batch to be tried again before it is acknowledged.
+    deferred: int = 0
+    # Events not believed, by reason (fb.Refusal): never applied.
+    refused: Counter[str] = field(default_factory=Counter)
 
     def __add__(self, other: IngestResult) -> IngestResult:
         return IngestResult(
             self.applied + other.applied,
             self.duplicates + other.duplicates,
             self.unknown + other.unknown,
+            self.deferred + other.deferred,
+            self.refused + other.refused,
         )
 
 
-def feedback_rules() -> dict[str, str]:
+def feedback_rules() -> dict[str, str | int]:
     """The domain's rules as the lookup tables apply_feedback reads, indexed by event
     kind, or by mode (WITHOUT_EFS, EFS) then outcome: the SQL holds no copy of them."""
     modes = (fb.FeedbackMode.WITHOUT_EFS, fb.FeedbackMode.EFS)
@@ -79,6 +88,9 @@ def feedback_rules() -> dict[str, str]:
             [int(fb.failure_type_of(m, o)) for o in fb.Outcome] for m in modes
         ),
         "failure_reasons": int_table(reasons),
+        "engageable": bool_table([fb.engageable(m, o) for o in fb.Outcome] for m in modes),
+        "relay_margin": -fb.EVENT_TIME_MARGIN_SECONDS * 1_000_000,
+        "future_margin": fb.EVENT_TIME_MARGIN_SECONDS * 1_000_000,
     }
 
 
@@ -99,14 +111,16 @@ def by_delivery(batch: EventBatch) -> dict[int, EventBatch]:
     return parts
 
 
-async def apply_feedback(db: Database, batch: EventBatch) -> IngestResult:
+async def apply_feedback(db: Database, batch: EventBatch, *, final: bool = True) -> IngestResult:
     """Applies a batch of feedback events in one transaction, each event once.
 
     Events for unknown messages are dropped (counted); an event id already applied is
-    skipped; a FINISHED delivery's fates no longer change, though opens and clicks
-    still count. One round trip: the counters' shared lock, then for each delivery (in
-    id order) the lock of its messages and the set-based statement, pipelined. Raises
-    Rejected if the database refuses the data (nothing is then written).
+    skipped; an event that does not fit the relay record is not applied (counted by
+    reason; unless `final`, those that time may mend are counted as deferred instead);
+    a FINISHED delivery's fates no longer change, though opens and clicks still count.
+    One round trip: the counters' shared lock, then for each delivery (in id order) the
+    lock of its messages and the set-based statement, pipelined. Raises Rejected if the
+    database refuses the data (nothing is then written).
     """
     if not batch:
         return IngestResult()
@@ -137,8 +151,10 @@ async def apply_feedback(db: Database, batch: EventBatch) -> IngestResult:
                             "attempts": int_array(part.attempts),
                             "link_indexes": int_array(part.link_indexes),
                             "event_micros": int_array(part.event_micros),
+                            "delivered_in_batch": bool_array(_delivered_in_batch(part)),
                             "shard": counters.any_shard(),
                             "now": now,
+                            "now_micros": int(now.timestamp() * 1_000_000),
                         },
                     )
                 )
@@ -147,4 +163,23 @@ async def apply_feedback(db: Database, batch: EventBatch) -> IngestResult:
         raise Rejected(str(exc)) from exc
     known = sum(row[0] for row in rows if row)
     applied = sum(row[1] for row in rows if row)
-    return IngestResult(applied=applied, duplicates=known - applied, unknown=len(batch) - known)
+    reasons = Counter(reason for row in rows if row for reason in row[2])
+    deferred = 0 if final else sum(reasons.pop(r, 0) for r in fb.DEFERRABLE)
+    refused = sum(reasons.values()) + deferred
+    return IngestResult(
+        applied=applied,
+        duplicates=known - applied - refused,
+        unknown=len(batch) - known,
+        deferred=deferred,
+        refused=reasons,
+    )
+
+
+_DELIVERED = int(fb.EventKind.DELIVERED)
+
+
+def _delivered_in_batch(part: EventBatch) -> list[bool]:
+    """For each event, whether the batch also reports its message delivered: an open
+    may come in the same batch as the delivery report it follows."""
+    delivered = {m for m, k in zip(part.message_ids, part.kinds, strict=True) if k == _DELIVERED}
+    return [m in delivered for m in part.message_ids]

@@ -4,6 +4,7 @@ past an event the database refuses."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from google.protobuf import timestamp_pb2
@@ -22,7 +23,7 @@ class RefusingStore:
         self.applied: list[str] = []
         self.calls = 0
 
-    async def apply_feedback(self, batch: EventBatch) -> IngestResult:
+    async def apply_feedback(self, batch: EventBatch, *, final: bool = True) -> IngestResult:
         self.calls += 1
         if any(event_id.startswith("poison") for event_id in batch.event_ids):
             raise Rejected("value out of range")
@@ -71,6 +72,7 @@ class Received:
 
     def __init__(self, *events: mta.FeedbackEvent) -> None:
         self.batch = mta.FeedbackBatch(seq=1, events=events)
+        self.received_at = time.monotonic()
         self.live = True
         self.acknowledged = 0
         self.abandoned: list[str] = []
@@ -100,7 +102,7 @@ async def drive(ingest: FeedbackIngest, received: Received) -> None:
 def test_an_unavailable_database_is_waited_for_then_the_batch_acknowledged() -> None:
     calls = 0
 
-    async def apply(batch: EventBatch) -> IngestResult:
+    async def apply(batch: EventBatch, *, final: bool = True) -> IngestResult:
         nonlocal calls
         calls += 1
         if calls < 3:
@@ -117,7 +119,7 @@ def test_any_other_error_is_surfaced_and_the_batch_left_for_the_mta_to_resend(
 ) -> None:
     calls = 0
 
-    async def apply(batch: EventBatch) -> IngestResult:
+    async def apply(batch: EventBatch, *, final: bool = True) -> IngestResult:
         nonlocal calls
         calls += 1
         raise RuntimeError("a bug")

@@ -22,16 +22,40 @@ FOR NO KEY UPDATE;
 -- lowest one reported with that outcome; the status, failure type and failure
 -- reason of each (mode, outcome) come from tables store.py builds from the domain
 -- functions; a FINISHED delivery's fates no longer change, though opens and clicks
--- still count. Every reference to a per-delivery table is filtered by the delivery
+-- still count. An event is believed only if it fits the relay record (`refusal`): its
+-- delivery is SENDING, SENT or FINISHED, its message was relayed, its time is within
+-- [relay time - 5 min, now + 5 min], a click names a link the content has, and an open
+-- or a click is about a delivered message (or one this batch reports delivered). A
+-- refused event is neither logged nor applied; refusals that time may mend (not
+-- relayed yet, not delivered yet) are `deferred` unless `final`. Every reference to a per-delivery table is filtered by the delivery
 -- (one shard on Citus). No two CTEs are joined with each other: each join has a table
 -- on one side, so that no plan can turn quadratic in the batch's size.
 WITH known AS (
-    SELECT e.*
+    SELECT e.*,
+           CASE
+               WHEN d.state NOT IN ({State.SENDING}, {State.SENT}, {State.FINISHED})
+                   THEN 'delivery_state'
+               WHEN s.relay_time IS NULL THEN 'not_relayed'
+               WHEN e.event_micros < %(relay_margin)s
+                                     + (extract(epoch FROM s.relay_time) * 1000000)::bigint
+                 OR e.event_micros > %(now_micros)s + %(future_margin)s
+                   THEN 'event_time'
+               WHEN (%(clicks)s::boolean[])[e.kind]
+                    AND NOT e.link_index BETWEEN 0 AND cardinality(d.links) - 1
+                   THEN 'link_index'
+               WHEN (%(opens)s::boolean[])[e.kind] AND NOT e.delivered_in_batch
+                    AND NOT (%(engageable)s::boolean[])
+                            [(d.feedback_mode = {FeedbackMode.EFS})::integer + 1][s.outcome + 1]
+                   THEN 'not_delivered'
+           END AS refusal
     FROM unnest(%(event_ids)s::text[], %(message_ids)s::bigint[], %(kinds)s::smallint[],
                 %(reasons)s::smallint[], %(attempts)s::integer[],
-                %(link_indexes)s::integer[], %(event_micros)s::bigint[])
-         AS e (event_id, message_id, kind, reason, attempt, link_index, event_micros)
+                %(link_indexes)s::integer[], %(event_micros)s::bigint[],
+                %(delivered_in_batch)s::boolean[])
+         AS e (event_id, message_id, kind, reason, attempt, link_index, event_micros,
+               delivered_in_batch)
     JOIN sending_logs s ON s.delivery_id = %(delivery_id)s AND s.message_id = e.message_id
+    JOIN deliveries d ON d.id = %(delivery_id)s
 ),
 new_events AS (
     INSERT INTO feedback_events (event_id, message_id, delivery_id, kind, reason, attempt,
@@ -39,6 +63,7 @@ new_events AS (
     SELECT event_id, message_id, %(delivery_id)s, kind, reason, attempt, link_index,
            timestamptz 'epoch' + event_micros * interval '1 microsecond'
     FROM known
+    WHERE refusal IS NULL
     -- In key order: concurrent batches wait on a shared id in the same order.
     ORDER BY event_id
     ON CONFLICT (delivery_id, event_id) DO NOTHING
@@ -129,4 +154,6 @@ counted AS (
         opened = k.opened + excluded.opened,
         clicked = k.clicked + excluded.clicked
 )
-SELECT (SELECT count(*) FROM known) AS known, (SELECT count(*) FROM new_events) AS applied;
+SELECT (SELECT count(*) FROM known) AS known, (SELECT count(*) FROM new_events) AS applied,
+       (SELECT coalesce(array_agg(refusal), '{}') FROM known WHERE refusal IS NOT NULL)
+           AS refusals;
