@@ -42,6 +42,12 @@ class Settings(ServerSettings):
     database_url: Annotated[str, Field(min_length=1)] = setting(
         env="DATABASE_URL", help="PostgreSQL URL; migrations are applied at start"
     )
+    feedback_defer: PositiveSeconds = setting(
+        30.0,
+        env="FEEDBACK_DEFER_SECONDS",
+        help="seconds feedback that may yet fit the relay record (a relay not recorded yet, "
+        "an open ahead of its delivery report) waits, unacknowledged, before it is refused",
+    )
     bootstrap_token_file: str = setting(
         "",
         env="BOOTSTRAP_TOKEN_FILE",

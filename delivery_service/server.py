@@ -40,7 +40,9 @@ class App(serving.Service):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.database_url, max_size=settings.pool_size)
-        self.ingest = FeedbackIngest(functools.partial(ingest.apply_feedback, self.db))
+        self.ingest = FeedbackIngest(
+            functools.partial(ingest.apply_feedback, self.db), defer=settings.feedback_defer
+        )
         self.link = MtaLink(
             settings.mta_address, self.ingest.receive, credentials=settings.mta_credentials()
         )

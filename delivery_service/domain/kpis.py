@@ -83,8 +83,10 @@ def compute(
         clicked=clicked_at_stats,
         delivered_percent=percent(delivered, to_deliver),
         bounces_percent=percent(failed, to_deliver),
-        open_percent=percent(opened_at_stats, delivered),
-        click_percent=percent(clicked_at_stats, delivered),
+        # Never above 100 %: a message opened, then failed (a late bounce), is no longer
+        # delivered, though it was opened.
+        open_percent=min(100.0, percent(opened_at_stats, delivered)),
+        click_percent=min(100.0, percent(clicked_at_stats, delivered)),
         stats_time=stats_time,
         final=final,
     )

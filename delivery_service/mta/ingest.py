@@ -41,10 +41,9 @@ _KINDS = {int(k) for k in fb.EventKind}
 MAX_EVENT_ID_CHARS = 256
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 RETRY_MAX_DELAY = 2.0
-# How long events that may fit the relay record soon (a relay acknowledged but not yet
-# recorded, an open ahead of its delivery report) wait before they are refused, and how
-# often their batch is tried again meanwhile.
-DEFER_SECONDS = 30.0
+# How often a batch whose events may fit the relay record soon (a relay acknowledged but
+# not yet recorded, an open ahead of its delivery report) is tried again; how long they
+# wait before they are refused is the ingest's `defer`.
 DEFER_RETRY_SECONDS = 0.2
 # The most events one batch may carry (the stub sends 500); the rest are refused.
 MAX_BATCH_EVENTS = 10_000
@@ -53,9 +52,15 @@ REFUSED_LOG_SECONDS = 10.0
 
 class FeedbackIngest:
     def __init__(
-        self, apply: ApplyBatch, *, concurrency: int = 2, max_events: int = 10_000
+        self,
+        apply: ApplyBatch,
+        *,
+        concurrency: int = 2,
+        max_events: int = 10_000,
+        defer: float = 30.0,
     ) -> None:
         self.apply = apply
+        self.defer = defer
         self.concurrency = concurrency
         self.max_events = max_events
         # Bounded: when the database falls behind, receive() waits, and so does the link.
@@ -104,8 +109,8 @@ class FeedbackIngest:
             if not live:
                 return
             # Events that may fit the relay record soon wait, their batches unacknowledged,
-            # up to DEFER_SECONDS from the oldest batch's arrival; then they are refused.
-            final = time.monotonic() - min(r.received_at for r in live) >= DEFER_SECONDS
+            # up to `defer` seconds from the oldest batch's arrival; then they are refused.
+            final = time.monotonic() - min(r.received_at for r in live) >= self.defer
             try:
                 result = await self.apply_events(
                     (e for r in live for e in r.batch.events), final=final

@@ -64,3 +64,15 @@ def test_an_open_waits_for_its_delivery_report_or_comes_with_it() -> None:
 def test_what_time_may_mend_is_deferred() -> None:
     assert {fb.Refusal.NOT_RELAYED, fb.Refusal.NOT_DELIVERED} == fb.DEFERRABLE
     assert fb.EVENT_TIME_MARGIN_SECONDS == 300
+
+
+def test_open_and_click_percent_never_exceed_100() -> None:
+    from delivery_service.domain import kpis
+
+    counters = kpis.Counters(relayed=10, delivered=2, hard_bounced=8)
+    got = kpis.compute(
+        fb.FeedbackMode.EFS, 10, counters, opened_at_stats=5, clicked_at_stats=3,
+        stats_time=None, final=False,
+    )  # fmt: skip
+    assert (got.open_percent, got.click_percent) == (100.0, 100.0)
+    assert (got.opened, got.clicked) == (5, 3)
