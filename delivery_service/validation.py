@@ -71,6 +71,12 @@ FEEDBACK_MODES = proto_enums.MODE_OF
 APPROVAL_STEPS = proto_enums.STEP_OF
 STATES = proto_enums.STATE_OF
 STATUSES = proto_enums.STATUS_OF
+# ListDeliveries' view: whether the bodies come with the page.
+VIEWS = {
+    pb.DELIVERY_VIEW_UNSPECIFIED: False,
+    pb.DELIVERY_VIEW_BASIC: False,
+    pb.DELIVERY_VIEW_FULL: True,
+}
 
 
 class Invalid(Exception):

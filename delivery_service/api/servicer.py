@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from delivery.v1 import delivery_service_pb2 as pb
@@ -11,13 +10,14 @@ from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from delivery_service import auth, authorization, validation
 from delivery_service.api import convert, errors
 from delivery_service.api.errors import Context
-from delivery_service.domain import kpis, lifecycle
+from delivery_service.domain import kpis
 from delivery_service.domain.recurring import Control
 from delivery_service.domain.requests import NewRecurring
 from delivery_service.domain.roles import Role
 from delivery_service.proto_enums import STATE_PB
 from delivery_service.store.connection import Database
 from delivery_service.usecases import deliveries, figures, recurring
+from delivery_service.usecases.watch import Watches
 from delivery_service.validation import Invalid
 
 # How often WatchDeployment looks at the counters: cheap, they are O(1) to read.
@@ -33,6 +33,8 @@ def _next_token(positions: list[int], limit: int, scope: str) -> str:
 class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
     def __init__(self, db: Database) -> None:
         self.db = db
+        # One read per watched delivery per interval, shared by its watchers.
+        self.watches = Watches(lambda delivery_id: figures.current(db, delivery_id), WATCH_INTERVAL)
 
     @errors.unary
     async def CreateDelivery(
@@ -94,18 +96,25 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
             state = validation.enum_value("state", request.state, validation.STATES)
         if request.recurring_delivery_id < 0:
             raise Invalid("recurring_delivery_id", "must not be negative")
-        scope = f"ListDeliveries:{state}:{request.recurring_delivery_id}"
+        full = validation.enum_value("view", request.view, validation.VIEWS)
+        scope = f"ListDeliveries:{state}:{request.recurring_delivery_id}:{full}"
         before = validation.page_token("page_token", request.page_token, _LAST, scope)
-        page = await deliveries.page(
+        page, cut = await deliveries.page(
             self.db,
             before_id=before,
             state=state,
             recurring_delivery_id=request.recurring_delivery_id or None,
             limit=limit,
+            full=full,
         )
+        ids = [d.id for d in page]
         return pb.ListDeliveriesResponse(
             deliveries=[convert.delivery(d) for d in page],
-            next_page_token=_next_token([d.id for d in page], limit, scope),
+            next_page_token=(
+                validation.encode_page_token(ids[-1], scope)
+                if cut
+                else _next_token(ids, limit, scope)
+            ),
         )
 
     @errors.streaming
@@ -114,8 +123,7 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
     ) -> AsyncIterator[pb.WatchDeploymentResponse]:
         delivery_id = validation.positive_id("delivery_id", request.delivery_id)
         last = None
-        while True:
-            now = await figures.current(self.db, delivery_id)
+        async for now in self.watches.watch(delivery_id):
             k = figures.kpis_of(now)
             update = pb.WatchDeploymentResponse(
                 state=STATE_PB[now.state],
@@ -128,9 +136,6 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
             if update != last:
                 yield update
                 last = update
-            if now.state in (lifecycle.State.FINISHED, lifecycle.State.STOPPED):
-                return
-            await asyncio.sleep(WATCH_INTERVAL)
 
     @errors.unary
     async def GetKpis(self, request: pb.GetKpisRequest, context: Context) -> pb.GetKpisResponse:

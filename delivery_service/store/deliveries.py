@@ -17,7 +17,11 @@ from delivery_service.store.connection import (
     fetch_tuples,
     fetch_value,
 )
-from delivery_service.store.records import Delivery
+from delivery_service.store.records import Delivery, ListedDelivery
+
+# The most bytes of bodies one page of deliveries carries: 3 MiB, so that a page stays
+# within gRPC clients' default 4 MiB receive limit.
+PAGE_BODY_BYTES = 3 << 20
 
 
 async def insert_target(conn: Conn, segment: str | None, recipients: Sequence[Recipient]) -> int:
@@ -100,17 +104,23 @@ async def page(
     state: lifecycle.State | None,
     recurring_delivery_id: int | None,
     limit: int,
-) -> list[Delivery]:
-    """A page of deliveries, newest first."""
-    return await fetch_all(
+    full: bool = False,
+) -> tuple[list[Delivery], bool]:
+    """A page of deliveries, newest first, and whether the page was cut short by its
+    bodies' size: their bodies only if `full`, and then at most PAGE_BODY_BYTES of them
+    (but one delivery at least)."""
+    rows = await fetch_all(
         conn,
         "list_deliveries",
-        Delivery,
+        ListedDelivery,
         before_id=before_id,
         state=None if state is None else str(state),
         recurring_delivery_id=recurring_delivery_id,
         limit=limit,
+        full=full,
+        max_bytes=PAGE_BODY_BYTES,
     )
+    return list(rows), bool(rows) and rows[0].page_rows > len(rows)
 
 
 async def set_approvals(

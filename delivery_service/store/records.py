@@ -47,6 +47,13 @@ class Delivery:
 
 
 @dataclass(slots=True)
+class ListedDelivery(Delivery):
+    """A delivery of a page, with how many the page had before its bodies' cap."""
+
+    page_rows: int
+
+
+@dataclass(slots=True)
 class DeliveryFigures:
     """What the KPIs of a delivery are computed from: no content, one round trip."""
 

@@ -111,7 +111,9 @@ async def page(
     state: lifecycle.State | None,
     recurring_delivery_id: int | None,
     limit: int,
-) -> list[Delivery]:
+    full: bool,
+) -> tuple[list[Delivery], bool]:
+    """A page of deliveries (bodies only if `full`), and whether it was cut short."""
     async with db.connection() as conn:
         return await deliveries.page(
             conn,
@@ -119,6 +121,7 @@ async def page(
             state=state,
             recurring_delivery_id=recurring_delivery_id,
             limit=limit,
+            full=full,
         )
 
 

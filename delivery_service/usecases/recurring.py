@@ -48,7 +48,7 @@ async def get(db: Database, recurring_id: int) -> tuple[RecurringDelivery, list[
     """The recurring delivery and its latest occurrences."""
     async with db.connection() as conn:
         row = await recurring.get(conn, recurring_id)
-        occurrences = await deliveries.page(
+        occurrences, _ = await deliveries.page(
             conn,
             before_id=2**63 - 1,
             state=None,

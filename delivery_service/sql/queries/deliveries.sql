@@ -37,8 +37,6 @@ WHERE request_id = %(request_id)s AND operator = %(operator)s;
 SELECT id, label, subject, body, links, target_id, feedback_mode, validity_period,
        required_approvals, approvals, state, targeted, to_deliver, dropped,
        recurring_delivery_id, create_time, confirm_time, confirmed_by, validity_end_time,
-       created_by,
-       created_by,
        created_by
 FROM deliveries WHERE id = %(id)s;
 
@@ -47,26 +45,38 @@ FROM deliveries WHERE id = %(id)s;
 SELECT id, label, subject, body, links, target_id, feedback_mode, validity_period,
        required_approvals, approvals, state, targeted, to_deliver, dropped,
        recurring_delivery_id, create_time, confirm_time, confirmed_by, validity_end_time,
-       created_by,
-       created_by,
        created_by
 FROM deliveries WHERE id = %(id)s FOR UPDATE;
 
 -- name: list_deliveries
--- A page of deliveries, newest first, optionally of one state or recurring delivery.
-SELECT id, label, subject, body, links, target_id, feedback_mode, validity_period,
-       required_approvals, approvals, state, targeted, to_deliver, dropped,
-       recurring_delivery_id, create_time, confirm_time, confirmed_by, validity_end_time,
-       created_by,
-       created_by,
-       created_by
-FROM deliveries
-WHERE id < %(before_id)s
-  AND (%(state)s::text IS NULL OR state = %(state)s)
-  AND (%(recurring_delivery_id)s::bigint IS NULL
-       OR recurring_delivery_id = %(recurring_delivery_id)s)
-ORDER BY id DESC
-LIMIT %(limit)s;
+-- A page of deliveries, newest first, optionally of one state or recurring delivery;
+-- the bodies only if `full`, and then the page's bodies are at most max_bytes (but one
+-- delivery at least).
+SELECT id, label, subject, CASE WHEN %(full)s THEN body ELSE '' END AS body, links,
+       target_id, feedback_mode, validity_period, required_approvals, approvals, state,
+       targeted, to_deliver, dropped, recurring_delivery_id, create_time, confirm_time,
+       confirmed_by, validity_end_time, created_by, page_rows
+FROM (
+    SELECT id, label, subject, body, links, target_id, feedback_mode, validity_period,
+           required_approvals, approvals, state, targeted, to_deliver, dropped,
+           recurring_delivery_id, create_time, confirm_time, confirmed_by, validity_end_time,
+           created_by,
+           -- The bytes of the bodies of the page up to this one (their stored size: no
+           -- body is read to count it).
+           sum(octet_length(body)) OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING)
+               AS through,
+           count(*) OVER () AS page_rows,
+           row_number() OVER (ORDER BY id DESC) AS n
+    FROM deliveries
+    WHERE id < %(before_id)s
+      AND (%(state)s::text IS NULL OR state = %(state)s)
+      AND (%(recurring_delivery_id)s::bigint IS NULL
+           OR recurring_delivery_id = %(recurring_delivery_id)s)
+    ORDER BY id DESC
+    LIMIT %(limit)s
+) page
+WHERE NOT %(full)s OR page.through <= %(max_bytes)s OR page.n = 1
+ORDER BY id DESC;
 
 -- name: set_approvals
 -- Records the approval steps done and the state they lead to.

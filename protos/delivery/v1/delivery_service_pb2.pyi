@@ -294,6 +294,30 @@ RECURRING_STATE_CANCELLED: RecurringState.ValueType  # 3
 """No occurrence starts again."""
 Global___RecurringState: _TypeAlias = RecurringState  # noqa: Y015
 
+class _DeliveryView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_VIEW_UNSPECIFIED: _DeliveryView.ValueType  # 0
+    """The default: BASIC."""
+    DELIVERY_VIEW_BASIC: _DeliveryView.ValueType  # 1
+    """Everything but the content's body."""
+    DELIVERY_VIEW_FULL: _DeliveryView.ValueType  # 2
+    """Everything, the body included."""
+
+class DeliveryView(_DeliveryView, metaclass=_DeliveryViewEnumTypeWrapper):
+    """How much of a delivery a list returns (AIP-157)."""
+
+DELIVERY_VIEW_UNSPECIFIED: DeliveryView.ValueType  # 0
+"""The default: BASIC."""
+DELIVERY_VIEW_BASIC: DeliveryView.ValueType  # 1
+"""Everything but the content's body."""
+DELIVERY_VIEW_FULL: DeliveryView.ValueType  # 2
+"""Everything, the body included."""
+Global___DeliveryView: _TypeAlias = DeliveryView  # noqa: Y015
+
 @_typing.final
 class Content(_message.Message):
     """The email content of a delivery."""
@@ -1181,6 +1205,7 @@ class ListDeliveriesRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     RECURRING_DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """The most deliveries to return, 1 to 1,000; 0 means 100."""
     page_token: _builtins.str
@@ -1191,6 +1216,12 @@ class ListDeliveriesRequest(_message.Message):
     """Only deliveries in this state; all if unspecified."""
     recurring_delivery_id: _builtins.int
     """Only occurrences of this recurring delivery; all if 0."""
+    view: Global___DeliveryView.ValueType
+    """How much of each delivery to return: BASIC (the default) leaves the body
+    out; FULL includes it. A FULL page's bodies are also at most 3 MiB in all
+    (it has at least one delivery), so that it stays within a client's default
+    4 MiB receive limit: a page may hold fewer than page_size.
+    """
     def __init__(
         self,
         *,
@@ -1198,10 +1229,11 @@ class ListDeliveriesRequest(_message.Message):
         page_token: _builtins.str = ...,
         state: Global___State.ValueType = ...,
         recurring_delivery_id: _builtins.int = ...,
+        view: Global___DeliveryView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "recurring_delivery_id", b"recurring_delivery_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "recurring_delivery_id", b"recurring_delivery_id", "state", b"state", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1726,7 +1758,9 @@ class GetRecurringDeliveryResponse(_message.Message):
 
     @_builtins.property
     def occurrences(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]:
-        """Its occurrences, newest first (at most 100)."""
+        """Its occurrences, newest first (at most 100), without their bodies
+        (GetDelivery has them).
+        """
 
     def __init__(
         self,
