@@ -29,6 +29,13 @@ CREATE TABLE audit_events (
     peer       text NOT NULL
 );
 CREATE INDEX audit_events_operator_idx ON audit_events (operator, id);
+-- Append-only in the database itself (migration 0006).
+CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit trail is append-only' USING ERRCODE = 'insufficient_privilege';
+END $$;
+CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_events
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
 
 CREATE TABLE profiles (
     profile_id  text PRIMARY KEY,

@@ -171,3 +171,18 @@ async def test_every_state_change_is_audited_with_who_what_and_how_it_ended(
     assert [(e.code, e.target) for e in refused] == [("UNAUTHENTICATED", "delivery 1")]
     # Reads are not audited.
     assert not any(e.method.endswith("/ListAuditEvents") for e in events)
+
+
+def test_the_audit_trail_is_append_only(fresh_db_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO audit_events (time, operator, method, target, code, request_id, peer)"
+            " VALUES (now(), 'a', 'm', 't', 'OK', 'r', 'p')"
+        )
+        for statement in ("UPDATE audit_events SET code = 'x'", "DELETE FROM audit_events",
+                          "TRUNCATE audit_events"):  # fmt: skip
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement.encode())
+        assert conn.execute("SELECT count(*) FROM audit_events").fetchone() == (1,)
