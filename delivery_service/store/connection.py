@@ -43,8 +43,8 @@ class Conflict(StoreError):
 class AlreadyExists(Conflict):
     """A unique constraint refused the row; `constraint` names it."""
 
-    def __init__(self, constraint: str) -> None:
-        super().__init__(f"already exists ({constraint})")
+    def __init__(self, constraint: str, message: str = "") -> None:
+        super().__init__(message or f"already exists ({constraint})")
         self.constraint = constraint
 
 
@@ -154,8 +154,12 @@ class Database:
 
 
 async def execute(conn: Conn, name: str, /, **params: Any) -> int:
-    """Runs a named statement; returns how many rows it changed."""
-    cur = await conn.execute(QUERIES[name], params)
+    """Runs a named statement; returns how many rows it changed. A unique key it would
+    break is AlreadyExists at once, for the caller to name what exists."""
+    try:
+        cur = await conn.execute(QUERIES[name], params)
+    except psycopg.errors.UniqueViolation as exc:
+        raise AlreadyExists(exc.diag.constraint_name or "unique") from exc
     return cur.rowcount
 
 

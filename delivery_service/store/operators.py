@@ -34,7 +34,7 @@ async def create(
             expire_time=expire_time,
         )
     except AlreadyExists as exc:
-        raise Conflict(f"an operator named {name!r} already exists") from exc
+        raise AlreadyExists(exc.constraint, f"an operator named {name!r} already exists") from exc
 
 
 async def find(conn: Conn, token_hash: bytes) -> Operator | None:
