@@ -1,6 +1,7 @@
 """`python -m bench`: runs the workloads, prints the table, writes bench/results.json.
 
-    python -m bench [--messages 1000000] [--runs 3] [--only relay,ingest,ceiling,kpis,stats]
+    python -m bench [--messages 1000000] [--runs 3]
+                    [--only relay,ingest,ceiling,kpis,stats,abuse]
                     [--quick] [--profile DIR]
 
 PostgreSQL is the embedded server (tools.embedded_pg) unless DATABASE_URL is set; each

@@ -136,6 +136,16 @@ def memory_kb(pid: int) -> dict[str, int]:
     return found
 
 
+def reset_peak_rss(pid: int) -> bool:
+    """Resets the process's VmHWM to its RSS now (Linux 4.0 and later), so that VmHWM is
+    then the peak of what follows; False if the kernel did not let us."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def _postgres_cpu() -> dict[int, float]:
     """CPU time of every local PostgreSQL process (server and backends), by pid."""
     times: dict[int, float] = {}

@@ -13,6 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench import abuse
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -45,6 +47,11 @@ class Figure:
 
 def figures(messages: int, small: int) -> list[Figure]:
     big, little = f"{messages:,}", f"{small:,}"
+    streams = abuse.WATCH_STREAMS
+    lists = (
+        f"{abuse.LIST_CALLERS} x ListDeliveries of {abuse.LIST_DELIVERIES} "
+        f"x {abuse.LIST_BODY_BYTES >> 20} MiB"
+    )
     return [
         Figure("relay_messages_per_s", "relay", f"Relay of {big}", "msg/s", 30_000),
         Figure(
@@ -68,6 +75,52 @@ def figures(messages: int, small: int) -> list[Figure]:
         Figure("kpis_p50_ms_big", "kpis", f"GetKpis p50, {big} msgs", "ms", None, decimals=2),
         Figure("kpis_p99_ms_big", "kpis", f"GetKpis p99, {big} msgs", "ms", 5, False, decimals=2),
         Figure("stats_s", "stats", f"ComputeStats on {big}", "s", 3, False, decimals=2),
+        Figure(
+            "abuse_kpis_p99_ms_quiet", "abuse", "Abuse: GetKpis p99, no watchers", "ms", decimals=2
+        ),
+        Figure(
+            "abuse_kpis_p99_ms_watched",
+            "abuse",
+            f"Abuse: GetKpis p99, {streams} watch streams open",
+            "ms",
+            decimals=2,
+        ),
+        Figure(
+            "abuse_watch_p99_ratio",
+            "abuse",
+            "Abuse: GetKpis p99 with ÷ without watchers",
+            "",
+            2.0,
+            at_least=False,
+            decimals=2,
+        ),
+        Figure(
+            "abuse_list_basic_peak_rss_mb",
+            "abuse",
+            f"Abuse: service peak RSS, {lists} (basic)",
+            "MB",
+            200,
+            at_least=False,
+            strict=True,
+        ),
+        Figure(
+            "abuse_list_basic_page_kib",
+            "abuse",
+            "Abuse: largest ListDeliveries page (basic)",
+            "KiB",
+        ),
+        Figure(
+            "abuse_list_full_peak_rss_mb",
+            "abuse",
+            f"Abuse: service peak RSS, {lists} (full)",
+            "MB",
+            200,
+            at_least=False,
+            strict=True,
+        ),
+        Figure(
+            "abuse_list_full_page_kib", "abuse", "Abuse: largest ListDeliveries page (full)", "KiB"
+        ),
     ]
 
 

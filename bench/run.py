@@ -5,11 +5,14 @@
     ingest      the stub releases the feedback it held -> every event committed
     kpis        GetKpis x 10,000 on each delivery
     stats       ComputeStats on the big delivery
+    abuse       GetKpis p99 with 500 WatchDeployment streams open against without them;
+                the service's peak RSS while 4 callers list 80 deliveries of 1 MiB bodies
+                (bench/abuse.py; its deliveries are its own)
     ceiling     the services stopped, the ingest's row changes replayed in plain SQL
 
 Later workloads need the state the earlier ones leave (feedback needs relayed
 messages), so a workload left out of --only still runs, unmeasured, when a later one
-needs it.
+needs it. The abuse workload needs none: `--only abuse` relays nothing else.
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ from mta.v1 import mta_service_pb2 as mta
 from mta.v1 import mta_service_pb2_grpc as mta_grpc
 from rich.console import Console
 
-from bench import ceiling, environment
+from bench import abuse, ceiling, environment
 from bench.environment import CpuMeter
 from bench.profiling import Profiler
 from mta_stub import presets
 from tools.pair import Pair
 
-STAGES = ("relay", "ingest", "kpis", "stats", "ceiling")
+STAGES = ("relay", "ingest", "kpis", "stats", "abuse", "ceiling")
 
 # The seeded mix made a realistic newsletter's: fewer hard and soft bounces, a quarter of
 # delivered messages opened (under a third of those clicked, as in the seeded mix), its
@@ -155,21 +158,28 @@ class Run:
         # ignores hold_feedback): then the ingest can only be timed from the relay's start.
         self.relay_started = 0.0
         self.overlapped = False
+        # Whether the stub holds the feedback it makes (from the relay to the ingest).
+        self.feedback_held = False
 
     # --- the run ---------------------------------------------------------------------
 
     def execute(self) -> RunResult:
         stages = self.config.stages
-        last = max(STAGES.index(s) for s in stages)
+        # Every workload but abuse needs the big delivery relayed, and those after the
+        # ingest its feedback; abuse makes deliveries of its own.
+        last = max((STAGES.index(s) for s in stages if s != "abuse"), default=-1)
         try:
             self.set_up()
-            self.relay(measured="relay" in stages)
+            if last >= STAGES.index("relay"):
+                self.relay(measured="relay" in stages)
             if last >= STAGES.index("ingest"):
                 self.ingest(measured="ingest" in stages)
             if "kpis" in stages:
                 self.kpis()
             if "stats" in stages:
                 self.stats()
+            if "abuse" in stages:
+                self.abuse()
             self.stop_services()
             if "ceiling" in stages:
                 self.ceiling()
@@ -264,6 +274,7 @@ class Run:
         n = c.messages
         # The stub keeps every feedback event to itself until the ingest: the relay runs alone.
         self.mta.SetScenario(mta.SetScenarioRequest(mix=MIX, hold_feedback=True), timeout=10)
+        self.feedback_held = True
         service_pid = self.pair.service.pid
         rss_samples: list[int] = []
         meter = CpuMeter(self.pair)
@@ -345,6 +356,7 @@ class Run:
             started = time.perf_counter()
             # Keeps the mix; releases everything the stub held.
             self.mta.SetScenario(mta.SetScenarioRequest(mix=MIX, hold_feedback=False), timeout=10)
+            self.feedback_held = False
             ended = wait_for(
                 settled,
                 "ingest: events left to acknowledge (negated)",
@@ -472,6 +484,144 @@ class Run:
             f"ComputeStats on {self.config.messages:,}: {elapsed:.2f} s, "
             f"{got.repaired_counters} counters repaired"
         )
+
+    # --- 6. abuse --------------------------------------------------------------------
+
+    def abuse(self) -> None:
+        info: dict[str, Any] = {}
+        self.result.info["abuse"] = info
+        info["watch"] = self._abuse_watch()
+        info["list"] = self._abuse_list()
+
+    def _live_deliveries(self) -> list[int]:
+        """abuse.WATCHED_DELIVERIES deliveries of abuse.WATCH_RECIPIENTS each, confirmed,
+        relayed and settled: SENT, within their validity, their figures no longer moving."""
+        c = self.config
+        n = abuse.WATCH_RECIPIENTS
+        ids = []
+        for k in range(abuse.WATCHED_DELIVERIES):
+            emails = [f"w{k}r{i}@example.com" for i in range(n)]
+            created = self.api.CreateDelivery(
+                abuse.new_delivery(
+                    f"bench abuse watched {k}", content(c.body_bytes), emails, VALIDITY_SECONDS
+                ),
+                metadata=self.caller,
+                timeout=60,
+            )
+            delivery_id = int(created.delivery.id)
+            prepared = self.api.PrepareDelivery(
+                pb.PrepareDeliveryRequest(delivery_id=delivery_id), metadata=self.caller, timeout=60
+            )
+            if prepared.to_deliver != n or prepared.delivery.state != pb.STATE_APPROVED:
+                raise RuntimeError(
+                    f"delivery {delivery_id} prepared to {prepared.to_deliver} messages in state "
+                    f"{pb.State.Name(prepared.delivery.state)}, expected {n} and APPROVED"
+                )
+            self._confirm(delivery_id)
+            ids.append(delivery_id)
+
+        def settled() -> tuple[bool, int]:
+            # The stub holds feedback when the relay ran and the ingest did not: then
+            # none of it comes, and none is waited for.
+            outcomes = [self._outcomes(d) for d in ids]
+            done = all(
+                o.accepted == n
+                and o.in_flight == 0
+                and (self.feedback_held or o.unacknowledged_events == 0)
+                for o in outcomes
+            ) and all(self._state(d) == pb.STATE_SENT for d in ids)
+            return done, sum(int(o.accepted) for o in outcomes)
+
+        wait_for(
+            settled,
+            f"abuse set-up: {len(ids)} deliveries of {n} to watch",
+            self.console,
+            timeout=c.stage_timeout,
+            stall=c.stall_timeout,
+        )
+        return ids
+
+    def _abuse_watch(self) -> dict[str, Any]:
+        assert self.pair is not None
+        watched = self._live_deliveries()
+        measured = watched[0]
+        meter = CpuMeter(self.pair)
+        before = meter.snapshot()
+        quiet = self._kpis_latencies(measured)
+        after = meter.snapshot()
+        cpu_quiet = CpuMeter.between(before, after)
+        streams = abuse.WATCH_STREAMS
+        with abuse.Watchers(self.pair.service.address, self.caller, watched, streams) as w:
+            with self.console.status(f"abuse: opening {streams} WatchDeployment streams..."):
+                opened_s = w.open()
+            before = meter.snapshot()
+            loud = self._kpis_latencies(measured)
+            after = meter.snapshot()
+            w.check()
+            updates = w.updates
+        cpu_watched = CpuMeter.between(before, after)
+        p99_quiet, p99_loud = percentile(quiet, 0.99), percentile(loud, 0.99)
+        figures = self.result.figures
+        figures["abuse_kpis_p99_ms_quiet"] = p99_quiet
+        figures["abuse_kpis_p99_ms_watched"] = p99_loud
+        figures["abuse_watch_p99_ratio"] = p99_loud / p99_quiet
+        self.console.log(
+            f"abuse: GetKpis p99 {p99_quiet:.2f} ms without watchers, {p99_loud:.2f} ms with "
+            f"{streams} streams open on {len(watched)} deliveries (all open in {opened_s:.1f} s): "
+            f"x {p99_loud / p99_quiet:.2f}"
+        )
+        return {
+            "streams": streams,
+            "deliveries": len(watched),
+            "recipients_each": abuse.WATCH_RECIPIENTS,
+            "measured_delivery": measured,
+            "all_open_s": round(opened_s, 2),
+            "updates_received": updates,
+            "calls": len(loud),
+            "without": {
+                "p50_ms": round(percentile(quiet, 0.50), 3),
+                "p99_ms": round(p99_quiet, 3),
+                "max_ms": round(quiet[-1], 3),
+                "cpu": cpu_quiet,
+            },
+            "with": {
+                "p50_ms": round(percentile(loud, 0.50), 3),
+                "p99_ms": round(p99_loud, 3),
+                "max_ms": round(loud[-1], 3),
+                "cpu": cpu_watched,
+            },
+        }
+
+    def _abuse_list(self) -> dict[str, Any]:
+        assert self.pair is not None
+        service = self.pair.service
+        n = abuse.LIST_DELIVERIES
+        with self.console.status(f"abuse set-up: {n} deliveries of 1 MiB bodies..."):
+            abuse.create_bodies(self.api, self.caller, VALIDITY_SECONDS)
+        got: dict[str, Any] = {"deliveries": n, "body_bytes": abuse.LIST_BODY_BYTES}
+        # The default view (unspecified: BASIC) first, so that FULL's peak cannot carry over.
+        for key, view in (("basic", pb.DELIVERY_VIEW_UNSPECIFIED), ("full", pb.DELIVERY_VIEW_FULL)):
+            what = f"{abuse.LIST_CALLERS} x ListDeliveries ({key})"
+            with self.console.status(f"abuse: {what} for {abuse.LIST_SECONDS:g} s..."):
+                listed = abuse.list_bodies(service.address, self.caller, service.pid, view)
+            got[key] = listed.info()
+            if listed.errors:
+                raise RuntimeError(f"ListDeliveries ({key}) failed: {listed.errors[0]}")
+            if listed.deliveries_per_listing != [n]:
+                raise RuntimeError(
+                    f"ListDeliveries ({key}) listed {listed.deliveries_per_listing} deliveries, "
+                    f"expected {n}"
+                )
+            self.result.figures[f"abuse_list_{key}_peak_rss_mb"] = listed.peak_rss_mb
+            self.result.figures[f"abuse_list_{key}_page_kib"] = listed.largest_page_kib
+            self.console.log(
+                f"abuse: {abuse.LIST_CALLERS} x ListDeliveries ({key}): {listed.pages:,} calls, "
+                f"{listed.listings:,} listings of {n} in {listed.seconds:.1f} s; pages of "
+                f"{sorted(set(listed.deliveries_per_page))} deliveries, largest "
+                f"{listed.largest_page_kib:,.0f} KiB; service RSS {listed.rss_before_mb:.0f} MB "
+                f"before, peak {listed.peak_rss_mb:.0f} MB"
+            )
+        return got
 
     # --- 3. the database's ceiling ---------------------------------------------------
 
