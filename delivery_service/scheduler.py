@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 
 # Rounds failed in a row before the service reports itself unhealthy.
 FAILING_ROUNDS = 5
-# The longest wait between two failed rounds.
-MAX_BACKOFF = 30.0
+# The longest wait between two failed rounds: relays and expiry must not lag behind a
+# database that came back by more than this.
+MAX_BACKOFF = 2.0
 
 
 class Scheduler:
@@ -57,7 +58,14 @@ class Scheduler:
                     await self.on_health(True)
                 self.failures = 0
             # Backs off while rounds fail, up to MAX_BACKOFF.
-            await asyncio.sleep(min(self.tick * 2 ** min(self.failures, 16), MAX_BACKOFF))
+            await asyncio.sleep(self.pause())
+
+    def pause(self) -> float:
+        """The tick, doubled for each round failed in a row, up to MAX_BACKOFF (or the
+        tick, if that is longer)."""
+        if not self.failures:
+            return self.tick
+        return min(self.tick * 2 ** min(self.failures, 16), max(MAX_BACKOFF, self.tick))
 
     async def _failed(self) -> None:
         self.failures += 1

@@ -44,3 +44,17 @@ def test_an_unexpected_error_in_a_round_is_logged_and_the_rounds_go_on(
     assert asyncio.run(scenario()) >= 3
     failures = [r for r in caplog.records if "scheduler round failed" in r.getMessage()]
     assert len(failures) == 2 and all("KeyError" in (r.exc_text or "") for r in failures)
+
+
+def test_rounds_back_off_while_they_fail_and_keep_their_tick_otherwise() -> None:
+    scheduler = FailingTwice()
+    scheduler.tick = 0.25
+    assert scheduler.pause() == 0.25
+    scheduler.failures = 2
+    assert scheduler.pause() == 1.0
+    scheduler.failures = 10
+    assert scheduler.pause() == 2.0
+    scheduler.tick, scheduler.failures = 3600.0, 0
+    assert scheduler.pause() == 3600.0
+    scheduler.failures = 1
+    assert scheduler.pause() == 3600.0
