@@ -65,7 +65,8 @@ class Scheduler:
         tick, if that is longer)."""
         if not self.failures:
             return self.tick
-        return min(self.tick * 2 ** min(self.failures, 16), max(MAX_BACKOFF, self.tick))
+        backoff: float = self.tick * 2 ** min(self.failures, 16)
+        return min(backoff, max(MAX_BACKOFF, self.tick))
 
     async def _failed(self) -> None:
         self.failures += 1

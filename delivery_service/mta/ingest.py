@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from mta.v1 import mta_service_pb2 as mta
@@ -50,7 +52,32 @@ MAX_BATCH_EVENTS = 10_000
 REFUSED_LOG_SECONDS = 10.0
 
 
+class _Tracked:
+    """A received batch while its parts are applied: acknowledged once all are."""
+
+    def __init__(self, received: ReceivedFeedback, parts: int) -> None:
+        self.received = received
+        self.remaining = parts
+
+
+@dataclass
+class _Part:
+    """The events of a received batch that fall to one applier."""
+
+    tracked: _Tracked
+    events: list[mta.FeedbackEvent]
+
+    @property
+    def live(self) -> bool:
+        return self.tracked.received.live
+
+
 class FeedbackIngest:
+    """The appliers share the work by message: each takes the events of its own messages
+    (message id modulo their number), in the order they arrived, so that one message's
+    events are applied in order and an open never waits on a delivery report that
+    another applier holds."""
+
     def __init__(
         self,
         apply: ApplyBatch,
@@ -64,19 +91,29 @@ class FeedbackIngest:
         self.concurrency = concurrency
         self.max_events = max_events
         # Bounded: when the database falls behind, receive() waits, and so does the link.
-        self._queue: asyncio.Queue[ReceivedFeedback] = asyncio.Queue(4 * concurrency)
+        self._queues: list[asyncio.Queue[_Part]] = [asyncio.Queue(4) for _ in range(concurrency)]
         self._applying = 0
         self._idle = asyncio.Event()  # set while no feedback is being applied
         self._idle.set()
         self._refusals_said: dict[str, float] = {}  # reason -> when last logged
 
     async def receive(self, received: ReceivedFeedback) -> None:
-        """Takes a batch from the link; waits while the ingest is full."""
-        await self._queue.put(received)
+        """Takes a batch from the link, split among the appliers; waits while they are full.
+        Events beyond MAX_BATCH_EVENTS are refused."""
+        events = received.batch.events
+        if len(events) > MAX_BATCH_EVENTS:
+            self._refused(Counter({fb.Refusal.EVENTS_PER_BATCH: len(events) - MAX_BATCH_EVENTS}))
+        parts: list[list[mta.FeedbackEvent]] = [[] for _ in range(self.concurrency)]
+        for e in events[:MAX_BATCH_EVENTS]:
+            parts[e.message_id % self.concurrency].append(e)
+        shares = [(i, part) for i, part in enumerate(parts) if part] or [(0, [])]
+        tracked = _Tracked(received, len(shares))
+        for i, part in shares:
+            await self._queues[i].put(_Part(tracked, part))
 
     async def run(self) -> None:
         """The appliers, until cancelled."""
-        await asyncio.gather(*(self._applier() for _ in range(self.concurrency)))
+        await asyncio.gather(*(self._applier(queue) for queue in self._queues))
 
     async def drain(self, timeout: float) -> None:
         """Waits (up to `timeout`) for the batches being applied to be acknowledged. A
@@ -84,37 +121,37 @@ class FeedbackIngest:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
 
-    async def _applier(self) -> None:
-        """Applies the waiting batches, as many together as fit, then acknowledges each."""
+    async def _applier(self, queue: asyncio.Queue[_Part]) -> None:
+        """Applies the waiting parts, as many together as fit, then acknowledges each
+        batch whose parts are all applied."""
         while True:
-            taken = [await self._queue.get()]
+            taken = [await queue.get()]
             self._applying += 1
             self._idle.clear()
             try:
-                size = len(taken[0].batch.events)
-                while not self._queue.empty() and size < self.max_events:
-                    taken.append(self._queue.get_nowait())
-                    size += len(taken[-1].batch.events)
+                size = len(taken[0].events)
+                while not queue.empty() and size < self.max_events:
+                    taken.append(queue.get_nowait())
+                    size += len(taken[-1].events)
                 await self._commit(taken)
             finally:
                 self._applying -= 1
                 if not self._applying:
                     self._idle.set()
 
-    async def _commit(self, taken: list[ReceivedFeedback]) -> None:
+    async def _commit(self, taken: list[_Part]) -> None:
         delay = 0.05
         while True:
             # Batches whose stream broke are sent again on the next one: none need applying.
-            live = [r for r in taken if r.live]
+            live = [p for p in taken if p.live]
             if not live:
                 return
             # Events that may fit the relay record soon wait, their batches unacknowledged,
             # up to `defer` seconds from the oldest batch's arrival; then they are refused.
-            final = time.monotonic() - min(r.received_at for r in live) >= self.defer
+            oldest = min(p.tracked.received.received_at for p in live)
+            final = time.monotonic() - oldest >= self.defer
             try:
-                result = await self.apply_events(
-                    (e for r in live for e in r.batch.events), final=final
-                )
+                result = await self.apply_events((e for p in live for e in p.events), final=final)
                 if not result.deferred:
                     break
                 await asyncio.sleep(DEFER_RETRY_SECONDS)
@@ -125,25 +162,24 @@ class FeedbackIngest:
             except Exception:
                 log.exception("%d feedback batches failed; the MTA will send them again", len(live))
                 observability.FEEDBACK_FAILED_BATCHES.inc(len(live))
-                for r in live:
-                    r.abandon("feedback could not be applied")
+                for p in live:
+                    p.tracked.received.abandon("feedback could not be applied")
                 return
-        for r in live:
-            await r.acknowledge()
+        for p in live:
+            p.tracked.remaining -= 1
+            if not p.tracked.remaining:
+                await p.tracked.received.acknowledge()
 
     async def apply_events(
         self, events: Iterable[mta.FeedbackEvent], *, final: bool = True
     ) -> IngestResult:
-        """Checks and applies events: malformed ones, repeats within the batch and those
-        beyond MAX_BATCH_EVENTS are dropped (counted), the rest go to the database in
-        one batch, which believes only what fits the relay record (see IngestResult)."""
+        """Checks and applies events: malformed ones and repeats within the batch are
+        dropped (counted), the rest go to the database in one batch, which believes only
+        what fits the relay record (see IngestResult)."""
         batch = EventBatch()
         seen: set[str] = set()
-        malformed = repeated = beyond = 0
+        malformed = repeated = 0
         for e in events:
-            if len(batch) >= MAX_BATCH_EVENTS:
-                beyond += 1
-                continue
             event_id = e.event_id
             t = e.event_time
             if (
@@ -174,22 +210,21 @@ class FeedbackIngest:
         if not batch:
             return IngestResult()
         result = await self._apply_isolating(batch, final)
-        if beyond:
-            result.refused[fb.Refusal.EVENTS_PER_BATCH] += beyond
         observability.BATCH_SIZE.labels("feedback").observe(len(batch))
         observability.FEEDBACK_APPLIED.inc(result.applied)
         observability.FEEDBACK_DEDUPLICATED.inc(result.duplicates + repeated)
         observability.FEEDBACK_UNKNOWN.inc(result.unknown)
-        for why, count in result.refused.items():
-            observability.FEEDBACK_REFUSED.labels(why).inc(count)
-            self._say_refused(why, count)
+        self._refused(result.refused)
         return result
 
-    def _say_refused(self, reason: str, count: int) -> None:
-        """One log line per reason per REFUSED_LOG_SECONDS at most: a peer sending
-        forgeries cannot flood the log."""
+    def _refused(self, refused: Counter[str]) -> None:
+        """Counted by reason; one log line per reason per REFUSED_LOG_SECONDS at most: a
+        peer sending forgeries cannot flood the log."""
         now = time.monotonic()
-        if now - self._refusals_said.get(reason, -REFUSED_LOG_SECONDS) >= REFUSED_LOG_SECONDS:
+        for reason, count in refused.items():
+            observability.FEEDBACK_REFUSED.labels(reason).inc(count)
+            if now - self._refusals_said.get(reason, -REFUSED_LOG_SECONDS) < REFUSED_LOG_SECONDS:
+                continue
             self._refusals_said[reason] = now
             log.warning("refused %d feedback events that do not fit the relay record: %s",
                         count, reason)  # fmt: skip

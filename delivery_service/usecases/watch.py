@@ -30,10 +30,11 @@ class _Poll:
                 latest: DeliveryFigures | Exception = await read()
             except Exception as exc:  # NOT_FOUND, UNAVAILABLE: every watcher's answer
                 latest = exc
-            async with self.changed:
-                self.latest = latest
-                self.version += 1
-                self.changed.notify_all()
+            if latest != self.latest:  # an unchanged reading wakes no watcher
+                async with self.changed:
+                    self.latest = latest
+                    self.version += 1
+                    self.changed.notify_all()
             if isinstance(latest, Exception) or latest.state in FINAL:
                 return
             await asyncio.sleep(interval)
