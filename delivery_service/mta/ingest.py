@@ -91,7 +91,9 @@ class FeedbackIngest:
         self.concurrency = concurrency
         self.max_events = max_events
         # Bounded: when the database falls behind, receive() waits, and so does the link.
-        self._queues: list[asyncio.Queue[_Part]] = [asyncio.Queue(4) for _ in range(concurrency)]
+        # Each holds up to 40 parts (about 250 events each from the stub): enough that an
+        # applier folds several thousand events into one statement under load.
+        self._queues: list[asyncio.Queue[_Part]] = [asyncio.Queue(40) for _ in range(concurrency)]
         self._applying = 0
         self._idle = asyncio.Event()  # set while no feedback is being applied
         self._idle.set()
