@@ -77,6 +77,12 @@ class Settings(ServerSettings):
         20, env="DB_POOL_SIZE", help="largest number of database connections"
     )
     metrics_port: Port = setting(0, env="METRICS_PORT", help="Prometheus metrics HTTP port; 0: off")
+    health_port: Port = setting(
+        0,
+        env="DELIVERY_HEALTH_PORT",
+        help="a plaintext port serving only the gRPC health service, for probes that speak "
+        "no TLS (the kubelet's); 0: off",
+    )
     grace: Seconds = setting(
         5.0, env="SHUTDOWN_GRACE_SECONDS", help="seconds calls in progress get on SIGTERM"
     )

@@ -159,6 +159,7 @@ class Server:
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs if settings else None,
         )
         self.health = health.aio.HealthServicer()
+        self._health_only: grpc.aio.Server | None = None
         self._services = ("", *services)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
@@ -191,6 +192,27 @@ class Server:
         await self.grpc.start()
         for service in self._services:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def serve_health(self, host: str, port: int) -> int:
+        """Serves the same health service, alone and in plaintext, on host:port: for
+        probes that speak no TLS. Returns the port; stopped with the server."""
+        self._health_only = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_only)
+        address = (
+            f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+        )
+        try:
+            bound: int = self._health_only.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {address}: {exc}") from exc
+        await self._health_only.start()
+        return bound
+
+    async def stop(self, grace: float) -> None:
+        """Stops taking calls; those in progress get `grace` seconds."""
+        await self.grpc.stop(grace)
+        if self._health_only is not None:
+            await self._health_only.stop(0)
 
     async def set_health(self, serving: bool) -> None:
         """SERVING or NOT_SERVING for the named services (ignored once draining). The
@@ -242,6 +264,9 @@ async def serve(settings: ServerSettings, create: Callable[[], Service]) -> None
         )
     await app.start()
     await app.server.start()
+    if settings.health_port:
+        health_port = await app.server.serve_health(settings.host, settings.health_port)
+        log.info("health alone, in plaintext, on %s:%d", settings.host, health_port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -253,7 +278,7 @@ async def serve(settings: ServerSettings, create: Callable[[], Service]) -> None
     # NOT_SERVING from here on, while calls in progress finish.
     await app.server.health.enter_graceful_shutdown()
     await app.drain()
-    await app.server.grpc.stop(settings.grace)
+    await app.server.stop(settings.grace)
     await app.close()
     log.info("stopped")
 

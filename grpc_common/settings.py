@@ -145,6 +145,9 @@ class ServerSettings(BaseSettings):
     log_level: LogLevel = setting("INFO", env="LOG_LEVEL", help="logging level")
     log_json: bool = setting(False, env="LOG_JSON", help="JSON log lines")
     metrics_port: Port
+    # A plaintext port with the health service alone: it reveals nothing, and the
+    # kubelet's gRPC probes speak no TLS.
+    health_port: Port
     grace: Seconds
     # Transport (grpc_common.serving): TLS files, plaintext beyond loopback, and the caps.
     tls_cert: str

@@ -38,6 +38,12 @@ class Settings(ServerSettings):
     metrics_port: Port = setting(
         0, env="MTA_METRICS_PORT", help="Prometheus metrics HTTP port; 0: off"
     )
+    health_port: Port = setting(
+        0,
+        env="MTA_HEALTH_PORT",
+        help="a plaintext port serving only the gRPC health service, for probes that speak "
+        "no TLS (the kubelet's); 0: off",
+    )
     grace: Seconds = setting(
         5.0, env="MTA_GRACE_SECONDS", help="seconds calls in progress get to finish on shutdown"
     )

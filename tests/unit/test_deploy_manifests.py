@@ -55,12 +55,6 @@ STUB_HEALTH_NAME = mta_service_pb2.DESCRIPTOR.services_by_name["MtaService"].ful
 # this long to be committed and acknowledged (delivery_service/server.py, App.close).
 FEEDBACK_DRAIN_SECONDS = 5.0
 
-# Settings the manifests give that the programs do not declare yet: a plaintext port
-# serving only the health service, for the kubelet's gRPC probes (deploy/README.md,
-# "Probes and TLS"). Once they are declared, test_pending_settings_are_declared passes
-# and, being a strict xfail, fails: then empty these sets and drop its marker.
-PENDING_SETTINGS = {SERVICE: {"DELIVERY_HEALTH_PORT"}, STUB: {"MTA_HEALTH_PORT"}}
-
 # What a Secret in deploy/ may hold: placeholders, never a credential.
 PLACEHOLDER = "REPLACE-ME"
 
@@ -433,8 +427,7 @@ def test_settings_are_the_programs_own(workload: str) -> None:
             "delivery_service": DeliverySettings.variables(),
             "mta_stub": StubSettings.variables(),
         }[program]
-        pending = PENDING_SETTINGS[SERVICE if program == "delivery_service" else STUB]
-        unknown = env - set(declared) - pending
+        unknown = env - set(declared)
         assert not unknown, f"{workload}: not settings of {program}: {sorted(unknown)}"
 
 
@@ -448,16 +441,9 @@ def test_the_programs_accept_these_settings(name: str, settings: type[ServerSett
     given = {
         variable: value if isinstance(value, str) else f"{value.secret}/{value.key}"
         for variable, value in _environment(container).items()
-        if variable not in PENDING_SETTINGS[name]
     }
     # Validated as given, without the environment of the test run.
     settings.model_validate(given)
-
-
-@pytest.mark.xfail(strict=True, reason="the health-port settings are not declared yet")
-def test_pending_settings_are_declared() -> None:
-    assert PENDING_SETTINGS[SERVICE] <= set(DeliverySettings.variables())
-    assert PENDING_SETTINGS[STUB] <= set(StubSettings.variables())
 
 
 def _secret_values(secret: Doc) -> Iterator[tuple[str, str]]:
