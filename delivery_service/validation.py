@@ -186,6 +186,14 @@ def encode_page_token(position: int, scope: str) -> str:
     return base64.urlsafe_b64encode(f"v2:{position}:{_digest(scope)}".encode()).decode()
 
 
+def next_page_token(positions: list[int], limit: int, scope: str, *, more: bool = False) -> str:
+    """The token of the page after one whose rows are at `positions`: none after a page
+    that was not full, unless `more` says the page was cut short."""
+    if positions and (more or len(positions) == limit):
+        return encode_page_token(positions[-1], scope)
+    return ""
+
+
 def _digest(scope: str) -> str:
     return hashlib.sha256(scope.encode()).hexdigest()[:16]
 

@@ -26,10 +26,6 @@ def operator_pb(entry: OperatorEntry) -> apb.Operator:
     )
 
 
-def _next_token(positions: list[int], limit: int, scope: str) -> str:
-    return validation.encode_page_token(positions[-1], scope) if len(positions) == limit else ""
-
-
 class AdminServicer(apb_grpc.AdminServiceServicer):
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -55,7 +51,9 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         page = await operators.page(self.db, after, limit)
         return apb.ListOperatorsResponse(
             operators=[operator_pb(e) for e in page],
-            next_page_token=_next_token([e.id for e in page], limit, "ListOperators"),
+            next_page_token=validation.next_page_token(
+                [e.id for e in page], limit, "ListOperators"
+            ),
         )
 
     @errors.unary
@@ -98,5 +96,5 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
                 )
                 for e in page
             ],
-            next_page_token=_next_token([e.id for e in page], limit, scope),
+            next_page_token=validation.next_page_token([e.id for e in page], limit, scope),
         )

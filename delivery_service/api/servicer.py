@@ -25,11 +25,6 @@ WATCH_INTERVAL = 0.2
 _LAST = 2**63 - 1
 
 
-def _next_token(positions: list[int], limit: int, scope: str) -> str:
-    """A token for the page after this one, if this one was full."""
-    return validation.encode_page_token(positions[-1], scope) if len(positions) == limit else ""
-
-
 class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -110,11 +105,7 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         ids = [d.id for d in page]
         return pb.ListDeliveriesResponse(
             deliveries=[convert.delivery(d) for d in page],
-            next_page_token=(
-                validation.encode_page_token(ids[-1], scope)
-                if cut
-                else _next_token(ids, limit, scope)
-            ),
+            next_page_token=validation.next_page_token(ids, limit, scope, more=cut),
         )
 
     @errors.streaming
@@ -165,7 +156,7 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         page = await deliveries.sending_logs(self.db, delivery_id, status, after, limit)
         return pb.ListSendingLogsResponse(
             sending_logs=[convert.sending_log(s) for s in page],
-            next_page_token=_next_token([s.message_id for s in page], limit, scope),
+            next_page_token=validation.next_page_token([s.message_id for s in page], limit, scope),
         )
 
     @errors.unary
@@ -188,7 +179,7 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         )
         return pb.GetProfileHistoryResponse(
             sending_logs=[convert.sending_log(s) for s in page],
-            next_page_token=_next_token([s.message_id for s in page], limit, scope),
+            next_page_token=validation.next_page_token([s.message_id for s in page], limit, scope),
         )
 
     @errors.unary

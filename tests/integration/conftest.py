@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,7 @@ from mta.v1 import mta_service_pb2_grpc as mta_grpc
 
 from delivery_service import admin
 from tests.conftest import Servers, fresh_database
-from tests.support.callers import CALLER_ROLES, aio_channel, bearer
+from tests.support.callers import CALLER_ROLES, bearer, interceptors
 from tests.support.processes import ServerProcess
 
 
@@ -57,15 +57,27 @@ async def create_operators(database_url: str) -> dict[str, list[tuple[str, str]]
     }
 
 
+# (process, the channel's interceptors) -> a channel to it.
+ChannelTo = Callable[[ServerProcess, list[Any]], grpc.aio.Channel]
+
+
+def plaintext(process: ServerProcess, interceptors: list[Any]) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(process.address, interceptors=interceptors)
+
+
 async def open_pair(
-    service: ServerProcess, stub_process: ServerProcess, database_url: str
+    service: ServerProcess,
+    stub_process: ServerProcess,
+    database_url: str,
+    channel_to: ChannelTo = plaintext,
 ) -> AsyncIterator[Pair]:
-    """The pair's clients and operators, for as long as the caller iterates."""
+    """The pair's clients and operators, for as long as the caller iterates; the
+    channels are `channel_to`'s (plaintext, or TLS in tests/security/test_tls.py)."""
     operators = await create_operators(database_url)
     async with (
-        aio_channel(service.address, operators["caller"]) as channel,
-        grpc.aio.insecure_channel(service.address) as bare_channel,
-        grpc.aio.insecure_channel(stub_process.address) as mta_channel,
+        channel_to(service, interceptors(operators["caller"])) as channel,
+        channel_to(service, []) as bare_channel,
+        channel_to(stub_process, []) as mta_channel,
     ):
         yield Pair(
             service=service,

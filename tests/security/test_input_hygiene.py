@@ -23,7 +23,7 @@ from delivery_service import validation
 from grpc_common import observability
 from tests.integration import flows
 from tests.integration.conftest import Pair
-from tests.support.callers import DefaultMetadataAio
+from tests.support.callers import interceptors
 from tests.support.processes import ServerProcess, wait_until
 from tests.support.raw_http2 import unary_call
 
@@ -188,7 +188,7 @@ async def test_invalid_utf8_in_a_delivery_request_is_invalid_argument(
     raw = not_utf8(with_mark(change))
     rid = "utf8-" + re.sub(r"[^A-Za-z0-9._:-]", "-", field)
     async with grpc.aio.insecure_channel(
-        module_pair.service.address, interceptors=[DefaultMetadataAio(module_pair.caller)]
+        module_pair.service.address, interceptors=interceptors(module_pair.caller)
     ) as channel:
         create = channel.unary_unary(CREATE)
         error = await failed(create(raw, metadata=[("x-request-id", rid)], timeout=10))
@@ -233,7 +233,7 @@ async def test_bytes_that_are_no_message_at_all_are_invalid_argument_too(
     module_pair: Pair,
 ) -> None:
     async with grpc.aio.insecure_channel(
-        module_pair.service.address, interceptors=[DefaultMetadataAio(module_pair.caller)]
+        module_pair.service.address, interceptors=interceptors(module_pair.caller)
     ) as channel:
         truncated = b"\x0a\x05ab"  # label: 5 bytes announced, 2 sent
         error = await failed(channel.unary_unary(CREATE)(truncated, timeout=10))

@@ -33,7 +33,7 @@ from delivery_service.mta import link
 from grpc_common import serving
 from mta_stub import server as stub_server
 from tests.integration.conftest import Pair
-from tests.support.callers import DefaultMetadataAio
+from tests.support.callers import interceptors
 from tests.support.processes import ServerProcess, StartMtaStub, wait_until
 from tools.processes import REPO_ROOT, child_env
 
@@ -159,7 +159,7 @@ async def test_the_delivery_service_takes_its_largest_request_and_not_a_byte_mor
     async with grpc.aio.insecure_channel(
         pair.service.address,
         options=[("grpc.max_receive_message_length", serving.MAX_SEND_BYTES)],
-        interceptors=[DefaultMetadataAio(pair.caller)],
+        interceptors=interceptors(pair.caller),
     ) as channel:
         api = pb_grpc.DeliveryServiceStub(channel)
         created = await api.CreateDelivery(largest, timeout=300)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from delivery.v1 import delivery_service_pb2 as pb
-from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mta.v1 import mta_service_pb2_grpc as mta_grpc
 from typer.testing import CliRunner
 
 from campaign_cli.app import app
@@ -24,8 +23,7 @@ from campaign_cli.client import credentials
 from campaign_cli.errors import CliError
 from tests.conftest import Servers
 from tests.integration import flows
-from tests.integration.conftest import Pair, create_operators
-from tests.support.callers import DefaultMetadataAio
+from tests.integration.conftest import Pair, open_pair
 from tests.support.processes import ServerProcess, wait_until
 from tests.support.tls import pair_tls, stranger
 from tools.pair import PairTls
@@ -109,41 +107,21 @@ def test_the_stub_refuses_a_delivery_service_without_a_client_certificate(
     assert "stream opened" not in stub.log_path.read_text(encoding="utf-8")
 
 
+def tls_channel(process: ServerProcess, interceptors: list[Any]) -> grpc.aio.Channel:
+    assert process.tls is not None
+    return grpc.aio.secure_channel(
+        process.address, process.tls.credentials(), interceptors=interceptors
+    )
+
+
 @pytest.fixture
 async def tls_pair(fresh_db_url: str, tls_servers: Servers) -> AsyncIterator[Pair]:
     """The pair over mutual TLS (callers included), with its clients and operators."""
     processes = tls_servers.pair(
         fresh_db_url, ("--retry-interval-ms", "100", "--engagement-delay-ms", "50")
     )
-    service, stub = processes.service, processes.stub
-    operators = await create_operators(fresh_db_url)
-    with_token = [DefaultMetadataAio(operators["caller"])]
-    async with (
-        tls_channel(service, with_token) as channel,
-        tls_channel(service) as bare_channel,
-        tls_channel(stub) as mta_channel,
-    ):
-        yield Pair(
-            service=service,
-            stub_process=stub,
-            database_url=fresh_db_url,
-            api=pb_grpc.DeliveryServiceStub(channel),
-            anonymous=pb_grpc.DeliveryServiceStub(bare_channel),
-            mta=mta_grpc.MtaServiceStub(mta_channel),
-            caller=operators["caller"],
-            sender=operators["sender"],
-            approver=operators["approver"],
-            nobody=operators["nobody"],
-        )
-
-
-def tls_channel(
-    process: ServerProcess, interceptors: list[DefaultMetadataAio] | None = None
-) -> grpc.aio.Channel:
-    assert process.tls is not None
-    return grpc.aio.secure_channel(
-        process.address, process.tls.credentials(), interceptors=interceptors
-    )
+    async for pair in open_pair(processes.service, processes.stub, fresh_db_url, tls_channel):
+        yield pair
 
 
 async def test_the_pair_delivers_over_mutual_tls_with_exact_kpis(tls_pair: Pair) -> None:

@@ -43,29 +43,28 @@ class _StreamAio(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
         return await continuation(_with_metadata(details, self.metadata), request)
 
 
-def _with_metadata(details: Any, metadata: Metadata) -> Any:
+def _merged(details: Any, metadata: Metadata) -> Metadata | None:
+    """The call's metadata with `metadata` added; None if the call brings its own
+    authorization (then it goes as it is)."""
     given = list(details.metadata or ())
     if any(key == "authorization" for key, _ in given):
+        return None
+    return [*given, *metadata]
+
+
+def _with_metadata(details: Any, metadata: Metadata) -> Any:
+    merged = _merged(details, metadata)
+    if merged is None:
         return details
     return grpc.aio.ClientCallDetails(
-        details.method, details.timeout, [*given, *metadata], details.credentials,
-        details.wait_for_ready,
-    )  # fmt: skip
-
-
-def aio_channel(address: str, metadata: Metadata) -> grpc.aio.Channel:
-    """An aio channel whose calls carry `metadata` unless they bring an authorization."""
-    return grpc.aio.insecure_channel(address, interceptors=interceptors(metadata))
+        details.method, details.timeout, merged, details.credentials, details.wait_for_ready
+    )
 
 
 def interceptors(metadata: Metadata) -> list[Any]:
     """The interceptors that add `metadata` to the calls of an aio channel (unary and
     server-streaming) that bring no authorization of their own."""
     return [_UnaryAio(metadata), _StreamAio(metadata)]
-
-
-# The unary one alone, by the name tests/security/test_tls.py uses.
-DefaultMetadataAio = _UnaryAio
 
 
 class _CallDetails(
@@ -88,11 +87,11 @@ class DefaultMetadata(
         self.metadata = metadata
 
     def _details(self, details: Any) -> Any:
-        given = list(details.metadata or ())
-        if any(key == "authorization" for key, _ in given):
+        merged = _merged(details, self.metadata)
+        if merged is None:
             return details
         return _CallDetails(
-            details.method, details.timeout, [*given, *self.metadata], details.credentials,
+            details.method, details.timeout, merged, details.credentials,
             details.wait_for_ready, details.compression,
         )  # fmt: skip
 
