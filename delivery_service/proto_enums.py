@@ -46,6 +46,7 @@ DROP_REASON_PB = paired(DropReason, pb.DropReason, "DROP_REASON_", same_numbers=
 STATUS_PB = paired(fb.Status, pb.SendingStatus, "SENDING_STATUS_", same_numbers=True)
 FAILURE_TYPE_PB = paired(fb.FailureType, pb.FailureType, "FAILURE_TYPE_", same_numbers=True)
 FAILURE_REASON_PB = paired(fb.FailureReason, pb.FailureReason, "FAILURE_REASON_", same_numbers=True)
+# Paired at import though no code looks it up: a drifted number then stops the service.
 EVENT_KIND_MTA = paired(fb.EventKind, mta.EventKind, "EVENT_KIND_", same_numbers=True)
 # The MTA's bounce reasons are the failure reasons it can report, same numbers.
 BOUNCE_REASON_MTA = {

@@ -114,7 +114,7 @@ def test_a_recurring_delivery_that_sends_unattended_also_needs_start_deliveries(
     assert checked.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_health_and_reflection_stay_open(target: Target) -> None:
+def test_health_stays_open(target: Target) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     response = health_pb2_grpc.HealthStub(target.channel).Check(
