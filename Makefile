@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Test processes: the suite mostly waits (validity periods, outages, restarts), so more
+# processes than cores; each test file runs whole in one of them.
+TEST_WORKERS ?= 4
 
 .PHONY: run test lint proto bench demo mutate clean db-stop
 
@@ -18,7 +21,7 @@ run: $(STAMP)
 
 ## Run the whole suite against a real PostgreSQL (embedded unless DATABASE_URL is set).
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## Regenerate the committed code of the protos.
 proto: $(STAMP)

@@ -85,6 +85,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--output", type=Path, default=RESULTS, help="the JSON results file")
     p.add_argument("--keep-database", action="store_true", help="do not drop each run's database")
+    p.add_argument(
+        "--no-feed-consumer",
+        action="store_true",
+        help="no event feed consumer during the ingest (its figures are then absent)",
+    )
     return p.parse_args(argv)
 
 
@@ -117,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         log_dir=log_dir,
         keep_database=args.keep_database,
         ceiling_parts=args.ceiling_parts,
+        feed_consumer=not args.no_feed_consumer,
     )
     profiler = Profiler(args.profile)
     server, where = environment.server_url()

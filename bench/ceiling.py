@@ -6,11 +6,14 @@ On the same server and database, after the ingest and with the services stopped:
    the digest of the end state is taken (every sending log's status, outcome,
    failure columns, opened, clicked; the counters);
 2. the delivery goes back to the state the relay left: sending logs as relayed, no
-   feedback event, only the relayed counter; then VACUUM, as before the ingest;
+   feedback event, only the relayed counters, its addresses unknown; then VACUUM, as
+   before the ingest;
 3. measured: one COPY of the events into a staging table, then one set-based statement
    (bench/queries.sql, `ceiling_apply`) per part of the messages, the parts at once on
    one connection each (as many as cores): the same rows inserted, the same sending
-   logs updated, the same counters added;
+   logs updated, the same counters added (the delivery's, by domain, by failure), and
+   the same address entries and histories written (`ceiling_addresses`, for the
+   benchmark's one message per address);
 4. the end state must have the same digest as the service's: same row changes.
 
 This is the best plain psycopg I know for it: one round trip for the data (binary
@@ -71,11 +74,17 @@ class Ceiling:
 
 def _fingerprint(conn: psycopg.Connection[Any], delivery_id: int) -> tuple[Any, ...]:
     params = {"delivery_id": delivery_id}
-    logs = conn.execute(q("fingerprint_logs"), params).fetchone()
-    counters = conn.execute(q("fingerprint_counters"), params).fetchone()
-    events = conn.execute(q("count_events"), params).fetchone()
-    assert logs is not None and counters is not None and events is not None
-    return (*logs, *counters, *events)
+    rows = [
+        conn.execute(q(name), params).fetchone()
+        for name in (
+            "fingerprint_logs",
+            "fingerprint_counters",
+            "count_events",
+            "fingerprint_breakdown",
+            "fingerprint_addresses",
+        )
+    ]
+    return tuple(value for row in rows if row is not None for value in row)
 
 
 def _apply(url: str, after: int, upto: int, shard: int) -> tuple[int, int]:
@@ -85,6 +94,7 @@ def _apply(url: str, after: int, upto: int, shard: int) -> tuple[int, int]:
         row = conn.execute(
             q("ceiling_apply"), {"after": after, "upto": upto, "shard": shard}
         ).fetchone()
+        conn.execute(q("ceiling_addresses"), {"after": after, "upto": upto})
     assert row is not None
     return int(row[0]), int(row[1])
 
@@ -97,13 +107,20 @@ def measure(url: str, delivery_id: int, parts: int = PARTS) -> Ceiling:
         with conn.cursor().copy(q("export_events"), params) as copy:
             chunks.extend(bytes(block) for block in copy)
 
+        foreign = conn.execute(q("foreign_address_events"), params).fetchone()
+        assert foreign == (0,), "the delivery's addresses have history of other deliveries"
         reset_started = time.perf_counter()
         conn.execute(q("ceiling_drop_staging"))
         with conn.transaction():
             conn.execute(q("reset_logs"), params)
             conn.execute(q("reset_events"), params)
+            conn.execute(q("reset_feed"), params)
             conn.execute(q("reset_counters"), params)
             conn.execute(q("reset_relayed"), params)
+            conn.execute(q("reset_failures"), params)
+            conn.execute(q("reset_domains"), params)
+            conn.execute(q("reset_breakdown"), params)
+            conn.execute(q("reset_addresses"), params)
         conn.execute(q("vacuum_sending_logs"))
         conn.execute(q("vacuum_feedback"))
         reset_seconds = time.perf_counter() - reset_started

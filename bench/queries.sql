@@ -17,7 +17,8 @@ VACUUM (ANALYZE) sending_logs;
 
 -- name: vacuum_feedback
 -- Set-up before the ceiling, as before the ingest.
-VACUUM (ANALYZE) feedback_events, delivery_counters;
+VACUUM (ANALYZE) feedback_events, delivery_counters, delivery_domain_counters,
+    delivery_failure_counters, addresses, address_events;
 
 -- name: count_events
 -- Feedback events committed for a delivery.
@@ -28,9 +29,50 @@ SELECT count(*) AS n FROM feedback_events WHERE delivery_id = %(delivery_id)s;
 -- end in exactly the state the service did.
 SELECT count(*) AS n,
        md5(string_agg(concat_ws(',', message_id, status, outcome, failure_type,
-                                failure_reason, opened, clicked), ';' ORDER BY message_id))
+                                failure_reason, opened, clicked, complained, smtp_code,
+                                smtp_status, smtp_text, events), ';' ORDER BY message_id))
            AS digest
 FROM sending_logs WHERE delivery_id = %(delivery_id)s;
+
+-- name: fingerprint_breakdown
+-- The sums of a delivery's domain and failure counters, as one digest.
+SELECT md5(coalesce((SELECT string_agg(concat_ws(',', domain_rank, to_deliver, relayed,
+                                                 delivered, soft_bounced, hard_bounced,
+                                                 expired, opened, clicked, complained),
+                                       ';' ORDER BY domain_rank)
+                     FROM (SELECT domain_rank, sum(to_deliver) AS to_deliver,
+                                  sum(relayed) AS relayed, sum(delivered) AS delivered,
+                                  sum(soft_bounced) AS soft_bounced,
+                                  sum(hard_bounced) AS hard_bounced, sum(expired) AS expired,
+                                  sum(opened) AS opened, sum(clicked) AS clicked,
+                                  sum(complained) AS complained
+                           FROM delivery_domain_counters WHERE delivery_id = %(delivery_id)s
+                           GROUP BY domain_rank) d), '')
+           || '|'
+           || coalesce((SELECT string_agg(concat_ws(',', failure_type, failure_reason, n), ';'
+                                          ORDER BY failure_type, failure_reason)
+                        FROM (SELECT failure_type, failure_reason, sum(failed) AS n
+                              FROM delivery_failure_counters
+                              WHERE delivery_id = %(delivery_id)s
+                              GROUP BY failure_type, failure_reason
+                              HAVING sum(failed) <> 0) f), '')) AS digest;
+
+-- name: fingerprint_addresses
+-- The entries and histories of the delivery's addresses (which no other delivery
+-- targets in the benchmark), as digests.
+SELECT (SELECT md5(string_agg(concat_ws(',', a.address, a.status, a.error_count,
+                                        a.first_error_time, a.last_error_time, a.failure_type,
+                                        a.failure_reason, a.smtp_code, a.smtp_status,
+                                        a.smtp_text, a.delivery_id, a.message_id,
+                                        a.update_time, a.changed_by), ';' ORDER BY a.address))
+        FROM addresses a
+        WHERE a.address IN (SELECT lower(email) FROM sending_logs
+                            WHERE delivery_id = %(delivery_id)s)) AS entries,
+       (SELECT md5(string_agg(concat_ws(',', e.address, e.event_time, e.delivery_id,
+                                        e.event_id, e.signal, e.message_id, e.after::text),
+                              ';' ORDER BY e.address, e.event_time, e.delivery_id,
+                                           e.event_id))
+        FROM address_events e WHERE e.delivery_id = %(delivery_id)s) AS history;
 
 -- name: fingerprint_counters
 -- The sum of a delivery's counter shards.
@@ -40,12 +82,14 @@ SELECT coalesce(sum(relayed), 0)::bigint AS relayed,
        coalesce(sum(hard_bounced), 0)::bigint AS hard_bounced,
        coalesce(sum(expired), 0)::bigint AS expired,
        coalesce(sum(opened), 0)::bigint AS opened,
-       coalesce(sum(clicked), 0)::bigint AS clicked
+       coalesce(sum(clicked), 0)::bigint AS clicked,
+       coalesce(sum(complained), 0)::bigint AS complained
 FROM delivery_counters WHERE delivery_id = %(delivery_id)s;
 
 -- name: export_events
 -- The ceiling's input: the events the service committed, in the order it committed them.
-COPY (SELECT event_id, message_id, delivery_id, kind, reason, attempt, link_index, event_time
+COPY (SELECT event_id, message_id, delivery_id, kind, reason, attempt, link_index, event_time,
+             smtp_code, smtp_status, smtp_text
       FROM feedback_events WHERE delivery_id = %(delivery_id)s
       ORDER BY apply_time, event_id)
 TO STDOUT (FORMAT binary);
@@ -54,13 +98,18 @@ TO STDOUT (FORMAT binary);
 -- Back to the state the relay left (EFS: PENDING; without EFS: SENT), before any feedback.
 UPDATE sending_logs s
 SET status = CASE d.feedback_mode WHEN 'EFS' THEN 2 ELSE 3 END,
-    outcome = 0, failure_type = 0, failure_reason = 0, opened = false, clicked = false
+    outcome = 0, failure_type = 0, failure_reason = 0, opened = false, clicked = false,
+    complained = false, smtp_code = 0, smtp_status = '', smtp_text = '', events = 0
 FROM deliveries d
 WHERE d.id = s.delivery_id AND s.delivery_id = %(delivery_id)s;
 
 -- name: reset_events
 -- Forgets the delivery's feedback events.
 DELETE FROM feedback_events WHERE delivery_id = %(delivery_id)s;
+
+-- name: reset_feed
+-- Forgets the event feed's rows of the delivery's feedback (the relay's stay).
+DELETE FROM delivery_feed WHERE delivery_id = %(delivery_id)s AND source = 2;
 
 -- name: reset_counters
 -- Forgets the delivery's counters...
@@ -71,6 +120,36 @@ DELETE FROM delivery_counters WHERE delivery_id = %(delivery_id)s;
 INSERT INTO delivery_counters (delivery_id, shard, relayed)
 SELECT %(delivery_id)s, 0, count(*) FROM sending_logs
 WHERE delivery_id = %(delivery_id)s AND relay_time IS NOT NULL;
+
+-- name: reset_failures
+-- Forgets the delivery's failure counters...
+DELETE FROM delivery_failure_counters WHERE delivery_id = %(delivery_id)s;
+
+-- name: reset_domains
+-- ...and its domain counters...
+DELETE FROM delivery_domain_counters WHERE delivery_id = %(delivery_id)s;
+
+-- name: reset_breakdown
+-- ...but for what preparation and the relay had set.
+INSERT INTO delivery_domain_counters (delivery_id, domain_rank, shard, to_deliver, relayed)
+SELECT %(delivery_id)s, domain_rank, 0, count(*), count(*) FILTER (WHERE relay_time IS NOT NULL)
+FROM sending_logs WHERE delivery_id = %(delivery_id)s
+GROUP BY domain_rank;
+
+-- name: foreign_address_events
+-- History of the delivery's addresses that other deliveries wrote: the ceiling's reset
+-- forgets the delivery's addresses whole, which is right only if there is none.
+SELECT count(*) AS n FROM address_events
+WHERE delivery_id <> %(delivery_id)s
+  AND address IN (SELECT lower(email) FROM sending_logs WHERE delivery_id = %(delivery_id)s);
+
+-- name: reset_addresses
+-- Forgets the delivery's addresses: their entries and histories.
+WITH history AS (
+    DELETE FROM address_events WHERE delivery_id = %(delivery_id)s
+)
+DELETE FROM addresses
+WHERE address IN (SELECT lower(email) FROM sending_logs WHERE delivery_id = %(delivery_id)s);
 
 -- name: ceiling_staging
 -- The ceiling: a staging table for the events as they arrive from the client; unlogged
@@ -83,7 +162,10 @@ CREATE UNLOGGED TABLE staging (
     reason      smallint,
     attempt     integer,
     link_index  integer,
-    event_time  timestamptz
+    event_time  timestamptz,
+    smtp_code   integer,
+    smtp_status text,
+    smtp_text   text
 );
 
 -- name: ceiling_drop_staging
@@ -104,49 +186,68 @@ COPY staging FROM STDIN (FORMAT binary);
 -- (after, upto], in one set-based statement, counted in one shard. Events of
 -- unknown messages are dropped and an event id already logged is skipped, as the
 -- service does; a message's outcome only moves up (none 0 < soft 1 < delivered 2 <
--- expired 3 < hard 4), its bounce reason is the lowest reported with that outcome;
--- status, failure type and reason follow
--- delivery_service.domain.feedback; the counters get the difference between the old
--- and the new buckets. Every CTE reads the same snapshot, so `changes` sees the rows
--- as they were before `updated` rewrites them.
+-- expired 3 < hard 4), its bounce reason and reply are the lowest (reason, text)
+-- reported with that outcome; status, failure type and reason follow
+-- delivery_service.domain.feedback; the counters (the delivery's, by domain rank, by
+-- failure) get the difference between the old and the new buckets; each sending log
+-- counts its events. Every CTE reads the same snapshot, so `changes` sees the rows as
+-- they were before `updated` rewrites them. (The benchmark's events all fit the relay
+-- record and none exceeds a message's bound: the checks are the ingest's cost alone.)
 WITH new_events AS (
     INSERT INTO feedback_events (event_id, message_id, delivery_id, kind, reason, attempt,
-                                 link_index, event_time)
+                                 link_index, event_time, smtp_code, smtp_status, smtp_text)
     SELECT s.event_id, s.message_id, s.delivery_id, s.kind, s.reason, s.attempt,
-           s.link_index, s.event_time
+           s.link_index, s.event_time, s.smtp_code, s.smtp_status, s.smtp_text
     FROM staging s
     JOIN sending_logs l ON l.message_id = s.message_id AND l.delivery_id = s.delivery_id
     WHERE s.message_id > %(after)s AND s.message_id <= %(upto)s
     -- In key order: the primary key's B-tree is then filled page after page.
     ORDER BY s.event_id
     ON CONFLICT (delivery_id, event_id) DO NOTHING
-    RETURNING delivery_id, message_id, kind, reason
+    RETURNING delivery_id, message_id, kind, reason, smtp_code, smtp_status, smtp_text,
+              event_id
+),
+fed AS (
+    -- The event feed's row of the events logged, as the ingest writes one per batch.
+    INSERT INTO delivery_feed (delivery_id, source, event_ids)
+    SELECT delivery_id, 2, array_agg(event_id ORDER BY event_id)
+    FROM new_events
+    GROUP BY delivery_id
 ),
 per_message AS (
-    SELECT delivery_id, message_id,
+    SELECT delivery_id, message_id, count(*) AS new_events,
            max(CASE kind WHEN 3 THEN 1 WHEN 1 THEN 2 WHEN 4 THEN 3 WHEN 2 THEN 4 ELSE 0 END)
                AS rank,
-           min(reason) FILTER (WHERE kind = 2) AS hard_reason,
-           min(reason) FILTER (WHERE kind = 3) AS soft_reason,
+           min(ARRAY[reason::text, smtp_text, smtp_status, smtp_code::text])
+               FILTER (WHERE kind = 2) AS hard,
+           min(ARRAY[reason::text, smtp_text, smtp_status, smtp_code::text])
+               FILTER (WHERE kind = 3) AS soft,
            bool_or(kind IN (5, 6)) AS opened,
-           bool_or(kind = 6) AS clicked
+           bool_or(kind = 6) AS clicked,
+           bool_or(kind = 7) AS complained
     FROM new_events
     GROUP BY delivery_id, message_id
 ),
 folded AS (
-    SELECT l.message_id, l.delivery_id, d.feedback_mode = 'EFS' AS efs,
-           l.relay_time IS NOT NULL AS was_relayed,
+    SELECT l.message_id, l.delivery_id, l.domain_rank, d.feedback_mode = 'EFS' AS efs,
+           l.relay_time IS NOT NULL AS was_relayed, p.new_events,
+           l.status AS old_status, l.failure_type AS old_failure_type,
            l.outcome AS old_outcome, greatest(l.outcome, p.rank) AS outcome,
-           CASE WHEN p.rank > l.outcome AND p.rank = 4 THEN p.hard_reason
-                WHEN p.rank > l.outcome AND p.rank = 1 THEN p.soft_reason
+           CASE WHEN p.rank > l.outcome AND p.rank = 4 THEN p.hard
+                WHEN p.rank > l.outcome AND p.rank = 1 THEN p.soft
                 WHEN p.rank = l.outcome AND p.rank = 4
-                    THEN least(l.failure_reason, p.hard_reason)
+                    THEN least(ARRAY[l.failure_reason::text, l.smtp_text, l.smtp_status,
+                                     l.smtp_code::text], p.hard)
                 WHEN p.rank = l.outcome AND p.rank = 1
-                    THEN least(l.failure_reason, p.soft_reason)
-                ELSE l.failure_reason END AS bounce_reason,
+                    THEN least(ARRAY[l.failure_reason::text, l.smtp_text, l.smtp_status,
+                                     l.smtp_code::text], p.soft)
+                WHEN p.rank > l.outcome THEN ARRAY['0', '', '', '0']
+                ELSE ARRAY[l.failure_reason::text, l.smtp_text, l.smtp_status,
+                           l.smtp_code::text] END AS bounce,
            l.failure_reason AS old_failure_reason,
            l.opened AS old_opened, l.opened OR p.opened AS opened,
-           l.clicked AS old_clicked, l.clicked OR p.clicked AS clicked
+           l.clicked AS old_clicked, l.clicked OR p.clicked AS clicked,
+           l.complained AS old_complained, l.complained OR p.complained AS complained
     FROM per_message p
     JOIN sending_logs l ON l.delivery_id = p.delivery_id AND l.message_id = p.message_id
     JOIN deliveries d ON d.id = l.delivery_id
@@ -167,11 +268,11 @@ changes AS (
     SELECT t.*,
            CASE WHEN t.failure_type = 0 THEN 0
                 WHEN t.outcome = 3 THEN 6
-                ELSE t.bounce_reason END AS failure_reason
+                ELSE t.bounce[1]::smallint END AS failure_reason,
+           CASE WHEN t.failure_type = 0 THEN 0 ELSE t.bounce[4]::integer END AS smtp_code,
+           CASE WHEN t.failure_type = 0 THEN '' ELSE t.bounce[3] END AS smtp_status,
+           CASE WHEN t.failure_type = 0 THEN '' ELSE t.bounce[2] END AS smtp_text
     FROM typed t
-    WHERE NOT t.was_relayed OR t.outcome <> t.old_outcome
-       OR t.opened <> t.old_opened OR t.clicked <> t.old_clicked
-       OR (t.failure_type <> 0 AND t.outcome <> 3 AND t.bounce_reason <> t.old_failure_reason)
     -- In the table's order: each heap and index page is visited once, not at random.
     ORDER BY t.message_id
 ),
@@ -179,23 +280,36 @@ updated AS (
     UPDATE sending_logs s
     SET status = c.status, outcome = c.outcome, failure_type = c.failure_type,
         failure_reason = c.failure_reason, opened = c.opened, clicked = c.clicked,
+        complained = c.complained, smtp_code = c.smtp_code, smtp_status = c.smtp_status,
+        smtp_text = c.smtp_text, events = s.events + c.new_events,
         relay_time = coalesce(s.relay_time, now()), update_time = now()
     FROM changes c
     WHERE s.delivery_id = c.delivery_id AND s.message_id = c.message_id
     RETURNING s.message_id
 ),
+deltas AS (
+    SELECT delivery_id, domain_rank,
+           count(*) FILTER (WHERE NOT was_relayed) AS relayed,
+           count(*) FILTER (WHERE outcome = 2) - count(*) FILTER (WHERE old_outcome = 2)
+               AS delivered,
+           count(*) FILTER (WHERE outcome = 1) - count(*) FILTER (WHERE old_outcome = 1)
+               AS soft_bounced,
+           count(*) FILTER (WHERE outcome = 4) - count(*) FILTER (WHERE old_outcome = 4)
+               AS hard_bounced,
+           count(*) FILTER (WHERE outcome = 3) - count(*) FILTER (WHERE old_outcome = 3)
+               AS expired,
+           count(*) FILTER (WHERE opened AND NOT old_opened) AS opened,
+           count(*) FILTER (WHERE clicked AND NOT old_clicked) AS clicked,
+           count(*) FILTER (WHERE complained AND NOT old_complained) AS complained
+    FROM changes
+    GROUP BY delivery_id, domain_rank
+),
 counted AS (
     INSERT INTO delivery_counters AS k (delivery_id, shard, relayed, delivered, soft_bounced,
-                                        hard_bounced, expired, opened, clicked)
-    SELECT delivery_id, %(shard)s,
-           count(*) FILTER (WHERE NOT was_relayed),
-           count(*) FILTER (WHERE outcome = 2) - count(*) FILTER (WHERE old_outcome = 2),
-           count(*) FILTER (WHERE outcome = 1) - count(*) FILTER (WHERE old_outcome = 1),
-           count(*) FILTER (WHERE outcome = 4) - count(*) FILTER (WHERE old_outcome = 4),
-           count(*) FILTER (WHERE outcome = 3) - count(*) FILTER (WHERE old_outcome = 3),
-           count(*) FILTER (WHERE opened AND NOT old_opened),
-           count(*) FILTER (WHERE clicked AND NOT old_clicked)
-    FROM changes
+                                        hard_bounced, expired, opened, clicked, complained)
+    SELECT delivery_id, %(shard)s, sum(relayed), sum(delivered), sum(soft_bounced),
+           sum(hard_bounced), sum(expired), sum(opened), sum(clicked), sum(complained)
+    FROM deltas
     GROUP BY delivery_id
     ON CONFLICT (delivery_id, shard) DO UPDATE
     SET relayed = k.relayed + excluded.relayed,
@@ -204,9 +318,141 @@ counted AS (
         hard_bounced = k.hard_bounced + excluded.hard_bounced,
         expired = k.expired + excluded.expired,
         opened = k.opened + excluded.opened,
-        clicked = k.clicked + excluded.clicked
+        clicked = k.clicked + excluded.clicked,
+        complained = k.complained + excluded.complained
     RETURNING 1
+),
+domain_counted AS (
+    INSERT INTO delivery_domain_counters AS k (delivery_id, domain_rank, shard, relayed,
+                                               delivered, soft_bounced, hard_bounced, expired,
+                                               opened, clicked, complained)
+    SELECT delivery_id, domain_rank, %(shard)s, relayed, delivered, soft_bounced,
+           hard_bounced, expired, opened, clicked, complained
+    FROM deltas
+    ON CONFLICT (delivery_id, domain_rank, shard) DO UPDATE
+    SET relayed = k.relayed + excluded.relayed,
+        delivered = k.delivered + excluded.delivered,
+        soft_bounced = k.soft_bounced + excluded.soft_bounced,
+        hard_bounced = k.hard_bounced + excluded.hard_bounced,
+        expired = k.expired + excluded.expired,
+        opened = k.opened + excluded.opened,
+        clicked = k.clicked + excluded.clicked,
+        complained = k.complained + excluded.complained
+),
+failure_counted AS (
+    INSERT INTO delivery_failure_counters AS k (delivery_id, failure_type, failure_reason,
+                                                shard, failed)
+    SELECT f.delivery_id, f.failure_type, f.failure_reason, %(shard)s, sum(f.delta)
+    FROM (
+        SELECT delivery_id, old_failure_type AS failure_type,
+               old_failure_reason AS failure_reason, -1 AS delta
+        FROM changes WHERE old_status = 4
+        UNION ALL
+        SELECT delivery_id, failure_type, failure_reason, 1 FROM changes WHERE status = 4
+    ) f
+    GROUP BY f.delivery_id, f.failure_type, f.failure_reason
+    HAVING sum(f.delta) <> 0
+    ON CONFLICT (delivery_id, failure_type, failure_reason, shard) DO UPDATE
+    SET failed = k.failed + excluded.failed
 )
 SELECT (SELECT count(*) FROM new_events) AS events,
        (SELECT count(*) FROM updated) AS messages,
        (SELECT count(*) FROM counted) AS counter_rows;
+
+-- name: ceiling_addresses
+-- The ceiling: the address table's rows for the events of messages in (after, upto],
+-- set-based. In the benchmark each address gets one message (and the default rules: a
+-- day between counted soft errors), so an address's fold is: its first soft bounce
+-- counts (ERRONEOUS), a later delivery report releases it (VALID), a hard bounce
+-- quarantines it, a complaint denylists it; each event is logged in the address's
+-- history with the entry after it when it changed it.
+WITH ev AS (
+    SELECT lower(l.email) AS address, s.event_time, s.delivery_id, s.event_id,
+           s.message_id, s.reason, s.smtp_code, s.smtp_status, s.smtp_text,
+           CASE s.kind WHEN 1 THEN 1 WHEN 3 THEN 2 WHEN 2 THEN 3 ELSE 4 END AS signal,
+           (extract(epoch FROM s.event_time) * 1000000)::bigint AS micros
+    FROM staging s
+    JOIN sending_logs l ON l.message_id = s.message_id AND l.delivery_id = s.delivery_id
+    WHERE s.message_id > %(after)s AND s.message_id <= %(upto)s AND s.kind IN (1, 2, 3, 7)
+),
+ranked AS (
+    SELECT ev.*,
+           row_number() OVER (PARTITION BY address, signal
+                              ORDER BY event_time, delivery_id, event_id) AS nth,
+           min(micros) FILTER (WHERE signal = 2) OVER (PARTITION BY address) AS first_soft,
+           min(micros) FILTER (WHERE signal = 3) OVER (PARTITION BY address) AS hard,
+           -- The first soft bounce's failure, which a later delivery report leaves.
+           first_value(ARRAY[reason::text, smtp_code::text, smtp_status, smtp_text])
+               OVER (PARTITION BY address
+                     ORDER BY signal <> 2, event_time, delivery_id, event_id
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS soft_failure
+    FROM ev
+),
+changing AS (
+    -- Each event with the entry after it, if it changed the address.
+    SELECT r.*,
+           CASE WHEN r.signal = 3 THEN 3
+                WHEN r.signal = 4 THEN 4
+                WHEN r.signal = 2 AND r.nth = 1 AND (r.hard IS NULL OR r.micros < r.hard)
+                    THEN 2
+                WHEN r.signal = 1 AND r.first_soft < r.micros
+                     AND (r.hard IS NULL OR r.micros < r.hard) THEN 1
+           END AS status_after
+    FROM ranked r
+),
+afters AS (
+    SELECT c.*,
+           CASE WHEN c.status_after IS NULL THEN NULL
+                ELSE jsonb_build_object(
+                    'status', c.status_after,
+                    'error_count', CASE c.status_after WHEN 1 THEN 0 ELSE 1 END,
+                    'first_error_time', CASE WHEN c.status_after IN (2, 3) THEN c.micros END,
+                    'last_error_time', CASE WHEN c.status_after IN (2, 3) THEN c.micros END,
+                    'failure_type', CASE c.status_after WHEN 3 THEN 1 ELSE 2 END,
+                    'failure_reason', CASE WHEN c.status_after IN (2, 3) THEN c.reason
+                                           ELSE c.soft_failure[1]::integer END,
+                    'smtp_code', CASE WHEN c.status_after IN (2, 3) THEN c.smtp_code
+                                      ELSE c.soft_failure[2]::integer END,
+                    'smtp_status', CASE WHEN c.status_after IN (2, 3) THEN c.smtp_status
+                                        ELSE c.soft_failure[3] END,
+                    'smtp_text', CASE WHEN c.status_after IN (2, 3) THEN c.smtp_text
+                                      ELSE c.soft_failure[4] END,
+                    'delivery_id', c.delivery_id, 'message_id', c.message_id,
+                    'update_time', c.micros, 'changed_by', 'feedback')
+           END AS after
+    FROM changing c
+),
+history AS (
+    INSERT INTO address_events (address, event_time, delivery_id, event_id, signal,
+                                message_id, failure_type, failure_reason, smtp_code,
+                                smtp_status, smtp_text, changed_by, after)
+    SELECT address, event_time, delivery_id, event_id, signal, message_id,
+           CASE signal WHEN 3 THEN 1 WHEN 2 THEN 2 ELSE 0 END, reason, smtp_code,
+           smtp_status, smtp_text, 'feedback', after
+    FROM afters
+    ORDER BY address, event_time, delivery_id, event_id
+),
+entries AS (
+    -- The entry after each address's last change (its latest event with an after).
+    SELECT DISTINCT ON (address) address, after
+    FROM afters
+    ORDER BY address, (after IS NULL), event_time DESC, delivery_id DESC, event_id DESC
+)
+INSERT INTO addresses (address, status, error_count, first_error_time, last_error_time,
+                       failure_type, failure_reason, smtp_code, smtp_status, smtp_text,
+                       delivery_id, message_id, update_time, changed_by)
+SELECT e.address,
+       coalesce((e.after ->> 'status')::smallint, 1),
+       coalesce((e.after ->> 'error_count')::integer, 0),
+       timestamptz 'epoch' + (e.after ->> 'first_error_time')::bigint * interval '1 microsecond',
+       timestamptz 'epoch' + (e.after ->> 'last_error_time')::bigint * interval '1 microsecond',
+       coalesce((e.after ->> 'failure_type')::smallint, 0),
+       coalesce((e.after ->> 'failure_reason')::smallint, 0),
+       coalesce((e.after ->> 'smtp_code')::integer, 0),
+       coalesce(e.after ->> 'smtp_status', ''), coalesce(e.after ->> 'smtp_text', ''),
+       coalesce((e.after ->> 'delivery_id')::bigint, 0),
+       coalesce((e.after ->> 'message_id')::bigint, 0),
+       timestamptz 'epoch' + (e.after ->> 'update_time')::bigint * interval '1 microsecond',
+       coalesce(e.after ->> 'changed_by', '')
+FROM entries e
+ORDER BY e.address;

@@ -66,6 +66,10 @@ def figures(messages: int, small: int) -> list[Figure]:
         Figure(
             "ingest_events_per_s", "ingest", f"Feedback ingest ({big} msgs)", "events/s", 25_000
         ),
+        Figure("feed_events_per_s", "ingest", "Event feed: served to one consumer", "events/s"),
+        Figure(
+            "feed_lag_p99_s", "ingest", "Event feed: lag p99, write to receipt", "s", decimals=2
+        ),
         Figure("ceiling_events_per_s", "ceiling", "Ceiling: plain SQL, same rows", "events/s"),
         Figure("ingest_ceiling_ratio", "ceiling", "Ingest ÷ ceiling", "", 0.5, decimals=2),
         Figure("kpis_p50_ms_small", "kpis", f"GetKpis p50, {little} msgs", "ms", None, decimals=2),

@@ -17,9 +17,11 @@ needs it. The abuse workload needs none: `--only abuse` relays nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +71,8 @@ class Config:
     log_dir: Path
     keep_database: bool
     ceiling_parts: int
+    # One WatchDeliveryEvents consumer of the big delivery during the ingest.
+    feed_consumer: bool = True
 
 
 @dataclass
@@ -134,6 +138,51 @@ def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of sorted values."""
     rank = max(1, math.ceil(q * len(sorted_values)))
     return sorted_values[rank - 1]
+
+
+class FeedConsumer:
+    """One consumer of the event feed during the ingest: a WatchDeliveryEvents stream of
+    the delivery from the end of the feed, read in a thread; each event's lag is its
+    receipt minus the time the service wrote it."""
+
+    def __init__(self, api: Any, caller: list[tuple[str, str]], delivery_id: int) -> None:
+        request = pb.WatchDeliveryEventsRequest(delivery_id=delivery_id, from_end=True)
+        self.call = api.WatchDeliveryEvents(request, metadata=caller)
+        self.ids: set[str] = set()
+        self.lags: list[float] = []
+        self.last_receipt = 0.0
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        # The stream's first message: it is watching from there.
+        next(self.call)
+        self.thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(grpc.RpcError):  # cancelled at the end
+            for message in self.call:
+                now = time.time()
+                with self.changed:
+                    for event in message.events:
+                        self.ids.add(event.event_id)
+                        self.lags.append(now - event.commit_time.ToMicroseconds() / 1e6)
+                    self.last_receipt = time.perf_counter()
+                    self.changed.notify_all()
+
+    def finish(self, events: int, started: float, timeout: float) -> dict[str, Any]:
+        """Waits until it has every feedback event of the delivery; its figures."""
+        with self.changed:
+            self.changed.wait_for(lambda: len(self.ids) >= events, timeout=timeout)
+            received, lags, last = len(self.ids), sorted(self.lags), self.last_receipt
+        self.call.cancel()
+        self.thread.join(10)
+        return {
+            "events": received,
+            "all_received": received >= events,
+            "duplicates": len(lags) - received,
+            "events_per_s": round(received / max(last - started, 1e-9), 1),
+            "lag_p50_s": round(percentile(lags, 0.5), 3) if lags else None,
+            "lag_p99_s": round(percentile(lags, 0.99), 3) if lags else None,
+        }
 
 
 class Run:
@@ -351,6 +400,7 @@ class Run:
             # Progress is what remains to acknowledge, counting down.
             return done, -int(got.unacknowledged_events)
 
+        consumer = FeedConsumer(self.api, self.caller, self.big) if c.feed_consumer else None
         with self.profiler.record("ingest", self._pids()):
             before = meter.snapshot()
             started = time.perf_counter()
@@ -369,6 +419,7 @@ class Run:
             started = self.relay_started
         elapsed = ended - started
         events = environment.count(self.url, "count_events", delivery_id=self.big)
+        feed = consumer.finish(events, started, timeout=c.stage_timeout) if consumer else None
         outcome = self._outcomes(self.big)
         kpis = self.api.GetKpis(
             pb.GetKpisRequest(delivery_id=self.big), metadata=self.caller, timeout=10
@@ -397,6 +448,9 @@ class Run:
             },
             "kpis_match_stub": consistent,
             "overlapped_with_relay": self.overlapped,
+            # One WatchDeliveryEvents consumer of the delivery, from the feed's end before
+            # the feedback was released: what it received, how fast, and how late.
+            "feed": feed,
         }
         if not consistent:
             self.console.log(
@@ -404,6 +458,9 @@ class Run:
             )
         if measured:
             self.result.figures["ingest_events_per_s"] = events / elapsed
+            if feed:
+                self.result.figures["feed_events_per_s"] = feed["events_per_s"]
+                self.result.figures["feed_lag_p99_s"] = feed["lag_p99_s"]
         cpu = self.result.info["ingest"]["cpu"] or "counted with the relay"
         self.console.log(
             f"ingest: {events:,} events ({events / n:.2f} per message) in {elapsed:.1f} s = "

@@ -8,6 +8,7 @@ from it when a command runs), whichever module is imported first.
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from typing import Annotated
 
 import typer
@@ -73,7 +74,9 @@ def create_operator(
             envvar="DATABASE_URL",
             show_default=False,
             help="Offline: create it straight in this database, with no token and no audit "
-            "entry (DATABASE_URL serves only when no --token is given).",
+            "entry (DATABASE_URL serves only when no --token is given). With neither a token "
+            "nor a URL: the database of `make run` in the checkout around the working "
+            "directory.",
         ),
     ] = "",
 ) -> None:
@@ -86,7 +89,17 @@ def create_operator(
     """
     roles = list(dict.fromkeys(role or []))
     timeout = cli._settings(ctx).timeout
-    if _offline(ctx, database_url):
+    offline = _offline(ctx, database_url)
+    if not offline and not cli._settings(ctx).token:
+        database_url = operators.embedded_database_url()
+        offline = bool(database_url)
+        if offline:
+            # Said on stderr: stdout stays the token (or the JSON) alone.
+            print(
+                f"No token: creating it in the database of `make run`, {database_url}",
+                file=sys.stderr,
+            )
+    if offline:
         if expires is not None:
             raise typer.BadParameter(
                 "an expiry needs the service (--token); --database-url creates tokens "
@@ -103,7 +116,8 @@ def create_operator(
     if not cli._settings(ctx).token:
         raise typer.BadParameter(
             "give an admin's --token (or CAMPAIGN_TOKEN) to create it through the service, "
-            "or --database-url (or DATABASE_URL) to create it in the database",
+            "or --database-url (or DATABASE_URL) to create it in the database (found by "
+            "itself only in a checkout whose `make run` is up)",
             param_hint="'--token' / '--database-url'",
         )
     request = apb.CreateOperatorRequest(name=name, roles=roles)
@@ -128,6 +142,7 @@ def list_operators(
     page_size: cli.PageSize = 100,
     page_token: cli.PageToken = "",
     every: cli.Every = False,
+    output: cli.Output = None,
 ) -> None:
     """List operators, oldest first, revoked and expired ones too (never their tokens)."""
     client = cli._client(ctx)
@@ -138,9 +153,8 @@ def list_operators(
         return client.list_operators(request)
 
     response = cli.pages(fetch, page_token, every, "operators")
-    cli.show_list(
-        ctx, response, render.operators_table(response.operators), "campaign operators list"
-    )
+    table = render.operators_table(response.operators)
+    cli.show_list(ctx, response, table, "campaign operators list", output)
 
 
 @operators_app.command("revoke")
@@ -171,6 +185,7 @@ def audit(
     page_size: cli.PageSize = 100,
     page_token: cli.PageToken = "",
     every: cli.Every = False,
+    output: cli.Output = None,
 ) -> None:
     """List the audit trail, newest first: every state change and refused attempt (role
     admin)."""
@@ -183,4 +198,4 @@ def audit(
 
     response = cli.pages(fetch, page_token, every, "events")
     again = "campaign audit" + (f" --operator {operator}" if operator else "")
-    cli.show_list(ctx, response, render.audit_table(response.events), again)
+    cli.show_list(ctx, response, render.audit_table(response.events), again, output)

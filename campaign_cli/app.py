@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Protocol, TypeVar
@@ -13,6 +14,7 @@ import typer
 from delivery.v1 import admin_service_pb2 as apb
 from delivery.v1 import delivery_service_pb2 as pb
 from google.protobuf import duration_pb2
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from rich.console import Console, RenderableType
 from typer.core import TyperGroup
@@ -20,6 +22,7 @@ from typer.core import TyperGroup
 from campaign_cli import profiles_csv, render
 from campaign_cli.client import Client, credentials
 from campaign_cli.errors import CliError, reported
+from campaign_cli.render import Format
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 # The most profiles one UpsertProfiles call may carry is 10,000; half keeps calls short.
@@ -41,12 +44,31 @@ app: typer.Typer = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+class _ListByDefault(TyperGroup):
+    """A group whose first word is a subcommand only when it names one: `campaign logs 7`
+    is `campaign logs list 7`, beside `campaign logs timeline 7 42`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
 profiles_app = typer.Typer(help="Profiles that deliveries target.", no_args_is_help=True)
 deliveries_app = typer.Typer(help="Create and run deliveries.", no_args_is_help=True)
 stats_app = typer.Typer(help="Recompute KPIs from the logs.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(deliveries_app, name="deliveries")
+logs_app: typer.Typer = typer.Typer(
+    cls=_ListByDefault,
+    help="A delivery's sending logs (`logs ID`, which is `logs list ID`), or one message's "
+    "events (`logs timeline ID MESSAGE_ID`).",
+    no_args_is_help=True,
+)
 app.add_typer(stats_app, name="stats")
+app.add_typer(logs_app, name="logs")
 
 
 class Step(enum.StrEnum):
@@ -84,9 +106,27 @@ class Settings:
 
 
 DeliveryId = Annotated[int, typer.Argument(metavar="ID", min=1, help="The delivery's id.")]
+DeliveryFilter = Annotated[
+    int | None,
+    typer.Option(
+        "--delivery",
+        metavar="ID",
+        min=1,
+        show_default=False,
+        help="Only this delivery's (default: all).",
+    ),
+]
 PageSize = Annotated[int, typer.Option(min=1, max=1000, help="The most rows a page has.")]
 PageToken = Annotated[str, typer.Option(help="The token a previous page printed.")]
 Every = Annotated[bool, typer.Option("--all", help="Follow every page to the end.")]
+Output = Annotated[
+    Format | None,
+    typer.Option(
+        "--format",
+        show_default=False,
+        help="table, json or csv (default: table; json with --json).",
+    ),
+]
 
 
 @app.callback()
@@ -156,14 +196,35 @@ def _client(ctx: typer.Context) -> Client:
 
 
 def make_console() -> Console:
-    # No markup or emoji codes: labels, subjects and addresses are printed as given.
-    return Console(markup=False, emoji=False, highlight=False)
+    """A console that prints text as given (no markup or emoji codes: labels, subjects
+    and addresses are data); off a terminal (a pipe, a file) as wide as the rows need, so
+    nothing is cut or wrapped (a terminal's width applies only to a terminal)."""
+    console = Console(markup=False, emoji=False, highlight=False)
+    if not console.is_terminal:
+        console.width = 100_000
+    return console
 
 
-def _show(ctx: typer.Context, data: Message | Mapping[str, Any], *shown: RenderableType) -> None:
-    """`data` as JSON with --json; else the tables and lines in `shown`."""
-    if _settings(ctx).as_json:
+def chosen(ctx: typer.Context, output: Format | None) -> Format:
+    """`--format` if given, else JSON with the global --json, else a table."""
+    return output or (Format.JSON if _settings(ctx).as_json else Format.TABLE)
+
+
+def _show(
+    ctx: typer.Context,
+    data: Message | Mapping[str, Any],
+    *shown: RenderableType,
+    output: Format | None = None,
+    rows: tuple[Descriptor, Sequence[Message]] | None = None,
+) -> None:
+    """`data` as JSON (--json or `output`); as CSV (`output`) the messages of `rows`, by
+    default `data` alone; else the tables and lines in `shown`."""
+    how = chosen(ctx, output)
+    if how is Format.JSON:
         print(render.dumps(data), flush=True)
+    elif how is Format.CSV:
+        assert isinstance(data, Message), "only a message has CSV columns"
+        render.write_csv(*(rows or (data.DESCRIPTOR, [data])))
     else:
         console = make_console()
         for item in shown:
@@ -179,9 +240,28 @@ ListPage = (
 )
 
 
-def show_list(ctx: typer.Context, page: ListPage, table: RenderableType, command: str) -> None:
-    """A page of a list as JSON; else its `table` and the `command` for the next page."""
-    _show(ctx, page, table, render.next_page(page.next_page_token, command))
+def show_list(
+    ctx: typer.Context,
+    page: ListPage,
+    table: RenderableType,
+    command: str,
+    output: Format | None = None,
+) -> None:
+    """A page of a list as JSON, as CSV (a row per item of its one list) or as its `table`;
+    then the `command` for the next page (on stderr under CSV: stdout stays CSV alone)."""
+    more = render.next_page(page.next_page_token, command)
+    if chosen(ctx, output) is not Format.CSV:
+        _show(ctx, page, table, more, output=output)
+        return
+    # Each list page has one repeated message field: its rows.
+    (rows,) = (
+        (row, getattr(page, f.name))
+        for f in page.DESCRIPTOR.fields
+        if f.is_repeated and (row := f.message_type) is not None
+    )
+    _show(ctx, page, output=output, rows=rows)
+    if page.next_page_token:
+        print(more, file=sys.stderr, flush=True)
 
 
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
@@ -387,27 +467,68 @@ def stop(ctx: typer.Context, delivery_id: DeliveryId) -> None:
 
 
 @deliveries_app.command("get")
-def get(ctx: typer.Context, delivery_id: DeliveryId) -> None:
+def get(ctx: typer.Context, delivery_id: DeliveryId, output: Output = None) -> None:
     """Show one delivery."""
     response = _client(ctx).get(delivery_id)
-    _show(ctx, response, render.delivery_table(response.delivery))
+    _show(
+        ctx,
+        response,
+        render.delivery_table(response.delivery),
+        output=output,
+        rows=(pb.Delivery.DESCRIPTOR, [response.delivery]),
+    )
+
+
+# What is being sent: relayed now (SENDING), or relayed and waiting for the end of its
+# validity (SENT); FINISHED is final.
+LIVE_STATES = (pb.STATE_SENDING, pb.STATE_SENT)
 
 
 @deliveries_app.command("list")
 def list_deliveries(
     ctx: typer.Context,
     state: Annotated[StateName | None, typer.Option(help="Only deliveries in this state.")] = None,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="Only what is being sent: SENDING, or SENT and not final yet (every page).",
+        ),
+    ] = False,
     page_size: PageSize = 20,
     page_token: PageToken = "",
+    output: Output = None,
 ) -> None:
     """List deliveries, newest first."""
-    request = pb.ListDeliveriesRequest(page_size=page_size, page_token=page_token)
-    if state is not None:
-        request.state = pb.State.Value(f"STATE_{state.name}")
-    response = _client(ctx).list_deliveries(request)
+    if live and (state is not None or page_token):
+        raise typer.BadParameter("--live lists every page of its own states", param_hint="'--live'")
+    client = _client(ctx)
+    if live:
+        found = [d for wanted in LIVE_STATES for d in _every_delivery(client, wanted)]
+        # Ids grow with creation: the two lists merged, newest first.
+        response = pb.ListDeliveriesResponse(deliveries=sorted(found, key=lambda d: -d.id))
+    else:
+        request = pb.ListDeliveriesRequest(page_size=page_size, page_token=page_token)
+        if state is not None:
+            request.state = pb.State.Value(f"STATE_{state.name}")
+        response = client.list_deliveries(request)
     show_list(
-        ctx, response, render.deliveries_table(response.deliveries), "campaign deliveries list"
+        ctx,
+        response,
+        render.deliveries_table(response.deliveries),
+        "campaign deliveries list" + (f" --state {state.value}" if state is not None else ""),
+        output,
     )
+
+
+def _every_delivery(client: Client, state: pb.State.ValueType) -> list[pb.Delivery]:
+    request = pb.ListDeliveriesRequest(page_size=1000, state=state)
+
+    def fetch(token: str) -> pb.ListDeliveriesResponse:
+        request.page_token = token
+        return client.list_deliveries(request)
+
+    return list(pages(fetch, "", True, "deliveries").deliveries)
 
 
 # --- deployment, KPIs, logs ----------------------------------------------------------------
@@ -444,10 +565,27 @@ def watch(ctx: typer.Context, delivery_id: DeliveryId) -> None:
 
 
 @app.command("kpis")
-def kpis(ctx: typer.Context, delivery_id: DeliveryId) -> None:
-    """Show a delivery's KPIs."""
+def kpis(
+    ctx: typer.Context,
+    delivery_id: DeliveryId,
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            "--refresh",
+            help="Recount them from the logs first, Open % and Click % included (what "
+            "`stats compute` does; role compute_stats).",
+        ),
+    ] = False,
+    output: Output = None,
+) -> None:
+    """Show a delivery's KPIs: hard and soft failures, complaints, failures by reason, the
+    largest recipient domains, and its alerts."""
+    if refresh:
+        show_recount(ctx, delivery_id, output)
+        return
     response = _client(ctx).kpis(delivery_id)
-    _show(ctx, response, render.kpi_table(response.kpis, f"KPIs of delivery {delivery_id}"))
+    title = f"KPIs of delivery {delivery_id}"
+    _show(ctx, response, render.kpi_table(response.kpis, title), output=output)
 
 
 class _Page(Protocol):
@@ -468,7 +606,7 @@ def pages(fetch: Callable[[str], PageT], token: str, every: bool, rows: str) -> 
     return response
 
 
-@app.command("logs")
+@logs_app.command("list")
 def logs(
     ctx: typer.Context,
     delivery_id: DeliveryId,
@@ -476,8 +614,9 @@ def logs(
     page_size: PageSize = 100,
     page_token: PageToken = "",
     every: Every = False,
+    output: Output = None,
 ) -> None:
-    """List the sending logs of a delivery: one row per message."""
+    """List the sending logs of a delivery: one row per message (`campaign logs ID` too)."""
     client = _client(ctx)
     request = pb.ListSendingLogsRequest(delivery_id=delivery_id, page_size=page_size)
     if status is not None:
@@ -488,9 +627,8 @@ def logs(
         return client.sending_logs(request)
 
     response = pages(fetch, page_token, every, "sending_logs")
-    show_list(
-        ctx, response, render.logs_table(response.sending_logs), f"campaign logs {delivery_id}"
-    )
+    again = f"campaign logs {delivery_id}" + (f" --status {status.value}" if status else "")
+    show_list(ctx, response, render.logs_table(response.sending_logs), again, output)
 
 
 @app.command("history")
@@ -501,6 +639,7 @@ def history(
     page_size: PageSize = 100,
     page_token: PageToken = "",
     every: Every = False,
+    output: Output = None,
 ) -> None:
     """List the messages sent to a profile or an address, newest first."""
     if (profile_id is None) == (email is None):
@@ -519,22 +658,35 @@ def history(
         return client.history(request)
 
     response = pages(fetch, page_token, every, "sending_logs")
-    show_list(ctx, response, render.logs_table(response.sending_logs, with_delivery=True), again)
+    table = render.logs_table(response.sending_logs, with_delivery=True)
+    show_list(ctx, response, table, again, output)
 
 
 @stats_app.command("compute")
-def compute_stats(ctx: typer.Context, delivery_id: DeliveryId) -> None:
+def compute_stats(ctx: typer.Context, delivery_id: DeliveryId, output: Output = None) -> None:
     """Recount every KPI from the logs, repair drifted counters, refresh Open/Click %."""
+    show_recount(ctx, delivery_id, output)
+
+
+def show_recount(ctx: typer.Context, delivery_id: int, output: Format | None) -> None:
+    """ComputeStats, then its KPI table and how many counters it repaired."""
     response = _client(ctx).compute_stats(delivery_id)
     _show(
         ctx,
         response,
         render.kpi_table(response.kpis, f"KPIs of delivery {delivery_id}, recomputed"),
         f"Repaired counters: {response.repaired_counters}",
+        output=output,
     )
 
 
-# --- recurring deliveries, operators and audit ---------------------------------------------
+# --- recurring deliveries, operators and audit, addresses, alerts, events ------------------
 
 # Their modules register them on `app` and use the helpers above (hence last).
-from campaign_cli import admin_commands, recurring_commands  # noqa: E402, F401
+from campaign_cli import (  # noqa: E402, F401
+    addresses,
+    admin_commands,
+    alerts,
+    events,
+    recurring_commands,
+)

@@ -3,11 +3,13 @@ errors as CliError."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
 import grpc
+from delivery.v1 import address_service_pb2 as adpb
+from delivery.v1 import address_service_pb2_grpc as adpb_grpc
 from delivery.v1 import admin_service_pb2 as apb
 from delivery.v1 import admin_service_pb2_grpc as apb_grpc
 from delivery.v1 import delivery_service_pb2 as pb
@@ -73,6 +75,7 @@ class Client:
         )
         self._stub = pb_grpc.DeliveryServiceStub(self._channel)
         self._admin = apb_grpc.AdminServiceStub(self._channel)
+        self._addresses = adpb_grpc.AddressServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -149,28 +152,32 @@ class Client:
         response: pb.ListDeliveriesResponse = self._call(self._stub.ListDeliveries, request)
         return response
 
-    def watch(self, delivery_id: int) -> Iterator[pb.WatchDeploymentResponse]:
-        """The deployment's updates until FINISHED or STOPPED.
-
-        No deadline: a deployment lasts as long as its validity period. A stream that
-        ends UNAVAILABLE after an update (its connection reached the service's maximum
-        age, or the service restarted) is opened again.
-        """
-        request = pb.WatchDeploymentRequest(delivery_id=delivery_id)
+    def _reopened(self, method: Any, request: Any, moved: Callable[[Any], None]) -> Iterator[Any]:
+        """A server stream's messages, with no deadline, until it ends. One that ends
+        UNAVAILABLE after a message (its connection reached the service's maximum age, or
+        the service restarted) is opened again with `request`, which `moved` updates from
+        each message; one that fails before any message is an error."""
         while True:
-            call = self._stub.WatchDeployment(request, metadata=self._metadata)
-            updated = False
+            call = method(request, metadata=self._metadata)
+            received = False
             try:
-                for update in call:
-                    updated = True
-                    yield update
+                for message in call:
+                    received = True
+                    moved(message)
+                    yield message
                 return
             except grpc.RpcError as err:
-                if not (updated and err.code() == grpc.StatusCode.UNAVAILABLE):
+                if not (received and err.code() == grpc.StatusCode.UNAVAILABLE):
                     raise self._error(err) from None
             finally:
                 # Ctrl-C or an early exit must not leave the stream open on the server.
                 call.cancel()
+
+    def watch(self, delivery_id: int) -> Iterator[pb.WatchDeploymentResponse]:
+        """The deployment's updates until FINISHED or STOPPED (a deployment lasts as long
+        as its validity period); the same request again after a break."""
+        request = pb.WatchDeploymentRequest(delivery_id=delivery_id)
+        yield from self._reopened(self._stub.WatchDeployment, request, lambda update: None)
 
     def kpis(self, delivery_id: int) -> pb.GetKpisResponse:
         response: pb.GetKpisResponse = self._call(
@@ -190,6 +197,36 @@ class Client:
 
     def history(self, request: pb.GetProfileHistoryRequest) -> pb.GetProfileHistoryResponse:
         response: pb.GetProfileHistoryResponse = self._call(self._stub.GetProfileHistory, request)
+        return response
+
+    def list_alerts(self, request: pb.ListAlertsRequest) -> pb.ListAlertsResponse:
+        response: pb.ListAlertsResponse = self._call(self._stub.ListAlerts, request)
+        return response
+
+    def delivery_events(
+        self, request: pb.ListDeliveryEventsRequest
+    ) -> pb.ListDeliveryEventsResponse:
+        response: pb.ListDeliveryEventsResponse = self._call(self._stub.ListDeliveryEvents, request)
+        return response
+
+    def watch_delivery_events(
+        self, request: pb.WatchDeliveryEventsRequest
+    ) -> Iterator[pb.WatchDeliveryEventsResponse]:
+        """The feed's messages as they come, until the caller stops; after a break, the
+        stream again after the last cursor it gave: nothing skipped, nothing twice."""
+        resume = pb.WatchDeliveryEventsRequest()
+        resume.CopyFrom(request)
+
+        def moved(message: pb.WatchDeliveryEventsResponse) -> None:
+            resume.after, resume.from_end = message.cursor, False
+
+        yield from self._reopened(self._stub.WatchDeliveryEvents, resume, moved)
+
+    def message_timeline(self, delivery_id: int, message_id: int) -> pb.GetMessageTimelineResponse:
+        response: pb.GetMessageTimelineResponse = self._call(
+            self._stub.GetMessageTimeline,
+            pb.GetMessageTimelineRequest(delivery_id=delivery_id, message_id=message_id),
+        )
         return response
 
     def upsert_profiles(self, profiles: list[pb.Profile]) -> pb.UpsertProfilesResponse:
@@ -250,6 +287,35 @@ class Client:
 
     def audit_events(self, request: apb.ListAuditEventsRequest) -> apb.ListAuditEventsResponse:
         response: apb.ListAuditEventsResponse = self._call(self._admin.ListAuditEvents, request)
+        return response
+
+    # AddressService (read_deliveries to read, manage_profiles to change), on the same channel.
+
+    def list_addresses(self, request: adpb.ListAddressesRequest) -> adpb.ListAddressesResponse:
+        response: adpb.ListAddressesResponse = self._call(self._addresses.ListAddresses, request)
+        return response
+
+    def get_address(self, address: str) -> adpb.GetAddressResponse:
+        response: adpb.GetAddressResponse = self._call(
+            self._addresses.GetAddress, adpb.GetAddressRequest(address=address)
+        )
+        return response
+
+    def set_address_status(
+        self, address: str, status: adpb.AddressStatus.ValueType
+    ) -> adpb.SetAddressStatusResponse:
+        response: adpb.SetAddressStatusResponse = self._call(
+            self._addresses.SetAddressStatus,
+            adpb.SetAddressStatusRequest(address=address, status=status),
+        )
+        return response
+
+    def release_addresses(
+        self, request: adpb.ReleaseAddressesRequest
+    ) -> adpb.ReleaseAddressesResponse:
+        response: adpb.ReleaseAddressesResponse = self._call(
+            self._addresses.ReleaseAddresses, request
+        )
         return response
 
 

@@ -25,7 +25,7 @@ RecurringId = Annotated[
 
 
 @recurring_app.command("get")
-def get_recurring(ctx: typer.Context, recurring_id: RecurringId) -> None:
+def get_recurring(ctx: typer.Context, recurring_id: RecurringId, output: cli.Output = None) -> None:
     """Show a recurring delivery (its state, its creator) and its latest occurrences."""
     response = cli._client(ctx).get_recurring(recurring_id)
     cli._show(
@@ -35,6 +35,8 @@ def get_recurring(ctx: typer.Context, recurring_id: RecurringId) -> None:
         render.deliveries_table(response.occurrences)
         if response.occurrences
         else "No occurrence yet.",
+        output=output,
+        rows=(pb.RecurringDelivery.DESCRIPTOR, [response.recurring_delivery]),
     )
 
 

@@ -8,17 +8,20 @@ seconds.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import enum
 import json
 import re
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from delivery.v1 import admin_service_pb2 as apb
 from delivery.v1 import delivery_service_pb2 as pb
 from google.protobuf import duration_pb2, timestamp_pb2
-from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.descriptor import Descriptor, EnumDescriptor
 from google.protobuf.message import Message
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -87,6 +90,64 @@ def dumps(data: Message | Mapping[str, Any]) -> str:
     return json.dumps(to_json(data) if isinstance(data, Message) else data)
 
 
+# --- CSV -------------------------------------------------------------------------------
+
+
+class Format(enum.StrEnum):
+    """What `--format` prints: a table for people, JSON or CSV for scripts."""
+
+    TABLE = "table"
+    JSON = "json"
+    CSV = "csv"
+
+
+# Messages that JSON shows as one value (RFC 3339, seconds): one CSV column each.
+_SCALAR_MESSAGES = frozenset({"google.protobuf.Timestamp", "google.protobuf.Duration"})
+
+
+def _cell(value: Any) -> Any:
+    """A JSON value in one CSV cell: blank for null, true/false, a list of plain values
+    joined by `;`, anything nested as its JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+        return ";".join(str(v) for v in value)
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return value
+
+
+def _flat(descriptor: Descriptor, data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A message's JSON as one row: a nested message's fields as `outer.inner` columns.
+    Read from the descriptor, so every row of a type has the same columns, set or not."""
+    row: dict[str, Any] = {}
+    for field in descriptor.fields:
+        value = data.get(field.name)
+        nested = field.message_type
+        if (
+            nested is not None
+            and not field.is_repeated
+            and nested.full_name not in _SCALAR_MESSAGES
+        ):
+            row |= _flat(nested, value or {}, f"{prefix}{field.name}.")
+        else:
+            row[prefix + field.name] = _cell(value)
+    return row
+
+
+def write_csv(descriptor: Descriptor, messages: Sequence[Message], *, header: bool = True) -> None:
+    """A header (unless a stream of rows already has it), then one row per message, on
+    stdout; the columns are the JSON's fields."""
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    rows = [_flat(descriptor, to_json(m)) for m in messages]
+    if header:
+        writer.writerow(_flat(descriptor, {}))
+    writer.writerows(r.values() for r in rows)
+    sys.stdout.flush()
+
+
 # --- values for people -----------------------------------------------------------------
 
 
@@ -115,6 +176,20 @@ def when(value: timestamp_pb2.Timestamp, present: bool, *, zone: bool = True) ->
         return "-"
     text = value.ToDatetime(tzinfo=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
     return f"{text} UTC" if zone else text
+
+
+def instant(value: timestamp_pb2.Timestamp) -> str:
+    """A time in UTC to the millisecond (where the header says UTC): events of one message
+    come milliseconds apart."""
+    return value.ToDatetime(tzinfo=dt.UTC).isoformat(" ", "milliseconds").removesuffix("+00:00")
+
+
+def reply(value: pb.SmtpReply, present: bool) -> str:
+    """`550 5.1.1 <addr>: ...`: the code (none when 0), the enhanced status, the text."""
+    if not present:
+        return "-"
+    parts = (str(value.code or ""), value.enhanced_status, value.text)
+    return " ".join(part for part in parts if part)
 
 
 def duration(value: duration_pb2.Duration) -> str:
@@ -188,7 +263,8 @@ def recurring_table(r: pb.RecurringDelivery) -> Table:
 def deliveries_table(deliveries: Iterable[pb.Delivery]) -> Table:
     table = Table(box=box.SIMPLE_HEAD)
     table.add_column("ID", justify="right")
-    table.add_column("Label")
+    # In a terminal too narrow, long text wraps: never cut to an ellipsis.
+    table.add_column("Label", overflow="fold")
     table.add_column("State")
     table.add_column("Feedback")
     table.add_column("To deliver", justify="right")
@@ -233,6 +309,8 @@ def analysis(response: pb.PrepareDeliveryResponse) -> RenderableType:
 
 
 def kpi_table(k: pb.Kpis, title: str) -> RenderableType:
+    """The KPIs, then failures by reason, the largest domains and the alerts (each only
+    when there is something to show), then how the figures stand."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("KPI", style="bold")
     table.add_column("Count", justify="right")
@@ -241,18 +319,125 @@ def kpi_table(k: pb.Kpis, title: str) -> RenderableType:
     table.add_row("Sent (relayed)", count(k.sent), "")
     table.add_row("Delivered", count(k.delivered), percent(k.delivered_percent))
     table.add_row("Bounces + errors", count(k.failed), percent(k.bounces_percent))
+    table.add_row("  hard", count(k.hard_failed), "")
+    table.add_row("  soft", count(k.soft_failed), "")
+    table.add_row("Complaints", count(k.complaints), percent(k.complaint_percent))
     table.add_row("Opened", count(k.opened), percent(k.open_percent))
     table.add_row("Clicked", count(k.clicked), percent(k.click_percent))
     table.add_row("Pending", count(k.pending), "")
-    about = _pairs(
-        "",
-        [
-            ("Feedback", mode(k.feedback_mode)),
-            ("Stats time", when(k.stats_time, k.HasField("stats_time"))),
-            ("Final", "yes" if k.final else "no: the validity period is not over"),
-        ],
+    parts: list[RenderableType] = [table]
+    if k.failures:
+        parts.append(failures_table(k.failures))
+    if k.domains:
+        parts.append(domains_table(k.domains))
+    parts.append(alerts_table(k.alerts, title="Alerts") if k.alerts else "Alerts: none.")
+    parts.append(
+        _pairs(
+            "",
+            [
+                ("Feedback", mode(k.feedback_mode)),
+                ("Stats time", when(k.stats_time, k.HasField("stats_time"))),
+                ("Final", "yes" if k.final else "no: the validity period is not over"),
+            ],
+        )
     )
-    return Group(table, about)
+    return Group(*parts)
+
+
+def failures_table(failures: Iterable[pb.FailureCount]) -> Table:
+    """Failed messages by failure type and reason, most first (the service's order)."""
+    table = Table(title="Failures by reason", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("Type")
+    table.add_column("Reason")
+    table.add_column("Messages", justify="right")
+    for f in failures:
+        table.add_row(
+            _words(pb.FailureType.DESCRIPTOR, f.failure_type),
+            _words(pb.FailureReason.DESCRIPTOR, f.failure_reason),
+            count(f.messages),
+        )
+    return table
+
+
+# The row of the domains beyond the largest, which the service sends with no name.
+OTHER_DOMAINS = "(other domains)"
+
+
+def domains_table(domains: Iterable[pb.DomainKpis]) -> Table:
+    """The largest recipient domains' figures, largest first, then the others together."""
+    table = Table(title="Domains", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("Domain", overflow="fold")
+    for name in ("To deliver", "Sent", "Delivered", "Failed", "Opened", "Clicked", "Complaints"):
+        table.add_column(name, justify="right")
+    for d in domains:
+        table.add_row(
+            d.domain or OTHER_DOMAINS,
+            *(
+                count(n)
+                for n in (
+                    d.to_deliver,
+                    d.sent,
+                    d.delivered,
+                    d.failed,
+                    d.opened,
+                    d.clicked,
+                    d.complaints,
+                )
+            ),
+        )
+    return table
+
+
+# Alert criteria measured as a ratio (0 to 1): shown as percentages.
+RATIO_CRITERIA = frozenset(
+    {
+        pb.ALERT_CRITERION_HARD_BOUNCE_RATIO,
+        pb.ALERT_CRITERION_SOFT_BOUNCE_RATIO,
+        pb.ALERT_CRITERION_COMPLAINT_RATIO,
+    }
+)
+
+
+def criterion(value: pb.AlertCriterion.ValueType) -> str:
+    """`ALERT_CRITERION_HARD_BOUNCE_RATIO` → `hard bounce ratio`."""
+    return _words(pb.AlertCriterion.DESCRIPTOR, value)
+
+
+def measure(criterion: pb.AlertCriterion.ValueType, value: float) -> str:
+    """An alert's value or threshold in its criterion's unit: a ratio as a percentage,
+    seconds, or messages per hour."""
+    if criterion in RATIO_CRITERIA:
+        return percent(value * 100)
+    if criterion == pb.ALERT_CRITERION_NOTHING_RELAYED:
+        return f"{value:,.0f} s"
+    if criterion == pb.ALERT_CRITERION_LOW_THROUGHPUT:
+        return f"{value:,.0f} /h"
+    return f"{value:g}"
+
+
+def alerts_table(
+    alerts: Iterable[pb.Alert], *, title: str = "", with_delivery: bool = False
+) -> Table:
+    table = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("Raised (UTC)", no_wrap=True)
+    if with_delivery:
+        table.add_column("Delivery", justify="right")
+    table.add_column("Criterion")
+    table.add_column("Value", justify="right")
+    table.add_column("Threshold", justify="right")
+    table.add_column("Stopped")
+    table.add_column("Message", overflow="fold")
+    for a in alerts:
+        row = [
+            criterion(a.criterion),
+            measure(a.criterion, a.value),
+            measure(a.criterion, a.threshold),
+            "yes" if a.stopped else "no",
+            a.message,
+        ]
+        raised = when(a.raise_time, a.HasField("raise_time"), zone=False)
+        table.add_row(raised, *([str(a.delivery_id), *row] if with_delivery else row))
+    return table
 
 
 def _failure(log: pb.SendingLog) -> str:
@@ -267,9 +452,9 @@ def logs_table(logs: Iterable[pb.SendingLog], *, with_delivery: bool = False) ->
     if with_delivery:
         table.add_column("Delivery", justify="right")
     table.add_column("Message", justify="right")
-    table.add_column("Recipient")
+    table.add_column("Recipient", overflow="fold")
     table.add_column("Status")
-    table.add_column("Failure")
+    table.add_column("Failure", overflow="fold")
     table.add_column("Relayed (UTC)", no_wrap=True)
     table.add_column("Opened")
     table.add_column("Clicked")
@@ -285,6 +470,37 @@ def logs_table(logs: Iterable[pb.SendingLog], *, with_delivery: bool = False) ->
             "yes" if log.clicked else "",
         ]
         table.add_row(*([str(log.delivery_id), *row] if with_delivery else row))
+    return table
+
+
+def events_table(
+    events: Iterable[pb.DeliveryEvent], *, with_message: bool = False, header: bool = True
+) -> Table:
+    """Events in feed order; `with_message` adds whose they are (the feed mixes messages
+    and deliveries). Printed a batch at a time (`header` on the first only), so the short
+    columns have fixed widths that keep batches aligned, and the SMTP reply comes last."""
+    table = Table(box=box.SIMPLE_HEAD, show_header=header)
+    table.add_column("Time (UTC)", no_wrap=True, min_width=23)
+    if with_message:
+        table.add_column("Delivery", justify="right", min_width=8)
+        table.add_column("Message", justify="right", min_width=8)
+        table.add_column("Address", overflow="fold", min_width=28)
+    table.add_column("Kind", min_width=11)
+    table.add_column("Attempt", justify="right", min_width=7)
+    table.add_column("Reason", min_width=16)
+    table.add_column("Link", justify="right", min_width=4)
+    table.add_column("SMTP reply", overflow="fold")
+    for e in events:
+        row = [
+            _words(pb.DeliveryEventKind.DESCRIPTOR, e.kind),
+            str(e.attempt) if e.attempt else "",
+            _words(pb.FailureReason.DESCRIPTOR, e.reason) if e.reason else "",
+            str(e.link_index) if e.kind == pb.DELIVERY_EVENT_KIND_CLICKED else "",
+            reply(e.smtp_reply, True) if e.HasField("smtp_reply") else "",
+        ]
+        if with_message:
+            row = [str(e.delivery_id), str(e.message_id), e.address, *row]
+        table.add_row(instant(e.event_time), *row)
     return table
 
 
@@ -318,8 +534,8 @@ def operator_created(name: str, roles: Iterable[str], token: str, expires: str =
 
 def operators_table(operators: Iterable[apb.Operator]) -> Table:
     table = Table(box=box.SIMPLE_HEAD)
-    table.add_column("Name")
-    table.add_column("Roles")
+    table.add_column("Name", overflow="fold")
+    table.add_column("Roles", overflow="fold")
     table.add_column("Created (UTC)", no_wrap=True)
     table.add_column("Expires (UTC)", no_wrap=True)
     table.add_column("Revoked (UTC)", no_wrap=True)
@@ -338,9 +554,9 @@ def audit_table(events: Iterable[apb.AuditEvent]) -> Table:
     table = Table(box=box.SIMPLE_HEAD)
     table.add_column("ID", justify="right")
     table.add_column("Time (UTC)", no_wrap=True)
-    table.add_column("Operator")
-    table.add_column("Call")
-    table.add_column("Target")
+    table.add_column("Operator", overflow="fold")
+    table.add_column("Call", overflow="fold")
+    table.add_column("Target", overflow="fold")
     table.add_column("Code")
     table.add_column("Request id")
     table.add_column("Peer")
@@ -437,4 +653,7 @@ class WatchView:
         self._status.counters = (
             f"delivered {k.delivered:,} · failed {k.failed:,} · pending {k.pending:,}"
         )
+        if k.alerts:
+            noun = "alert" if len(k.alerts) == 1 else "alerts"
+            self._status.counters += f" · {len(k.alerts)} {noun}"
         self._status.over = update.state in (pb.STATE_FINISHED, pb.STATE_STOPPED)

@@ -9,7 +9,7 @@ import os
 import sys
 
 from delivery_service.config import Settings
-from grpc_common import serving
+from grpc_common import core_logs
 from grpc_common.settings import Parser
 
 
@@ -85,9 +85,12 @@ def main() -> int:
     if sys.argv[1:2] in (["migrate"], ["distribute"]):
         return schema_command(sys.argv[1], sys.argv[2:])
     settings = Settings.parse()
-    # Imported once the settings are good: --help and a bad flag need neither.
+    core_logs.quiet_in_json(settings.log_json)
+    # Imported once the settings are good: --help and a bad flag need neither, and gRPC's
+    # core reads its verbosity when it is imported.
     from delivery_service.server import App
     from delivery_service.store.connection import Unavailable
+    from grpc_common import serving
 
     # An unreachable database at start is one log line and exit 1, like a busy port.
     return serving.run(settings, lambda: App(settings), errors=(Unavailable,))

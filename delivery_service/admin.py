@@ -7,7 +7,8 @@ keeps it so): what a tool needs of the service's database goes through here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 from delivery_service.domain.roles import Role
 from delivery_service.store import connection, distribution, migrations
@@ -62,13 +63,32 @@ async def create_operator(
     if unknown:
         raise AdminError(f"unknown roles {', '.join(unknown)}; roles are {', '.join(ROLES)}")
     migrate(database_url)
+    async with _database(database_url, timeout) as db:
+        try:
+            _, token = await operators.create(db, name, list(roles))
+        except connection.Conflict as exc:
+            raise OperatorExists(str(exc)) from None
+    return token
+
+
+async def revoke_operator(database_url: str, name: str, *, timeout: float = 30.0) -> None:
+    """Revokes an operator: its token is refused from then on (a tool's own operator,
+    once the tool is done with it)."""
+    async with _database(database_url, timeout) as db:
+        try:
+            await operators.revoke(db, name)
+        except connection.NotFound:
+            raise AdminError(f"no operator named {name!r}") from None
+
+
+@asynccontextmanager
+async def _database(database_url: str, timeout: float) -> AsyncIterator[connection.Database]:
+    """A pool of one connection for an admin call; an unreachable database is
+    DatabaseUnavailable."""
     db = connection.Database(database_url, min_size=1, max_size=1)
     try:
         await db.open(timeout=timeout)
-        _, token = await operators.create(db, name, list(roles))
-        return token
-    except connection.Conflict as exc:
-        raise OperatorExists(str(exc)) from None
+        yield db
     except connection.Unavailable as exc:
         raise DatabaseUnavailable(f"cannot reach the database: {exc}") from None
     finally:

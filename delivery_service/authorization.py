@@ -25,7 +25,8 @@ OPEN = "open"
 
 _D = "/delivery.v1.DeliveryService/"
 _A = "/delivery.v1.AdminService/"
-# The delivery service's process serves DeliveryService and AdminService.
+_AD = "/delivery.v1.AddressService/"
+# The delivery service's process serves DeliveryService, AdminService and AddressService.
 DELIVERY_SERVICE: dict[str, Role | str] = {
     _D + "CreateDelivery": Role.CREATE_DELIVERIES,
     _D + "PrepareDelivery": Role.CREATE_DELIVERIES,
@@ -38,6 +39,10 @@ DELIVERY_SERVICE: dict[str, Role | str] = {
     _D + "GetKpis": Role.READ_DELIVERIES,
     _D + "ComputeStats": Role.COMPUTE_STATS,
     _D + "ListSendingLogs": Role.READ_DELIVERIES,
+    _D + "ListAlerts": Role.READ_DELIVERIES,
+    _D + "ListDeliveryEvents": Role.READ_DELIVERIES,
+    _D + "WatchDeliveryEvents": Role.READ_DELIVERIES,
+    _D + "GetMessageTimeline": Role.READ_DELIVERIES,
     _D + "GetProfileHistory": Role.MANAGE_PROFILES,
     _D + "UpsertProfiles": Role.MANAGE_PROFILES,
     # A recurring delivery that sends unattended also needs start_deliveries (the
@@ -52,6 +57,12 @@ DELIVERY_SERVICE: dict[str, Role | str] = {
     _A + "RevokeOperator": Role.ADMIN,
     _A + "RotateOperatorToken": Role.ADMIN,
     _A + "ListAuditEvents": Role.ADMIN,
+    # Address entries reveal addresses, as the deliveries' reads do; changing them
+    # changes who is targeted, as profile writes do.
+    _AD + "ListAddresses": Role.READ_DELIVERIES,
+    _AD + "GetAddress": Role.READ_DELIVERIES,
+    _AD + "SetAddressStatus": Role.MANAGE_PROFILES,
+    _AD + "ReleaseAddresses": Role.MANAGE_PROFILES,
     "/grpc.health.v1.Health/Check": OPEN,
     "/grpc.health.v1.Health/Watch": OPEN,
     "/grpc.health.v1.Health/List": OPEN,

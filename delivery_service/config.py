@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Self
 
 from pydantic import Field, model_validator
 
+from delivery_service.domain import alerts, quarantine
 from grpc_common.settings import (
     Count,
     Duration,
@@ -20,6 +21,9 @@ from grpc_common.settings import (
     setting,
     target_is_loopback,
 )
+
+# A share, from 0 to 1.
+Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 
 if TYPE_CHECKING:
     import grpc
@@ -69,6 +73,74 @@ class Settings(ServerSettings):
         dt.timedelta(seconds=10),
         env="FINALIZE_GRACE_SECONDS",
         help="seconds after the validity ends for late feedback, before the figures are final",
+    )
+    significant_error_interval: PositiveDuration = setting(
+        dt.timedelta(days=1),
+        env="SIGNIFICANT_ERROR_INTERVAL_SECONDS",
+        help="seconds after an address's last counted soft error before another one counts",
+    )
+    quarantine_threshold: Annotated[int, Field(ge=1, le=1000)] = setting(
+        5,
+        env="QUARANTINE_THRESHOLD",
+        help="counted soft errors that put an address in quarantine",
+    )
+    erroneous_release: PositiveDuration = setting(
+        dt.timedelta(days=10),
+        env="ERRONEOUS_RELEASE_SECONDS",
+        help="seconds without a counted error after which an erroneous address is valid again",
+    )
+    mailbox_full_release: PositiveDuration = setting(
+        dt.timedelta(days=30),
+        env="MAILBOX_FULL_RELEASE_SECONDS",
+        help="the same, when the address's last error was a full mailbox",
+    )
+    address_cleanup_interval: PositiveDuration = setting(
+        dt.timedelta(days=1),
+        env="ADDRESS_CLEANUP_INTERVAL_SECONDS",
+        help="seconds between cleanup rounds of the address table (the timed releases)",
+    )
+    feed_retention_beyond_validity: Duration = setting(
+        dt.timedelta(days=7),
+        env="FEED_RETENTION_BEYOND_VALIDITY_SECONDS",
+        help="seconds the event feed keeps an event beyond its delivery's validity period, "
+        "counted from when it was written (asynchronous bounces come up to a week late)",
+    )
+    feed_cleanup_interval: PositiveDuration = setting(
+        dt.timedelta(hours=1),
+        env="FEED_CLEANUP_INTERVAL_SECONDS",
+        help="seconds between the event feed's retention rounds",
+    )
+    alert_interval: PositiveDuration = setting(
+        dt.timedelta(minutes=10),
+        env="ALERT_INTERVAL_SECONDS",
+        help="seconds between checks of the live deliveries against the alert criteria",
+    )
+    alert_min_messages: Annotated[int, Field(ge=1)] = setting(
+        100, env="ALERT_MIN_MESSAGES", help="deliveries with fewer messages raise no alerts"
+    )
+    alert_hard_bounce_ratio: Ratio = setting(
+        0.05, env="ALERT_HARD_BOUNCE_RATIO", help="hard bounces / sent above which to alert"
+    )
+    alert_soft_bounce_ratio: Ratio = setting(
+        0.05, env="ALERT_SOFT_BOUNCE_RATIO", help="soft failures / sent above which to alert"
+    )
+    alert_complaint_ratio: Ratio = setting(
+        0.001, env="ALERT_COMPLAINT_RATIO", help="complaints / delivered above which to alert"
+    )
+    alert_nothing_relayed: PositiveDuration = setting(
+        dt.timedelta(minutes=15),
+        env="ALERT_NOTHING_RELAYED_SECONDS",
+        help="seconds after the send is confirmed with nothing relayed before an alert",
+    )
+    alert_min_messages_per_hour: Annotated[float, Field(ge=0)] = setting(
+        1000.0,
+        env="ALERT_MIN_MESSAGES_PER_HOUR",
+        help="messages relayed per hour below which a delivery sending for 10 minutes alerts",
+    )
+    stop_hard_bounce_ratio: Ratio = setting(
+        0.0,
+        env="STOP_HARD_BOUNCE_RATIO",
+        help="hard bounces / sent above which the rest of a delivery is stopped; 0: never",
     )
     tick: PositiveSeconds = setting(
         0.25, env="SCHEDULER_TICK_SECONDS", help="seconds between scheduler rounds"
@@ -140,6 +212,27 @@ class Settings(ServerSettings):
                 f"give {name('mta_ca')} (and a client certificate), or {name('insecure')}"
             )
         return self
+
+    def address_rules(self) -> quarantine.Rules:
+        """What feedback does to addresses, as configured."""
+        micros = dt.timedelta(microseconds=1)
+        return quarantine.Rules(
+            significant_interval=self.significant_error_interval // micros,
+            threshold=self.quarantine_threshold,
+            release_after=self.erroneous_release // micros,
+            mailbox_full_release_after=self.mailbox_full_release // micros,
+        )
+
+    def alert_rules(self) -> alerts.AlertRules:
+        return alerts.AlertRules(
+            min_messages=self.alert_min_messages,
+            hard_bounce_ratio=self.alert_hard_bounce_ratio,
+            soft_bounce_ratio=self.alert_soft_bounce_ratio,
+            complaint_ratio=self.alert_complaint_ratio,
+            nothing_relayed_seconds=self.alert_nothing_relayed.total_seconds(),
+            min_messages_per_hour=self.alert_min_messages_per_hour,
+            stop_hard_bounce_ratio=self.stop_hard_bounce_ratio or None,
+        )
 
     def mta_credentials(self) -> grpc.ChannelCredentials | None:
         """The link's TLS from --mta-ca and the client certificate; None for plaintext

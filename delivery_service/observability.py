@@ -40,6 +40,18 @@ BATCH_SIZE = Histogram(
     ["direction"],
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
 )
+FEED_WATCHERS = Gauge(
+    "delivery_feed_watchers", "WatchDeliveryEvents streams open (the event feed's consumers)."
+)
+FEED_EVENTS_SERVED = Counter(
+    "delivery_feed_events_served_total", "Events the feed served, by RPC.", ["rpc"]
+)
+FEED_LAG = Histogram(
+    "delivery_feed_lag_seconds",
+    "From an event's write (in the transaction that committed it) to its serving by a "
+    "watch stream: once per response, for its oldest event.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
 POOL_CONNECTIONS = Gauge(
     "delivery_db_pool_connections", "Database pool connections, by use.", ["state"]
 )

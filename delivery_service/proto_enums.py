@@ -10,11 +10,14 @@ from __future__ import annotations
 import enum
 from typing import Any, TypeVar
 
+from delivery.v1 import address_service_pb2 as adpb
 from delivery.v1 import delivery_service_pb2 as pb
 from mta.v1 import mta_service_pb2 as mta
 
+from delivery_service.domain import events as ev
 from delivery_service.domain import feedback as fb
 from delivery_service.domain import lifecycle
+from delivery_service.domain import quarantine as q
 from delivery_service.domain.preparation import DropReason
 from delivery_service.domain.recurring import RecurringState
 
@@ -46,6 +49,10 @@ DROP_REASON_PB = paired(DropReason, pb.DropReason, "DROP_REASON_", same_numbers=
 STATUS_PB = paired(fb.Status, pb.SendingStatus, "SENDING_STATUS_", same_numbers=True)
 FAILURE_TYPE_PB = paired(fb.FailureType, pb.FailureType, "FAILURE_TYPE_", same_numbers=True)
 FAILURE_REASON_PB = paired(fb.FailureReason, pb.FailureReason, "FAILURE_REASON_", same_numbers=True)
+FEED_KIND_PB = paired(ev.EventKind, pb.DeliveryEventKind, "DELIVERY_EVENT_KIND_", same_numbers=True)
+ADDRESS_STATUS_PB = paired(
+    q.AddressStatus, adpb.AddressStatus, "ADDRESS_STATUS_", same_numbers=True
+)
 # Paired at import though no code looks it up: a drifted number then stops the service.
 EVENT_KIND_MTA = paired(fb.EventKind, mta.EventKind, "EVENT_KIND_", same_numbers=True)
 # The MTA's bounce reasons are the failure reasons it can report, same numbers.
@@ -65,3 +72,6 @@ STATE_OF = inverse(STATE_PB)
 MODE_OF = inverse(MODE_PB)
 STEP_OF = inverse(STEP_PB)
 STATUS_OF = inverse(STATUS_PB)
+FAILURE_REASON_OF = inverse(FAILURE_REASON_PB)
+ADDRESS_STATUS_OF = inverse(ADDRESS_STATUS_PB)
+FEED_KIND_OF = inverse(FEED_KIND_PB)

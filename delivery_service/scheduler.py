@@ -8,9 +8,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from delivery_service.domain import quarantine
+from delivery_service.domain.alerts import AlertRules
 from delivery_service.mta.relay import Relayer
 from delivery_service.store.connection import Database, Unavailable
-from delivery_service.usecases import figures, recurring
+from delivery_service.usecases import addresses, alerts, events, figures, recurring
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,12 @@ class Scheduler:
         tick: float,
         stats_interval: dt.timedelta,
         finalize_grace: dt.timedelta,
+        address_rules: quarantine.Rules = quarantine.DEFAULT_RULES,
+        address_cleanup_interval: dt.timedelta = dt.timedelta(days=1),
+        alert_rules: AlertRules | None = None,
+        alert_interval: dt.timedelta = dt.timedelta(minutes=10),
+        feed_retention_beyond_validity: dt.timedelta = dt.timedelta(days=7),
+        feed_cleanup_interval: dt.timedelta = dt.timedelta(hours=1),
         on_health: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         self.db = db
@@ -37,6 +45,15 @@ class Scheduler:
         self.tick = tick
         self.stats_interval = stats_interval
         self.finalize_grace = finalize_grace
+        self.address_rules = address_rules
+        self.address_cleanup_interval = address_cleanup_interval
+        self._last_cleanup = 0.0
+        self.alert_rules = alert_rules or AlertRules()
+        self.alert_interval = alert_interval
+        self._last_alerts = 0.0
+        self.feed_retention_beyond_validity = feed_retention_beyond_validity
+        self.feed_cleanup_interval = feed_cleanup_interval
+        self._last_feed_cleanup = 0.0
         # Told False when rounds keep failing, True when one succeeds again.
         self.on_health = on_health
         self._last_stats = 0.0
@@ -85,3 +102,20 @@ class Scheduler:
         if now - self._last_stats >= min(self.stats_interval.total_seconds(), 60.0):
             self._last_stats = now
             await figures.refresh_stats(self.db, self.stats_interval)
+        if now - self._last_cleanup >= self.address_cleanup_interval.total_seconds():
+            released = await addresses.release_due(self.db, self.address_rules)
+            # Until the due releases are done: a round takes a bounded batch.
+            if released < addresses.RELEASES_PER_ROUND:
+                self._last_cleanup = now
+            if released:
+                log.info("address cleanup: %d erroneous addresses valid again", released)
+        if now - self._last_alerts >= self.alert_interval.total_seconds():
+            self._last_alerts = now
+            await alerts.check(self.db, self.alert_rules)
+        if now - self._last_feed_cleanup >= self.feed_cleanup_interval.total_seconds():
+            pruned = await events.prune(self.db, self.feed_retention_beyond_validity)
+            # Until the feed is within its retention: a round takes a bounded batch.
+            if pruned < events.PRUNED_PER_ROUND:
+                self._last_feed_cleanup = now
+            if pruned:
+                log.info("event feed retention: %d rows pruned", pruned)

@@ -9,13 +9,15 @@ import functools
 import logging
 from pathlib import Path
 
+from delivery.v1 import address_service_pb2 as adpb
+from delivery.v1 import address_service_pb2_grpc as adpb_grpc
 from delivery.v1 import admin_service_pb2 as apb
 from delivery.v1 import admin_service_pb2_grpc as apb_grpc
 from delivery.v1 import delivery_service_pb2 as pb
 from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 
 from delivery_service import authorization, observability, validation
-from delivery_service.api import DeliveryServicer
+from delivery_service.api import AddressServicer, DeliveryServicer
 from delivery_service.api.admin import AdminServicer
 from delivery_service.authorization import AuthorizationInterceptor
 from delivery_service.config import Settings
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DeliveryService"].full_name
 ADMIN_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["AdminService"].full_name
+ADDRESS_SERVICE_NAME = adpb.DESCRIPTOR.services_by_name["AddressService"].full_name
 
 
 class App(serving.Service):
@@ -40,8 +43,10 @@ class App(serving.Service):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.database_url, max_size=settings.pool_size)
+        rules = settings.address_rules()
         self.ingest = FeedbackIngest(
-            functools.partial(ingest.apply_feedback, self.db), defer=settings.feedback_defer
+            functools.partial(ingest.apply_feedback, self.db, rules=rules),
+            defer=settings.feedback_defer,
         )
         self.link = MtaLink(
             settings.mta_address, self.ingest.receive, credentials=settings.mta_credentials()
@@ -53,18 +58,31 @@ class App(serving.Service):
             tick=settings.tick,
             stats_interval=settings.stats_interval,
             finalize_grace=settings.finalize_grace,
-            on_health=self._rounds_healthy,
+            address_rules=rules,
+            address_cleanup_interval=settings.address_cleanup_interval,
+            alert_rules=settings.alert_rules(),
+            alert_interval=settings.alert_interval,
+            feed_retention_beyond_validity=settings.feed_retention_beyond_validity,
+            feed_cleanup_interval=settings.feed_cleanup_interval,
+            on_health=functools.partial(self._health, "scheduler rounds"),
         )
         self.server = serving.Server(
             observability.interceptor(),
-            [SERVICE_NAME, ADMIN_SERVICE_NAME],
+            [SERVICE_NAME, ADMIN_SERVICE_NAME, ADDRESS_SERVICE_NAME],
             settings,
             max_receive_bytes=validation.MAX_REQUEST_BYTES,
             then=[AuthorizationInterceptor(self.db, authorization.DELIVERY_SERVICE)],
         )
-        pb_grpc.add_DeliveryServiceServicer_to_server(DeliveryServicer(self.db), self.server.grpc)
+        pb_grpc.add_DeliveryServiceServicer_to_server(
+            DeliveryServicer(self.db, rules), self.server.grpc
+        )
         apb_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.db), self.server.grpc)
+        adpb_grpc.add_AddressServiceServicer_to_server(
+            AddressServicer(self.db, rules), self.server.grpc
+        )
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # What health depends on, and whether each is well: SERVING only while all are.
+        self._healthy = {"database": True, "scheduler rounds": True}
 
     async def start(self) -> None:
         """Once the port is bound: the schema, the pool, the background work."""
@@ -83,13 +101,16 @@ class App(serving.Service):
                 ("mta-link", self.link.run()),
                 ("feedback-ingest", self.ingest.run()),
                 ("scheduler", self.scheduler.run()),
+                ("database-probe", self.db.watch(functools.partial(self._health, "database"))),
             )
         }
 
-    async def _rounds_healthy(self, healthy: bool) -> None:
-        """Health follows the background rounds: a service whose rounds keep failing
-        (no expiry, no relays started) is not serving, whatever its RPCs do."""
-        await self.server.set_health(healthy)
+    async def _health(self, part: str, healthy: bool) -> None:
+        """Health follows the database and the background rounds: a service that cannot
+        reach its database, or whose rounds keep failing (no expiry, no relays started),
+        is not serving, whatever its RPCs do."""
+        self._healthy[part] = healthy
+        await self.server.set_health(all(self._healthy.values()))
 
     def _pool_gauges(self) -> None:
         stats = self.db.stats

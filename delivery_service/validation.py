@@ -1,4 +1,11 @@
-"""Checks of incoming requests: each error names the field at fault."""
+"""Checks of incoming requests: each error names the field at fault, and a request's
+check reports every bad field at once.
+
+A check of one field raises Invalid at its first problem. A check of a whole request (or
+of a part with fields of its own: content, a recipient, a profile) runs its fields'
+checks through a `Checks` collector, which keeps each one's refusal and raises one
+Invalid listing them all at the end, so that a caller fixes a request in one go.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +15,24 @@ import datetime as dt
 import hashlib
 import re
 import unicodedata
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import urlsplit
 
+from delivery.v1 import address_service_pb2 as adpb
 from delivery.v1 import delivery_service_pb2 as pb
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from delivery_service import proto_enums
 from delivery_service.domain import addresses, lifecycle
+from delivery_service.domain import events as ev
+from delivery_service.domain import quarantine as q
+from delivery_service.domain.quarantine import AddressFilter
 from delivery_service.domain.requests import NewDelivery, ProfileUpdate, Recipient
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 MAX_LABEL = 200
 MAX_SUBJECT = 998
@@ -79,13 +92,87 @@ VIEWS = {
 }
 
 
-class Invalid(Exception):
-    """A request field is wrong (INVALID_ARGUMENT)."""
+# A refusal lists at most this many field violations (it counts the others): the list
+# goes back in a trailer, which a client takes up to 8 KiB of by default.
+MAX_VIOLATIONS = 20
+# A violation's description is cut to this many characters: some quote the caller's value.
+MAX_DESCRIPTION = 200
 
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}")
+# A field violation: the field's path and what is wrong with it.
+Violation = tuple[str, str]
+
+
+def _cut(description: str) -> str:
+    if len(description) <= MAX_DESCRIPTION:
+        return description
+    return description[: MAX_DESCRIPTION - 1] + "\u2026"
+
+
+class Invalid(Exception):
+    """Request fields are wrong (INVALID_ARGUMENT): `violations` lists each (field,
+    description), the first one's are `field` and `description`; `unlisted` counts those
+    beyond MAX_VIOLATIONS. The message is the first one's, naming the others after it."""
+
+    def __init__(self, field: str, description: str, *others: Violation, unlisted: int = 0) -> None:
         self.field = field
-        self.description = description
+        self.description = _cut(description)
+        self.violations: tuple[Violation, ...] = (
+            (field, self.description),
+            *((f, _cut(d)) for f, d in others),
+        )
+        self.unlisted = unlisted
+        message = f"{field}: {self.description}"
+        if others or unlisted:
+            names = [f for f, _ in others] + (["..."] if unlisted else [])
+            message += f" (and {len(others) + unlisted} more invalid fields: {', '.join(names)})"
+        super().__init__(message)
+
+
+class Checks:
+    """Collects a request's field violations, to refuse them all at once.
+
+    Each field's check runs through `check(function, *args)`, which returns the
+    function's result, or None if it raised Invalid (None whatever the result's type:
+    nothing may be built from a result before the block ends). Leaving the `with` block
+    raises one Invalid with every violation, an Invalid raised inside the block included.
+    """
+
+    def __init__(self) -> None:
+        self._found: list[Violation] = []
+        self._unlisted = 0
+
+    def __call__(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return function(*args, **kwargs)
+        except Invalid as exc:
+            self._add(exc)
+            return cast(T, None)
+
+    def fail(self, field: str, description: str) -> None:
+        """Reports a violation found by the caller itself."""
+        self._add(Invalid(field, description))
+
+    def _add(self, exc: Invalid) -> None:
+        room = MAX_VIOLATIONS - len(self._found)
+        self._found.extend(exc.violations[:room])
+        self._unlisted += exc.unlisted + max(0, len(exc.violations) - room)
+
+    def __enter__(self) -> Checks:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(error, Invalid):
+            self._add(error)
+        elif error is not None:
+            return
+        if self._found:
+            (field, description), *others = self._found
+            raise Invalid(field, description, *others, unlisted=self._unlisted)
 
 
 def text(field: str, value: str, limit: int, *, required: bool = True) -> str:
@@ -216,73 +303,91 @@ def page_token(field: str, token: str, first: int, scope: str) -> int:
     return value
 
 
-def content(field: str, value: pb.Content) -> tuple[str, str, list[str]]:
-    subject = shown_text(f"{field}.subject", value.subject, MAX_SUBJECT)
-    body = text(f"{field}.body", value.body, MAX_BODY)
-    if len(value.links) > MAX_LINKS:
-        raise Invalid(f"{field}.links", f"must have at most {MAX_LINKS} links")
-    links = [link(f"{field}.links[{i}]", value) for i, value in enumerate(value.links)]
+def content(field: str, value: pb.Content | None) -> tuple[str, str, list[str]]:
+    if value is None:
+        raise Invalid(field, "required")
+    with Checks() as check:
+        subject = check(shown_text, f"{field}.subject", value.subject, MAX_SUBJECT)
+        body = check(text, f"{field}.body", value.body, MAX_BODY)
+        if len(value.links) > MAX_LINKS:
+            check.fail(f"{field}.links", f"must have at most {MAX_LINKS} links")
+        given = value.links[:MAX_LINKS]
+        links = [check(link, f"{field}.links[{i}]", v) for i, v in enumerate(given)]
     return subject, body, links
 
 
-def target(field: str, value: pb.Target) -> tuple[str | None, list[Recipient]]:
+def recipient(field: str, value: pb.Recipient) -> Recipient:
+    which = value.WhichOneof("recipient")
+    if which == "profile_id":
+        return Recipient(text(f"{field}.profile_id", value.profile_id, MAX_ID), None)
+    if which == "email":
+        return Recipient(None, email(f"{field}.email", value.email))
+    raise Invalid(field, "required: profile_id or email")
+
+
+def target(field: str, value: pb.Target | None) -> tuple[str | None, list[Recipient]]:
+    if value is None:
+        raise Invalid(field, "required")
     kind = value.WhichOneof("target")
-    if kind == "segment":
-        return text(f"{field}.segment", value.segment, MAX_SEGMENT), []
     if kind is None:
         raise Invalid(field, "required: recipients or segment")
+    if kind == "segment":
+        return text(f"{field}.segment", value.segment, MAX_SEGMENT), []
     items = value.recipients.recipients
     if not items:
         raise Invalid(f"{field}.recipients", "must name at least one recipient")
     if len(items) > MAX_RECIPIENTS:
         raise Invalid(f"{field}.recipients", f"must have at most {MAX_RECIPIENTS} recipients")
-    recipients = []
-    for i, r in enumerate(items):
-        name = f"{field}.recipients.recipients[{i}]"
-        which = r.WhichOneof("recipient")
-        if which == "profile_id":
-            recipients.append(Recipient(text(f"{name}.profile_id", r.profile_id, MAX_ID), None))
-        elif which == "email":
-            recipients.append(Recipient(None, email(f"{name}.email", r.email)))
-        else:
-            raise Invalid(name, "required: profile_id or email")
+    name = f"{field}.recipients.recipients"
+    with Checks() as check:
+        recipients = [check(recipient, f"{name}[{i}]", r) for i, r in enumerate(items)]
     return None, recipients
 
 
 def approval_steps(field: str, values: list[int]) -> list[lifecycle.ApprovalStep]:
     steps: list[lifecycle.ApprovalStep] = []
-    for i, v in enumerate(values):
-        step = enum_value(f"{field}[{i}]", v, APPROVAL_STEPS)
-        if step in steps:
-            raise Invalid(f"{field}[{i}]", f"{step} is named twice")
-        steps.append(step)
+    with Checks() as check:
+        for i, v in enumerate(values):
+            step = check(enum_value, f"{field}[{i}]", v, APPROVAL_STEPS)
+            if step in steps:
+                check.fail(f"{field}[{i}]", f"{step} is named twice")
+            elif step is not None:
+                steps.append(step)
     return steps
+
+
+def _given(request: Any, name: str) -> Any:
+    """The request's message field `name`, or None if it is not set."""
+    return getattr(request, name) if request.HasField(name) else None
 
 
 def new_delivery(
     request: pb.CreateDeliveryRequest | pb.CreateRecurringDeliveryRequest,
 ) -> NewDelivery:
     """The shared part of CreateDelivery and CreateRecurringDelivery (same field names)."""
-    if not request.HasField("content"):
-        raise Invalid("content", "required")
-    if not request.HasField("target"):
-        raise Invalid("target", "required")
-    content_value, target_value = request.content, request.target
-    subject, body, links = content("content", content_value)
-    segment, recipients = target("target", target_value)
+    with Checks() as check:
+        written = check(content, "content", _given(request, "content"))
+        aimed = check(target, "target", _given(request, "target"))
+        label = check(shown_text, "label", request.label, MAX_LABEL)
+        mode = check(enum_value, "feedback_mode", request.feedback_mode, FEEDBACK_MODES)
+        validity = check(
+            duration, "validity_period", request.validity_period, MIN_VALIDITY, MAX_VALIDITY
+        )
+        steps = check(approval_steps, "required_approvals", list(request.required_approvals))
+        request_id = check(text, "request_id", request.request_id, MAX_ID, required=False)
+    subject, body, links = written
+    segment, recipients = aimed
     return NewDelivery(
-        label=shown_text("label", request.label, MAX_LABEL),
+        label=label,
         subject=subject,
         body=body,
         links=links,
-        feedback_mode=enum_value("feedback_mode", request.feedback_mode, FEEDBACK_MODES),
-        validity_period=duration(
-            "validity_period", request.validity_period, MIN_VALIDITY, MAX_VALIDITY
-        ),
-        required_approvals=approval_steps("required_approvals", list(request.required_approvals)),
+        feedback_mode=mode,
+        validity_period=validity,
+        required_approvals=steps,
         segment=segment,
         recipients=recipients,
-        request_id=text("request_id", request.request_id, MAX_ID, required=False) or None,
+        request_id=request_id or None,
     )
 
 
@@ -292,21 +397,21 @@ def profiles(values: list[pb.Profile]) -> list[ProfileUpdate]:
     if len(values) > MAX_PROFILES:
         raise Invalid("profiles", f"must have at most {MAX_PROFILES} profiles")
     seen: set[str] = set()
-    out: list[ProfileUpdate] = []
-    for i, p in enumerate(values):
-        name = f"profiles[{i}]"
-        profile_id = text(f"{name}.profile_id", p.profile_id, MAX_ID)
-        if profile_id in seen:
-            raise Invalid(f"{name}.profile_id", f"{profile_id!r} is named twice")
-        seen.add(profile_id)
-        if p.email:
-            email(f"{name}.email", p.email)
-        if len(p.segments) > MAX_SEGMENTS:
-            raise Invalid(f"{name}.segments", f"must have at most {MAX_SEGMENTS} segments")
-        for j, segment in enumerate(p.segments):
-            text(f"{name}.segments[{j}]", segment, MAX_SEGMENT)
-        out.append(ProfileUpdate(profile_id, p.email, p.quarantined, list(p.segments)))
-    return out
+    with Checks() as check:
+        for i, p in enumerate(values):
+            name = f"profiles[{i}]"
+            profile_id = check(text, f"{name}.profile_id", p.profile_id, MAX_ID)
+            if profile_id in seen:
+                check.fail(f"{name}.profile_id", f"{profile_id!r} is named twice")
+            elif profile_id is not None:
+                seen.add(profile_id)
+            if p.email:
+                check(email, f"{name}.email", p.email)
+            if len(p.segments) > MAX_SEGMENTS:
+                check.fail(f"{name}.segments", f"must have at most {MAX_SEGMENTS} segments")
+            for j, segment in enumerate(p.segments[:MAX_SEGMENTS]):
+                check(text, f"{name}.segments[{j}]", segment, MAX_SEGMENT)
+    return [ProfileUpdate(p.profile_id, p.email, p.quarantined, list(p.segments)) for p in values]
 
 
 OPERATOR_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,100}$")
@@ -319,11 +424,12 @@ def operator_name(field: str, value: str) -> str:
 
 
 def roles(field: str, values: list[str], known: tuple[str, ...]) -> list[str]:
-    for i, role in enumerate(values):
-        if role not in known:
-            raise Invalid(f"{field}[{i}]", f"{role!r} is no role; roles are {', '.join(known)}")
-    if len(set(values)) != len(values):
-        raise Invalid(field, "names a role twice")
+    with Checks() as check:
+        for i, role in enumerate(values):
+            if role not in known:
+                check.fail(f"{field}[{i}]", f"{role!r} is no role; roles are {', '.join(known)}")
+        if len(set(values)) != len(values):
+            check.fail(field, "names a role twice")
     return list(values)
 
 
@@ -332,3 +438,200 @@ def future_time(field: str, value: timestamp_pb2.Timestamp, now: dt.datetime) ->
     if when <= now:
         raise Invalid(field, "must be in the future")
     return when
+
+
+# --- the address table (AddressService) ---------------------------------------------------
+
+MAX_ERROR_TEXT = 200
+MAX_DOMAIN = 253
+# A domain as an address's: dot-separated labels of letters, digits and inner hyphens,
+# and a top-level label of letters (domain.addresses' syntax, without the local part).
+_DOMAIN = re.compile(r"([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
+ADDRESS_STATUSES = proto_enums.ADDRESS_STATUS_OF
+FAILURE_REASONS = proto_enums.FAILURE_REASON_OF
+# What an operator may set by hand: a release (VALID), a quarantine, a denylisting.
+# ERRONEOUS is the counted soft errors' status: only feedback sets it.
+SETTABLE = frozenset(q.MANUAL_SIGNALS)
+# What a bulk release takes.
+RELEASABLE = frozenset(
+    {q.AddressStatus.ERRONEOUS, q.AddressStatus.QUARANTINED, q.AddressStatus.DENYLISTED}
+)
+# Timestamp's range (years 1 to 9999) in microseconds since the epoch.
+_MICROS = range(-62_135_596_800_000_000, 253_402_300_800_000_000)
+
+
+def _status_names(statuses: frozenset[q.AddressStatus]) -> str:
+    names = [adpb.AddressStatus.Name(proto_enums.ADDRESS_STATUS_PB[s]) for s in sorted(statuses)]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def address_status(field: str, value: int, allowed: frozenset[q.AddressStatus]) -> q.AddressStatus:
+    """One of the `allowed` statuses, given as its proto value."""
+    status = ADDRESS_STATUSES.get(value)
+    if status is None or status not in allowed:
+        if value == 0:
+            raise Invalid(field, f"required: {_status_names(allowed)}")
+        try:
+            given = adpb.AddressStatus.Name(value)  # type: ignore[arg-type]
+        except ValueError:
+            given = str(value)
+        raise Invalid(field, f"must be {_status_names(allowed)}, not {given}")
+    return status
+
+
+def domain(field: str, value: str) -> str:
+    """A domain, as the part of an address after its '@'; returned in lower case."""
+    if len(value) > MAX_DOMAIN:
+        raise Invalid(field, f"must be at most {MAX_DOMAIN} characters")
+    if not _DOMAIN.fullmatch(value):
+        raise Invalid(field, "must be a domain such as example.com (no '@', no spaces)")
+    return value.lower()
+
+
+def micros(field: str, value: timestamp_pb2.Timestamp) -> int:
+    """A timestamp in microseconds since the epoch (the address table's unit)."""
+    timestamp(field, value)
+    return value.seconds * 1_000_000 + value.nanos // 1000
+
+
+def address_filter(
+    field: str, value: adpb.AddressFilter, allowed: frozenset[q.AddressStatus]
+) -> AddressFilter:
+    """A filter of address entries; `allowed`: the statuses it may name."""
+    statuses: list[int] = []
+    with Checks() as check:
+        for i, number in enumerate(value.statuses):
+            status = check(address_status, f"{field}.statuses[{i}]", number, allowed)
+            if status in statuses:
+                check.fail(f"{field}.statuses[{i}]", f"{status.name} is named twice")
+            elif status is not None:
+                statuses.append(int(status))
+        reason = 0
+        if value.failure_reason:
+            reason = check(
+                enum_value, f"{field}.failure_reason", value.failure_reason, FAILURE_REASONS
+            )
+        error_text = check(
+            text, f"{field}.error_text", value.error_text, MAX_ERROR_TEXT, required=False
+        )
+        if error_text and not error_text.strip():
+            check.fail(f"{field}.error_text", "must not be only spaces")
+        after = before = None
+        if value.HasField("changed_after"):
+            after = check(micros, f"{field}.changed_after", value.changed_after)
+        if value.HasField("changed_before"):
+            before = check(micros, f"{field}.changed_before", value.changed_before)
+            if after is not None and before is not None and before <= after:
+                check.fail(f"{field}.changed_before", "must be later than changed_after")
+        found_domain = check(domain, f"{field}.domain", value.domain) if value.domain else ""
+    return AddressFilter(
+        statuses=tuple(statuses),
+        failure_reason=int(reason),
+        domain=found_domain,
+        error_text=error_text,
+        changed_after=after,
+        changed_before=before,
+    )
+
+
+def release_filter(request: adpb.ReleaseAddressesRequest) -> AddressFilter:
+    """ReleaseAddresses' filter: at least one field set, so that releasing every entry
+    is said on purpose (by naming the statuses)."""
+    where = AddressFilter()
+    if request.HasField("filter"):
+        where = address_filter("filter", request.filter, RELEASABLE)
+    if where == AddressFilter():
+        raise Invalid(
+            "filter",
+            "required: at least one field (to release every entry, name the statuses)",
+        )
+    return where
+
+
+def encode_keyset_token(position: tuple[int, str], scope: str) -> str:
+    """encode_page_token for a keyset of (time, key), such as (update time, address)."""
+    time, key = position
+    return base64.urlsafe_b64encode(f"v3:{time}:{_digest(scope)}:{key}".encode()).decode()
+
+
+def next_keyset_token(positions: list[tuple[int, str]], limit: int, scope: str) -> str:
+    """next_page_token for a keyset of (time, key)."""
+    if positions and len(positions) == limit:
+        return encode_keyset_token(positions[-1], scope)
+    return ""
+
+
+def keyset_token(
+    field: str,
+    token: str,
+    scope: str,
+    malformation: Callable[[str], str | None] = addresses.malformation,
+) -> tuple[int, str] | None:
+    """The (time, key) a page token of a keyset of (time, key) carries; None for an empty
+    token. `malformation` checks the key (by default: an address)."""
+    if not token:
+        return None
+    try:
+        version, time, digest, key = base64.urlsafe_b64decode(token.encode()).decode().split(":", 3)
+        value = int(time)
+        if version != "v3" or value not in _MICROS or malformation(key):
+            raise ValueError(token)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Invalid(field, "is not a token this service issued") from None
+    if digest != _digest(scope):
+        raise Invalid(field, "was issued for other filters: send the first page's filters")
+    return value, key
+
+
+_ALERT_KEY = re.compile(r"([0-9]{1,19}):[0-9]")
+
+
+def alert_key(key: str) -> str | None:
+    """Why a page token's alert key ("<delivery id>:<criterion>") is not one, or None."""
+    match = _ALERT_KEY.fullmatch(key)
+    # A delivery id is a bigint: 19 digits reach past it.
+    return None if match and int(match[1]) < 2**63 else "not an alert key"
+
+
+# The event feed (ListDeliveryEvents): kinds, page size and cursors.
+FEED_KINDS = proto_enums.FEED_KIND_OF
+MAX_FEED_PAGE_SIZE = 5_000
+DEFAULT_FEED_PAGE_SIZE = 500
+
+
+def feed_kinds(field: str, values: Iterable[int]) -> frozenset[ev.EventKind]:
+    """The kinds asked for (empty: all)."""
+    return frozenset(enum_value(f"{field}[{i}]", v, FEED_KINDS) for i, v in enumerate(values))
+
+
+def feed_page_size(field: str, value: int) -> int:
+    if not 0 <= value <= MAX_FEED_PAGE_SIZE:
+        raise Invalid(field, f"must be between 0 and {MAX_FEED_PAGE_SIZE}")
+    return value or DEFAULT_FEED_PAGE_SIZE
+
+
+def encode_cursor(position: ev.Position) -> str:
+    """A feed position as the opaque cursor consumers keep. Not bound to a filter: a
+    position is the same in every delivery's feed and in all of them."""
+    xid, seq, item = position
+    return base64.urlsafe_b64encode(f"f1:{xid}:{seq}:{item}".encode()).decode()
+
+
+# The ranges of a position's parts: xid8, bigint, and an item within one row.
+_CURSOR_RANGES = (range(2**64), range(2**63), range(2**31))
+
+
+def cursor(field: str, token: str) -> ev.Position:
+    """The position a cursor carries; the feed's start for an empty one."""
+    if not token:
+        return ev.START
+    try:
+        version, *parts = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        values = [int(p) for p in parts]
+        if version != "f1" or len(values) != 3:
+            raise ValueError(token)
+        if not all(v in r for v, r in zip(values, _CURSOR_RANGES, strict=True)):
+            raise ValueError(token)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Invalid(field, "is not a cursor this service issued") from None
+    return ev.Position(*values)

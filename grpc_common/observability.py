@@ -18,14 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import datetime as dt
 import functools
 import json
 import logging
 import re
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -55,6 +58,18 @@ RPC_HANDLED = Counter(
     "RPCs completed on the server, by status code.",
     ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
 )
+# As go-grpc-prometheus counts them: each message of a stream, and a unary call's request
+# and (when it succeeds) its response. Looked up once per call, one inc() per message.
+MSG_RECEIVED = Counter(
+    "grpc_server_msg_received_total",
+    "RPC stream messages received on the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+)
+MSG_SENT = Counter(
+    "grpc_server_msg_sent_total",
+    "RPC stream messages sent by the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+)
 RPC_SECONDS = Histogram(
     "grpc_server_handling_seconds",
     "Time to handle an RPC, to its status.",
@@ -70,6 +85,12 @@ _TYPES = {
 }
 
 
+@functools.lru_cache(maxsize=1024)
+def _message_counters(kind: str, service: str, name: str) -> tuple[Any, Any]:
+    """A method's received and sent counters, looked up once (a lookup costs 2 us)."""
+    return MSG_RECEIVED.labels(kind, service, name), MSG_SENT.labels(kind, service, name)
+
+
 def _names(method: str) -> tuple[str, str]:
     service, _, name = method.lstrip("/").rpartition("/")
     return service, name
@@ -80,11 +101,34 @@ def _code(context: Any, error: BaseException | None) -> grpc.StatusCode:
     if isinstance(code, grpc.StatusCode):
         return code
     if error is None:
-        return grpc.StatusCode.OK
+        # A stream whose peer died may see its requests simply end: the call is
+        # cancelled all the same.
+        return grpc.StatusCode.CANCELLED if context.cancelled() else grpc.StatusCode.OK
     if isinstance(error, asyncio.CancelledError):
         # The peer went away (it cancelled, or its connection died) or the server stops.
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.UNKNOWN
+
+
+# The most of a status message an RPC's log line carries.
+MAX_LOGGED_DETAILS = 300
+
+
+def _details(context: Any, code: grpc.StatusCode, error: BaseException | None) -> str:
+    """What the RPC's log line says of a failed call: its status message (or, for a bug,
+    the exception), cut short and with control characters escaped, since the caller's
+    input may be quoted in it."""
+    if code is grpc.StatusCode.OK:
+        return ""
+    given = context.details()
+    if isinstance(given, bytes):
+        given = given.decode("utf-8", "replace")
+    if not given and code is grpc.StatusCode.UNKNOWN and error is not None:
+        given = f"{type(error).__name__}: {error}"
+    text = str(given or "")
+    if len(text) > MAX_LOGGED_DETAILS:
+        text = text[: MAX_LOGGED_DETAILS - 1] + "\u2026"
+    return _UNPRINTABLE.sub(_escaped, text)
 
 
 def request_id_of(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
@@ -128,6 +172,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         tag = (REQUEST_ID_KEY, rid)
         rpc_log = self._log
         deserializer = _tolerant(handler.request_deserializer)
+        received, sent = _message_counters(kind, service, name)
 
         def begin(context: Any) -> float:
             request_id.set(rid)
@@ -141,21 +186,29 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             RPC_HANDLED.labels(kind, service, name, code.name).inc()
             RPC_SECONDS.labels(kind, service, name).observe(elapsed)
             level = logging.ERROR if code is grpc.StatusCode.UNKNOWN else logging.INFO
+            details = _details(context, code, error)
             rpc_log.log(
                 level,
-                "rpc %s %s %.1fms",
+                "rpc %s %s %.1fms" + (": %s" if details else ""),
                 method,
                 code.name,
                 elapsed * 1000,
-                extra={"method": method, "code": code.name, "duration_ms": elapsed * 1000},
+                *((details,) if details else ()),
+                extra={
+                    "method": method,
+                    "code": code.name,
+                    "duration_ms": elapsed * 1000,
+                    **({"details": details} if details else {}),
+                },
             )
 
         async def admit(request: Any, context: _KeepsRequestId) -> Any:
             """The request as the servicer gets it, once the call may go on."""
+            if handler.request_streaming:
+                return _decoded(request, context, received)
+            received.inc()
             if isinstance(request, Undecodable):
                 await request.refuse(context)
-            if handler.request_streaming:
-                return _decoded(request, context)
             return request
 
         if handler.response_streaming:
@@ -163,7 +216,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
 
             async def streaming(request: Any, raw_context: Any) -> AsyncIterator[Any]:
                 started = begin(raw_context)
-                context = _KeepsRequestId(raw_context, tag)
+                context = _KeepsRequestId(raw_context, tag, sent)
                 error: BaseException | None = None
                 try:
                     async with self._stream_slot(context):
@@ -173,9 +226,11 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                             # servicer's own clean-up runs before this RPC counts as ended.
                             async with contextlib.aclosing(responses):
                                 async for response in responses:
+                                    sent.inc()
                                     yield response
                         elif hasattr(responses, "__aiter__"):
                             async for response in responses:
+                                sent.inc()
                                 yield response
                         else:  # a servicer that writes with context.write(), like health's Watch
                             await responses
@@ -200,13 +255,16 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
 
         async def unary(request: Any, raw_context: Any) -> Any:
             started = begin(raw_context)
-            context = _KeepsRequestId(raw_context, tag)
+            context = _KeepsRequestId(raw_context, tag, sent)
             error: BaseException | None = None
             try:
                 if not handler.request_streaming:
-                    return await inner(await admit(request, context), context)
-                async with self._stream_slot(context):
-                    return await inner(await admit(request, context), context)
+                    response = await inner(await admit(request, context), context)
+                else:
+                    async with self._stream_slot(context):
+                        response = await inner(await admit(request, context), context)
+                sent.inc()
+                return response
             except BaseException as exc:
                 error = exc
                 raise
@@ -242,13 +300,19 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
 
 class _KeepsRequestId:
     """The servicer's context, with the request id kept in the trailing metadata whatever
-    the servicer puts there: an abort with rich details (grpc_status) replaces it."""
+    the servicer puts there: an abort with rich details (grpc_status) replaces it. What
+    the servicer writes with write() is counted as sent."""
 
-    __slots__ = ("_context", "_tag")
+    __slots__ = ("_context", "_sent", "_tag")
 
-    def __init__(self, context: Any, tag: tuple[str, str]) -> None:
+    def __init__(self, context: Any, tag: tuple[str, str], sent: Any) -> None:
         self._context = context
         self._tag = tag
+        self._sent = sent
+
+    async def write(self, message: Any) -> None:
+        await self._context.write(message)
+        self._sent.inc()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
@@ -302,10 +366,12 @@ class Undecodable:
         await context.abort_with_status(rpc_status.to_status(status))
 
 
-async def _decoded(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+async def _decoded(requests: AsyncIterator[Any], context: Any, received: Any) -> AsyncIterator[Any]:
     """A request stream up to its first undecodable message: there the stream ends, as if
-    the client were done sending, and the call's status is INVALID_ARGUMENT."""
+    the client were done sending, and the call's status is INVALID_ARGUMENT. Each message
+    is counted as received."""
     async for request in requests:
+        received.inc()
         if isinstance(request, Undecodable):
             request.mark(context)
             return
@@ -393,8 +459,20 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with the request id and, on RPC lines, method, code, duration."""
+def rfc3339(created: float) -> str:
+    """A record's time as RFC 3339 in UTC, to the millisecond: 2026-12-01T13:57:59.652Z."""
+    moment = dt.datetime.fromtimestamp(created, dt.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Rfc3339Formatter(logging.Formatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return rfc3339(record.created)
+
+
+class JsonFormatter(_Rfc3339Formatter):
+    """One JSON object per line, with the request id and, on RPC lines, method, code,
+    duration and, for a failed call, the status message (details)."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = {
@@ -404,7 +482,7 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"),
             "message": record.getMessage(),
         }
-        for key in ("method", "code", "duration_ms"):
+        for key in ("method", "code", "duration_ms", "details"):
             if hasattr(record, key):
                 line[key] = getattr(record, key)
         if record.exc_info:
@@ -421,7 +499,7 @@ _UNPRINTABLE = re.compile(
 )
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(_Rfc3339Formatter):
     """TEXT_FORMAT, one line per record whatever its message holds: a control character
     in it is written escaped (a traceback still follows on lines of its own)."""
 
@@ -436,11 +514,46 @@ def _escaped(match: re.Match[str]) -> str:
 
 
 def setup_logging(level: str, as_json: bool) -> None:
-    """Log lines on stderr, as text or JSON, each with the request id of its RPC."""
+    """Log lines on stderr, as text or JSON, each with the request id of its RPC.
+
+    Everything Python would write to stderr on its own goes through them too: the
+    libraries' loggers (grpc's, psycopg's) propagate to this one handler, warnings are
+    logged, and so is an exception nothing caught, in the main thread or another.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if as_json else TextFormatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught(
+    kind: type[BaseException], error: BaseException, traceback: TracebackType | None
+) -> None:
+    log.critical("uncaught %s", kind.__name__, exc_info=(kind, error, traceback))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is not None:
+        name = args.thread.name if args.thread else "?"
+        log.critical(
+            "uncaught %s in thread %s",
+            args.exc_type.__name__,
+            name,
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        )
+
+
+def stdout_line(message: str, as_json: bool, logger: str) -> str:
+    """A line for stdout (`listening on host:port`): as it is, or in JSON mode a JSON log
+    line like those on stderr, with the message in its "message" field."""
+    if not as_json:
+        return message
+    record = logging.LogRecord(logger, logging.INFO, __file__, 0, message, None, None)
+    RequestIdFilter().filter(record)
+    return JsonFormatter().format(record)
 
 
 def serve_metrics(port: int, host: str) -> None:

@@ -7,10 +7,10 @@ is a server's application (servicer, pool, background work) as `serve()` drives 
 `run()` is a server's whole `main()` after its settings are parsed.
 
 serve() is the lifecycle: the metrics endpoint, the app, the port, the app's start,
-SERVING, then the one line on stdout, `listening on host:port`, which whoever
-started the process reads the port from. On SIGTERM or SIGINT it drains: health
-NOT_SERVING, the app ends its endless calls, calls in progress get the grace, then
-the app closes.
+SERVING, then the one line on stdout, `listening on host:port` (with --log-json, a JSON
+line whose "message" it is), which whoever started the process reads the port from. On
+SIGTERM or SIGINT it drains: health NOT_SERVING, the app ends its endless calls, calls in
+progress get the grace, then the app closes.
 
 TLS lives here for both servers: with a certificate and key a server serves TLS only, and
 with a client CA too it takes only clients whose certificate that CA signed (mutual TLS).
@@ -271,8 +271,10 @@ async def serve(settings: ServerSettings, create: Callable[[], Service]) -> None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    # The one line on stdout: whoever started the server reads the port from it.
-    print(f"listening on {settings.host}:{port}", flush=True)
+    # The one line on stdout: whoever started the server reads the port from it (in JSON
+    # mode from a JSON line's "message").
+    listening = f"listening on {settings.host}:{port}"
+    print(observability.stdout_line(listening, settings.log_json, log.name), flush=True)
     await stopping.wait()
     log.info("shutting down, grace %.1f s", settings.grace)
     # NOT_SERVING from here on, while calls in progress finish.

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from grpc_common.settings import Count, Port, Seconds, ServerSettings, setting
+from mta_stub.scenarios import MixExtras, ScenarioError
 
 
 class Settings(ServerSettings):
@@ -27,6 +28,15 @@ class Settings(ServerSettings):
         200,
         env="MTA_ENGAGEMENT_DELAY_MS",
         help="milliseconds between delivery and open, and open and click",
+    )
+    mix_extras: str = setting(
+        "",
+        env="MTA_MIX_EXTRAS",
+        help="what every seeded mix SetScenario sets gets beyond the fields of mta.v1.Mix, "
+        'which has none for them: a JSON object such as {"complaint_rate": 0.001, '
+        '"late_hard_bounce_rate": 0.002, "late_hard_bounce_max_ms": 300} (fractions of the '
+        "delivered messages; the longest delay from delivery to late bounce, default 300); "
+        "none: no complaints or late bounces in mixes",
     )
     spool: str = setting(
         "",
@@ -77,3 +87,12 @@ class Settings(ServerSettings):
         help="serve the test controls SetScenario, ClearScenario and GetOutcomes (for tests, "
         "load tests and demos); off: they answer UNIMPLEMENTED",
     )
+
+    @field_validator("mix_extras")
+    @classmethod
+    def _mix_extras(cls, value: str) -> str:
+        try:
+            MixExtras.from_json(value)
+        except ScenarioError as exc:
+            raise ValueError(str(exc)) from None
+        return value

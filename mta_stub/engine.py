@@ -24,8 +24,9 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from mta_stub import scenarios
+from mta_stub.outcomes import Outcomes
 from mta_stub.scenarios import GLOBAL, Event, Fate, Faults, Mix, Scenario, Scope, Step, Timing
-from mta_stub.spool import RUN_MAX, Outcomes, Scheduled, Spool, Transition
+from mta_stub.spool import RUN_MAX, Scheduled, Spool, Transition
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,12 @@ class Relayed(NamedTuple):
 
 
 class Batch(NamedTuple):
-    """A feedback batch for one stream."""
+    """A feedback batch for one stream, with the addresses its events' SMTP replies name
+    (by message id; mta_stub.replies works the replies out)."""
 
     seq: int
     events: list[Event]
+    addresses: dict[int, str]
 
 
 class AckError(ValueError):
@@ -185,15 +188,19 @@ class Engine:
                 scenario = scenario_of[delivery_id] = self.fate_scenario(delivery_id, client)
             fate = scenarios.decide_fate(email, message_id, scenario.mix)
             step = scenarios.first_step(fate, now, expire_at)
+            # Kept only for the replies that name it.
+            address = email if scenarios.has_replies(fate) else ""
             if step.due > now:
                 # A delayed first step: nothing happens at acceptance.
                 later = Scheduled(
                     step.due, message_id, delivery_id, expire_at, fate, step.kind, step.attempt
                 )
-                admissions.append(Transition(message_id, delivery_id, None, later))
+                admissions.append(Transition(message_id, delivery_id, None, later, address))
                 continue
             admissions.append(
-                _transition(message_id, delivery_id, expire_at, fate, step, scenario.timing)
+                _transition(
+                    message_id, delivery_id, expire_at, fate, step, scenario.timing, address
+                )
             )
         accepted, duplicates = self._spool.accept(admissions, client)
         if accepted:
@@ -292,12 +299,19 @@ class Engine:
 
 
 def _transition(
-    message_id: int, delivery_id: int, expire_at: float, fate: Fate, step: Step, timing: Timing
+    message_id: int,
+    delivery_id: int,
+    expire_at: float,
+    fate: Fate,
+    step: Step,
+    timing: Timing,
+    address: str = "",
 ) -> Transition:
     event = scenarios.make_event(message_id, delivery_id, fate, step)
     following = scenarios.next_step(fate, step, expire_at, timing)
+    late_bounce = scenarios.awaits_late_bounce(fate)
     if following is None:
-        return Transition(message_id, delivery_id, event, None)
+        return Transition(message_id, delivery_id, event, None, address, late_bounce)
     follow_up = Scheduled(
         following.due,
         message_id,
@@ -307,7 +321,7 @@ def _transition(
         following.kind,
         following.attempt,
     )
-    return Transition(message_id, delivery_id, event, follow_up)
+    return Transition(message_id, delivery_id, event, follow_up, address, late_bounce)
 
 
 class Session:
@@ -402,7 +416,9 @@ class Session:
         self._copies = list(events) if faults.duplicate_events else []
         if window > 1:
             events = _shuffled_windows(events, window, self._rng)
-        return Batch(seq, copies + events)
+        events = copies + events
+        named = {e.message_id for e in events if e.kind in scenarios.REPLY_KINDS}
+        return Batch(seq, events, self._spool.addresses(named) if named else {})
 
     def ack(self, seq: int) -> None:
         """Forgets an acknowledged batch's events; acking twice is harmless, and so is acking

@@ -57,6 +57,8 @@ MIXES = {
 }
 # Relay batches a stub run may have unacknowledged at once.
 _WINDOW = 16
+# The fields of the stub's mixes that mta.v1.Mix lacks (scenarios.MixExtras).
+_MIX_EXTRAS = ("complaint_rate", "late_hard_bounce_rate", "late_hard_bounce_max_ms")
 
 
 @dataclass
@@ -70,6 +72,10 @@ class Report:
     rate_achieved: float = 0.0
     complete: bool = False
     final_fates: dict[str, int] = field(default_factory=dict)
+    # Stub mode: what came after delivery reports (COMPLAINT, LATE_HARD_BOUNCE, IGNORED)
+    # by the time every message had its final fate; complaints and late bounces of a mix
+    # come from the stub's --mix-extras, which mta.v1.Mix cannot carry.
+    after_delivery: dict[str, int] = field(default_factory=dict)
     events: int = 0
     event_lag_s: dict[str, float] = field(default_factory=dict)
     final_lag_s: dict[str, float] = field(default_factory=dict)
@@ -98,6 +104,12 @@ def parse_mix(text: str) -> mta.Mix | str | None:
     try:
         return json_format.Parse(text, mta.Mix())
     except json_format.ParseError as exc:
+        extra = next((name for name in _MIX_EXTRAS if name in text), None)
+        if extra is not None:
+            raise argparse.ArgumentTypeError(
+                f"{extra} is no field of mta.v1.Mix: start the stub with --mix-extras "
+                f"(env MTA_MIX_EXTRAS) to give its mixes complaints and late bounces"
+            ) from None
         names = ", ".join([*MIXES, NO_SCENARIO])
         raise argparse.ArgumentTypeError(
             f"{text!r}: one of {names}, or a JSON object of mta.v1.Mix fields ({exc})"
@@ -129,6 +141,7 @@ class _Feedback:
         self.event_lags: list[float] = []
         self.final_lags: list[float] = []
         self.fates: dict[int, int] = {}
+        self.after_delivery: dict[str, int] = {}
         self.done = threading.Event()
 
     def on_batch(self, batch: mta.FeedbackBatch, _arrived: float) -> None:
@@ -136,6 +149,9 @@ class _Feedback:
         for event in batch.events:
             when = event.event_time.seconds + event.event_time.nanos / 1e9
             self.event_lags.append(now - when)
+            after = _after_delivery(event, self.fates.get(event.message_id))
+            if after:
+                self.after_delivery[after] = self.after_delivery.get(after, 0) + 1
             if event.kind in FINAL_KINDS and event.message_id not in self.fates:
                 self.fates[event.message_id] = event.kind
                 index = (event.message_id - self.first_id) // self.batch
@@ -143,6 +159,17 @@ class _Feedback:
                     self.final_lags.append(now - self.sent_at[index])
         if len(self.fates) >= self.count:
             self.done.set()
+
+
+def _after_delivery(event: mta.FeedbackEvent, fate: int | None) -> str:
+    """What an event is if it came after its message's delivery report; '' if not."""
+    if event.kind == mta.EVENT_KIND_COMPLAINT:
+        return "COMPLAINT"
+    if event.kind == mta.EVENT_KIND_IGNORED:
+        return "IGNORED"
+    if event.kind == mta.EVENT_KIND_HARD_BOUNCE and fate == mta.EVENT_KIND_DELIVERED:
+        return "LATE_HARD_BOUNCE"
+    return ""
 
 
 def run_stub(args: argparse.Namespace) -> Report:
@@ -188,6 +215,7 @@ def run_stub(args: argparse.Namespace) -> Report:
             controls.clear_scenario(delivery_id=delivery)
         controls.close()
     report.final_fates = _kind_counts(feedback.fates.values())
+    report.after_delivery = dict(sorted(feedback.after_delivery.items()))
     report.events = len(feedback.event_lags)
     report.event_lag_s = spread(feedback.event_lags)
     report.final_lag_s = spread(feedback.final_lags)
@@ -320,6 +348,11 @@ def render(report: Report) -> str:
         "final fates      " + ", ".join(f"{k} {v}" for k, v in sorted(report.final_fates.items())),
     ]
     if report.mode == "stub":
+        if report.after_delivery:
+            lines.append(
+                "after delivery   "
+                + ", ".join(f"{k} {v}" for k, v in report.after_delivery.items())
+            )
         lines.append(f"events received  {report.events}")
         lines.append(f"event lag (s)    {_lags(report.event_lag_s)}")
         lines.append(f"final-fate lag   {_lags(report.final_lag_s)}")

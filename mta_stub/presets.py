@@ -7,6 +7,9 @@ its reason beside it: what differs from the seeded mix stays in plain sight.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+
 from mta.v1 import mta_service_pb2 as mta
 
 # A few of every fate, so that every KPI moves within a short validity: hard bounces,
@@ -23,6 +26,23 @@ SEEDED_MIX = mta.Mix(
     click_rate=0.3,
     max_retries=3,
 )
+
+# The seeded mix's complaints and late hard bounces, as fractions of the delivered messages:
+# 0.1 % complain (Adobe's complaint alert threshold) and 0.2 % bounce up to 300 ms after
+# their delivery report. mta.v1.Mix has no fields for them, so they are the stub's own
+# settings (--mix-extras, which every mix SetScenario sets then gets): start a stub with
+# stub_args() for them. A shared dict: never change it in place.
+SEEDED_MIX_EXTRAS: Mapping[str, float] = {
+    "complaint_rate": 0.001,
+    "late_hard_bounce_rate": 0.002,
+    "late_hard_bounce_max_ms": 300,
+}
+
+
+def stub_args(extras: Mapping[str, float] = SEEDED_MIX_EXTRAS) -> tuple[str, str]:
+    """The stub's flags that give every mix it is given these extras (those of the seeded
+    mix by default): ("--mix-extras", "<the JSON object>")."""
+    return ("--mix-extras", json.dumps(dict(extras), sort_keys=True))
 
 
 def variant(**changes: float) -> mta.Mix:

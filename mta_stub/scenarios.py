@@ -15,9 +15,16 @@ from enum import IntEnum
 from typing import NamedTuple
 
 MAX_SOFT_BOUNCES = 100
-# The longest delay-<ms> pattern: a day.
+# The longest delay-<ms>, complaint-<ms>, late-hard-<ms> or autoreply-<ms> pattern: a day.
 MAX_DELAY_MS = 86_400_000
 DEFAULT_MAX_RETRIES = 3
+# The time from the delivery report to the complaint, the late bounce or the auto-reply of
+# the complaint, late-hard and autoreply patterns (and to a complaint of the mix).
+COMPLAINT_DELAY_MS = 50
+LATE_BOUNCE_DELAY_MS = 200
+AUTO_REPLY_DELAY_MS = 50
+# The longest time from the delivery report to a late hard bounce of the mix, by default.
+DEFAULT_LATE_BOUNCE_MAX_MS = 300
 # The longest client id (Hello.client_id), also as a scenario's scope.
 MAX_CLIENT_ID = 200
 _INT32_MAX = 2**31 - 1
@@ -33,10 +40,13 @@ class EventKind(IntEnum):
     EXPIRED = 4
     OPENED = 5
     CLICKED = 6
+    COMPLAINT = 7
+    IGNORED = 8
 
 
 class BounceReason(IntEnum):
-    """Why a message bounced; values as in mta.v1.BounceReason."""
+    """Why a message bounced; values as in mta.v1.BounceReason (6 is the delivery service's
+    own, expired, never the MTA's)."""
 
     UNSPECIFIED = 0
     USER_UNKNOWN = 1
@@ -44,17 +54,43 @@ class BounceReason(IntEnum):
     INVALID_DOMAIN = 3
     REFUSED = 4
     UNREACHABLE = 5
+    ACCOUNT_DISABLED = 7
+    NOT_DEFINED = 8
+    AUTO_REPLY = 9
 
 
+# Adobe Campaign's failure types: these reasons are hard (the mix's hard bounces draw them)...
 HARD_REASONS: tuple[BounceReason, ...] = (
     BounceReason.USER_UNKNOWN,
+    BounceReason.ACCOUNT_DISABLED,
+    BounceReason.REFUSED,
+)
+# ... and these soft (the mix's soft bounces until expiry draw them).
+SOFT_REASONS: tuple[BounceReason, ...] = (
     BounceReason.MAILBOX_FULL,
     BounceReason.INVALID_DOMAIN,
-    BounceReason.REFUSED,
+    BounceReason.UNREACHABLE,
+    BounceReason.NOT_DEFINED,
+)
+# Reasons Adobe calls soft that hard-<reason> patterns still bounce hard with, as they did
+# before the soft-<reason> patterns: deprecated.
+DEPRECATED_HARD_REASONS: tuple[BounceReason, ...] = (
+    BounceReason.MAILBOX_FULL,
+    BounceReason.INVALID_DOMAIN,
     BounceReason.UNREACHABLE,
 )
-_REASON_BY_NAME = {reason.name.lower().replace("_", "-"): reason for reason in HARD_REASONS}
-_FINAL_KINDS = frozenset({EventKind.DELIVERED, EventKind.HARD_BOUNCE, EventKind.EXPIRED})
+# The reason of a late hard bounce (one reported after the delivery report).
+LATE_BOUNCE_REASON = BounceReason.USER_UNKNOWN
+
+
+def _pattern_name(reason: BounceReason) -> str:
+    return reason.name.lower().replace("_", "-")
+
+
+_HARD_BY_NAME = {_pattern_name(r): r for r in HARD_REASONS + DEPRECATED_HARD_REASONS}
+_SOFT_BY_NAME = {_pattern_name(r): r for r in SOFT_REASONS}
+# The events whose feedback carries the receiving server's SMTP reply (mta_stub.replies).
+REPLY_KINDS = frozenset({EventKind.HARD_BOUNCE, EventKind.SOFT_BOUNCE, EventKind.IGNORED})
 
 # Soft bounces of a message that bounces at every attempt until its validity ends.
 UNTIL_EXPIRY = -1
@@ -63,8 +99,17 @@ NO_CLICK = -1
 _SOFT = re.compile(r"soft-([0-9]{1,3})")
 _CLICK = re.compile(r"click-([0-9]{1,10})")
 _DELAY = re.compile(r"delay-([0-9]{1,8})")
+_AFTER = re.compile(r"(complaint|late-hard|autoreply)(?:-([0-9]{1,8}))?")
+# The event after the delivery report of each _AFTER pattern, and its default delay.
+_AFTER_KIND = {
+    "complaint": (EventKind.COMPLAINT, COMPLAINT_DELAY_MS),
+    "late-hard": (EventKind.HARD_BOUNCE, LATE_BOUNCE_DELAY_MS),
+    "autoreply": (EventKind.IGNORED, AUTO_REPLY_DELAY_MS),
+}
 # Every pattern's local part starts with one of these: other addresses skip the parsing.
-_PATTERN_START = re.compile(r"hard|soft|open|click|delay", re.IGNORECASE)
+_PATTERN_START = re.compile(
+    r"hard|soft|open|click|delay|complaint|late-hard|autoreply", re.IGNORECASE
+)
 
 
 class ScenarioError(ValueError):
@@ -84,6 +129,12 @@ class Fate:
     click_link: int = NO_CLICK
     # Delivered this long after acceptance, instead of at once.
     delay_ms: int = 0
+    # The reason its soft bounces give.
+    soft_reason: BounceReason = BounceReason.MAILBOX_FULL
+    # What the MTA reports after_ms after the delivery report, if anything: a COMPLAINT, a
+    # late HARD_BOUNCE (LATE_BOUNCE_REASON) or an IGNORED auto-reply (AUTO_REPLY).
+    after: EventKind | None = None
+    after_ms: int = 0
 
 
 # Interned: a million messages share a handful of fates instead of owning one each.
@@ -94,8 +145,33 @@ def make_fate(
     opened: bool = False,
     click_link: int = NO_CLICK,
     delay_ms: int = 0,
+    soft_reason: BounceReason = BounceReason.MAILBOX_FULL,
+    after: EventKind | None = None,
+    after_ms: int = 0,
 ) -> Fate:
-    return Fate(hard_reason, soft_bounces, opened or click_link != NO_CLICK, click_link, delay_ms)
+    opened = opened or click_link != NO_CLICK
+    return Fate(
+        hard_reason, soft_bounces, opened, click_link, delay_ms, soft_reason, after, after_ms
+    )
+
+
+# Members as module constants where every message pays for a comparison: looking one up
+# on its enum class costs several times the comparison.
+_HARD_BOUNCE = EventKind.HARD_BOUNCE
+_SOFT_BOUNCE = EventKind.SOFT_BOUNCE
+_IGNORED = EventKind.IGNORED
+
+
+def awaits_late_bounce(fate: Fate) -> bool:
+    """Whether the fate's delivery report is followed by a hard bounce: its fate is decided
+    by that bounce, not by the delivery."""
+    return fate.after is _HARD_BOUNCE
+
+
+def has_replies(fate: Fate) -> bool:
+    """Whether some event of the fate carries an SMTP reply (which names the address)."""
+    # A hard reason (UNSPECIFIED is 0) or soft bounces; or a late bounce or an auto-reply.
+    return bool(fate.hard_reason or fate.soft_bounces) or fate.after in REPLY_KINDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +185,56 @@ class Mix:
     open_rate: float = 0.0
     click_rate: float = 0.0
     max_retries: int = DEFAULT_MAX_RETRIES
+    # The fraction of delivered messages that also get a complaint, COMPLAINT_DELAY_MS after
+    # the delivery report; the fraction of delivered messages that get a late hard bounce
+    # instead, 1 to late_hard_bounce_max_ms after it (drawn, as the rest, from the seed and
+    # the id). A message gets one or the other, never both: their sum is at most 1.
+    complaint_rate: float = 0.0
+    late_hard_bounce_rate: float = 0.0
+    late_hard_bounce_max_ms: int = DEFAULT_LATE_BOUNCE_MAX_MS
+
+
+@dataclass(frozen=True, slots=True)
+class MixExtras:
+    """The fields of a Mix that mta.v1.Mix has none for: a mix set by SetScenario takes them
+    from the stub's settings (--mix-extras, a JSON object of these fields)."""
+
+    complaint_rate: float = 0.0
+    late_hard_bounce_rate: float = 0.0
+    late_hard_bounce_max_ms: int = DEFAULT_LATE_BOUNCE_MAX_MS
+
+    def apply(self, mix: Mix) -> Mix:
+        """The mix with these fields."""
+        return dataclasses.replace(
+            mix,
+            complaint_rate=self.complaint_rate,
+            late_hard_bounce_rate=self.late_hard_bounce_rate,
+            late_hard_bounce_max_ms=self.late_hard_bounce_max_ms,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> MixExtras:
+        """The extras of a JSON object ('' for none); raises ScenarioError naming the field."""
+        if not text.strip():
+            return cls()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ScenarioError("mix_extras", f"not JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ScenarioError("mix_extras", "must be a JSON object")
+        names = [f.name for f in dataclasses.fields(cls)]
+        for name, value in data.items():
+            if name not in names:
+                raise ScenarioError(f"mix_extras.{name}", f"unknown: one of {', '.join(names)}")
+            integral = name == "late_hard_bounce_max_ms"
+            if isinstance(value, bool) or not isinstance(value, int if integral else int | float):
+                raise ScenarioError(
+                    f"mix_extras.{name}", "must be an integer" if integral else "must be a number"
+                )
+        extras = cls(**data)
+        _checked_mix(extras.apply(Mix()))
+        return extras
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +374,8 @@ def _checked_mix(mix: Mix) -> Mix:
         "soft_until_expiry_rate",
         "open_rate",
         "click_rate",
+        "complaint_rate",
+        "late_hard_bounce_rate",
     ):
         rate = getattr(mix, name)
         # Written so that NaN fails too.
@@ -260,18 +388,21 @@ def _checked_mix(mix: Mix) -> Mix:
             "hard_bounce_rate + soft_then_delivered_rate + soft_until_expiry_rate"
             " must be at most 1",
         )
+    if mix.complaint_rate + mix.late_hard_bounce_rate > 1.0 + 1e-9:
+        raise ScenarioError(
+            "mix.complaint_rate", "complaint_rate + late_hard_bounce_rate must be at most 1"
+        )
     if mix.max_retries < 0:
         raise ScenarioError("mix.max_retries", "must be at least 1 (0 means the default, 3)")
-    if mix.max_retries == 0:
-        return Mix(
-            mix.seed,
-            mix.hard_bounce_rate,
-            mix.soft_then_delivered_rate,
-            mix.soft_until_expiry_rate,
-            mix.open_rate,
-            mix.click_rate,
-            DEFAULT_MAX_RETRIES,
+    if not 0 <= mix.late_hard_bounce_max_ms <= MAX_DELAY_MS:
+        raise ScenarioError(
+            "mix.late_hard_bounce_max_ms",
+            f"must be from 1 to {MAX_DELAY_MS} (0 means the default, {DEFAULT_LATE_BOUNCE_MAX_MS})",
         )
+    if mix.max_retries == 0:
+        mix = dataclasses.replace(mix, max_retries=DEFAULT_MAX_RETRIES)
+    if mix.late_hard_bounce_max_ms == 0:
+        mix = dataclasses.replace(mix, late_hard_bounce_max_ms=DEFAULT_LATE_BOUNCE_MAX_MS)
     return mix
 
 
@@ -289,10 +420,13 @@ def pattern_fate(email: str) -> Fate | None:
     if local == "hard":
         return make_fate(hard_reason=BounceReason.USER_UNKNOWN)
     if local.startswith("hard-"):
-        reason = _REASON_BY_NAME.get(local[len("hard-") :])
+        reason = _HARD_BY_NAME.get(local[len("hard-") :])
         return None if reason is None else make_fate(hard_reason=reason)
     if local == "soft-expire":
         return make_fate(soft_bounces=UNTIL_EXPIRY)
+    soft_reason = _SOFT_BY_NAME.get(local[len("soft-") :]) if local.startswith("soft-") else None
+    if soft_reason is not None:
+        return make_fate(soft_bounces=UNTIL_EXPIRY, soft_reason=soft_reason)
     if local == "open":
         return make_fate(opened=True)
     if match := _SOFT.fullmatch(local):
@@ -304,6 +438,11 @@ def pattern_fate(email: str) -> Fate | None:
     if match := _DELAY.fullmatch(local):
         delay_ms = int(match[1])
         return make_fate(delay_ms=delay_ms) if delay_ms <= MAX_DELAY_MS else None
+    if match := _AFTER.fullmatch(local):
+        after, after_ms = _AFTER_KIND[match[1]]
+        if match[2] is not None:
+            after_ms = int(match[2])
+        return make_fate(after=after, after_ms=after_ms) if after_ms <= MAX_DELAY_MS else None
     return None
 
 
@@ -321,29 +460,69 @@ def mix_fate(mix: Mix, message_id: int) -> Fate:
     """The mix's fate for a message: a function of (seed, message_id) alone, not arrival order."""
     pick, detail, open_draw, click_draw = _uniforms(mix.seed, message_id)
     if pick < mix.hard_bounce_rate:
-        return make_fate(hard_reason=HARD_REASONS[int(detail * len(HARD_REASONS))])
+        return make_fate(HARD_REASONS[int(detail * len(HARD_REASONS))])
     pick -= mix.hard_bounce_rate
     soft = 0
     if pick < mix.soft_then_delivered_rate:
         soft = 1 + int(detail * mix.max_retries)
     elif pick - mix.soft_then_delivered_rate < mix.soft_until_expiry_rate:
-        return make_fate(soft_bounces=UNTIL_EXPIRY)
+        reason = SOFT_REASONS[int(detail * len(SOFT_REASONS))]
+        return make_fate(BounceReason.UNSPECIFIED, UNTIL_EXPIRY, False, NO_CLICK, 0, reason)
     opened = open_draw < mix.open_rate
-    clicked = opened and click_draw < mix.click_rate
+    click = 0 if opened and click_draw < mix.click_rate else NO_CLICK
+    if mix.complaint_rate or mix.late_hard_bounce_rate:
+        # Drawn only then, so that a mix without them costs no more than before.
+        after_draw, delay_draw = _after_uniforms(mix.seed, message_id)
+        if after_draw < mix.late_hard_bounce_rate:
+            # A bounced message was never read: no engagement.
+            delay_ms = 1 + int(delay_draw * mix.late_hard_bounce_max_ms)
+            return make_fate(
+                BounceReason.UNSPECIFIED,
+                soft,
+                False,
+                NO_CLICK,
+                0,
+                BounceReason.MAILBOX_FULL,
+                EventKind.HARD_BOUNCE,
+                delay_ms,
+            )
+        if after_draw - mix.late_hard_bounce_rate < mix.complaint_rate:
+            return make_fate(
+                BounceReason.UNSPECIFIED,
+                soft,
+                opened,
+                click,
+                0,
+                BounceReason.MAILBOX_FULL,
+                EventKind.COMPLAINT,
+                COMPLAINT_DELAY_MS,
+            )
     # Positional: lru_cache keys keyword calls more slowly, and this runs per message.
-    return make_fate(BounceReason.UNSPECIFIED, soft, opened, 0 if clicked else NO_CLICK)
+    return make_fate(BounceReason.UNSPECIFIED, soft, opened, click)
+
+
+_GOLDEN = 0x9E3779B97F4A7C15
 
 
 def _uniforms(seed: int, message_id: int) -> tuple[float, float, float, float]:
     """Four floats in [0, 1), 32 bits each, from two splitmix64 hashes of seed and message_id."""
     first = _splitmix(_seed_key(seed) ^ (message_id & _MASK64))
-    second = _splitmix((first + 0x9E3779B97F4A7C15) & _MASK64)
+    second = _splitmix((first + _GOLDEN) & _MASK64)
     return (
         (first >> 32) / 2**32,
         (first & 0xFFFFFFFF) / 2**32,
         (second >> 32) / 2**32,
         (second & 0xFFFFFFFF) / 2**32,
     )
+
+
+def _after_uniforms(seed: int, message_id: int) -> tuple[float, float]:
+    """Two more floats in [0, 1), from the splitmix64 hash after _uniforms' two: the draws
+    that mixes had before the complaint and late-bounce rates stay as they were."""
+    first = _splitmix(_seed_key(seed) ^ (message_id & _MASK64))
+    second = _splitmix((first + _GOLDEN) & _MASK64)
+    third = _splitmix((second + _GOLDEN) & _MASK64)
+    return (third >> 32) / 2**32, (third & 0xFFFFFFFF) / 2**32
 
 
 @functools.lru_cache(maxsize=16)
@@ -400,16 +579,18 @@ def next_step(fate: Fate, previous: Step, expire_at: float, timing: Timing) -> S
         if fate.soft_bounces == UNTIL_EXPIRY or attempt <= fate.soft_bounces:
             return Step(EventKind.SOFT_BOUNCE, attempt, due)
         return Step(EventKind.DELIVERED, attempt, due)
-    if kind is EventKind.DELIVERED and fate.opened:
+    if fate.after is not None and kind is EventKind.DELIVERED:
+        # About the attempt delivered; engagement, if any, comes after it.
+        return Step(fate.after, previous.attempt, previous.due + fate.after_ms / 1000)
+    if kind in _ENGAGED_AFTER and fate.opened:
         return Step(EventKind.OPENED, 1, previous.due + timing.engagement_delay)
     if kind is EventKind.OPENED and fate.click_link != NO_CLICK:
         return Step(EventKind.CLICKED, 1, previous.due + timing.engagement_delay)
     return None
 
 
-def is_final(kind: EventKind) -> bool:
-    """Whether an event decides the message's fate (later events are engagement)."""
-    return kind in _FINAL_KINDS
+# The events an open may follow: a late hard bounce ends the timeline.
+_ENGAGED_AFTER = frozenset({EventKind.DELIVERED, EventKind.COMPLAINT, EventKind.IGNORED})
 
 
 class Event(NamedTuple):
@@ -436,9 +617,13 @@ def event_id(message_id: int, kind: EventKind, attempt: int) -> str:
 def make_event(message_id: int, delivery_id: int, fate: Fate, step: Step) -> Event:
     """The event a step reports, with the bounce reason or link its fate gives."""
     reason = BounceReason.UNSPECIFIED
-    if step.kind is EventKind.HARD_BOUNCE:
-        reason = fate.hard_reason
-    elif step.kind is EventKind.SOFT_BOUNCE:
-        reason = BounceReason.MAILBOX_FULL
+    kind = step.kind
+    if kind is _HARD_BOUNCE:
+        # A hard bounce after the delivery report has no reason of the fate's own.
+        reason = fate.hard_reason or LATE_BOUNCE_REASON
+    elif kind is _SOFT_BOUNCE:
+        reason = fate.soft_reason
+    elif kind is _IGNORED:
+        reason = BounceReason.AUTO_REPLY
     link = fate.click_link if step.kind is EventKind.CLICKED else 0
     return Event(message_id, delivery_id, step.kind, step.attempt, reason, link, step.due)

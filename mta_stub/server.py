@@ -12,15 +12,17 @@ import grpc
 from mta.v1 import mta_service_pb2, mta_service_pb2_grpc
 
 from grpc_common import serving
-from mta_stub import observability
+from mta_stub import observability, replies
 from mta_stub.config import Settings
 from mta_stub.engine import AckError, Batch, Engine, Relayed, ScenarioLimitError, Session
 from mta_stub.scenarios import (
     MAX_CLIENT_ID,
+    REPLY_KINDS,
     BounceReason,
     EventKind,
     Faults,
     Mix,
+    MixExtras,
     ScenarioError,
     Timing,
     checked_scope,
@@ -50,6 +52,8 @@ _REASONS = {
     reason: mta_service_pb2.BounceReason.Value(f"BOUNCE_REASON_{reason.name}")
     for reason in BounceReason
 }
+# What GetOutcomes says of the stub's record: the fields the proto has.
+_OUTCOME_FIELDS = frozenset(f.name for f in mta_service_pb2.GetOutcomesResponse.DESCRIPTOR.fields)
 
 
 class BadRequest(ValueError):
@@ -70,12 +74,16 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
     """Validates and maps protos; the engine does the work.
 
     The test controls (SetScenario, ClearScenario, GetOutcomes) answer UNIMPLEMENTED
-    unless test_controls is on.
+    unless test_controls is on. A mix set by SetScenario gets mix_extras, the fields
+    mta.v1.Mix has none for.
     """
 
-    def __init__(self, engine: Engine, test_controls: bool = False) -> None:
+    def __init__(
+        self, engine: Engine, test_controls: bool = False, mix_extras: MixExtras | None = None
+    ) -> None:
         self._engine = engine
         self._test_controls = test_controls
+        self._mix_extras = mix_extras or MixExtras()
 
     async def Exchange(
         self,
@@ -146,6 +154,7 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
                 click_rate=m.click_rate,
                 max_retries=m.max_retries,
             )
+            mix = self._mix_extras.apply(mix)
         f = request.faults
         faults = Faults(
             duplicate_events=f.duplicate_events,
@@ -195,8 +204,12 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "delivery_id: must not be negative"
             )
-        outcomes = self._engine.outcomes(request.delivery_id, request.client_id or None)
-        return mta_service_pb2.GetOutcomesResponse(**dataclasses.asdict(outcomes))
+        outcomes = dataclasses.asdict(
+            self._engine.outcomes(request.delivery_id, request.client_id or None)
+        )
+        return mta_service_pb2.GetOutcomesResponse(
+            **{name: n for name, n in outcomes.items() if name in _OUTCOME_FIELDS}
+        )
 
     async def _test_control(self, context: grpc.aio.ServicerContext[Any, Any], name: str) -> None:
         """Ends the call with UNIMPLEMENTED unless the test controls are on."""
@@ -301,6 +314,7 @@ def _feedback(batch: Batch) -> mta_service_pb2.ExchangeResponse:
     feedback = response.feedback
     feedback.seq = batch.seq
     add = feedback.events.add
+    addresses = batch.addresses
     for event in batch.events:
         added = add(
             event_id=event.event_id,
@@ -318,6 +332,13 @@ def _feedback(batch: Batch) -> mta_service_pb2.ExchangeResponse:
         stamp = added.event_time
         stamp.seconds = whole
         stamp.nanos = int((seconds - whole) * 1e9)
+        if event.kind in REPLY_KINDS:
+            reply = replies.smtp_reply(
+                event.kind, event.reason, addresses.get(event.message_id, "")
+            )
+            if reply is not None:
+                smtp = added.smtp_reply
+                smtp.code, smtp.enhanced_status, smtp.text = reply
     return response
 
 
@@ -364,6 +385,9 @@ def create_app(settings: Settings) -> App:
     )
     if settings.test_controls:
         log.info("test controls on: SetScenario, ClearScenario and GetOutcomes are served")
-    servicer = MtaServicer(engine, settings.test_controls)
+    mix_extras = MixExtras.from_json(settings.mix_extras)
+    if mix_extras != MixExtras():
+        log.info("every mix SetScenario sets gets %s", mix_extras)
+    servicer = MtaServicer(engine, settings.test_controls, mix_extras)
     mta_service_pb2_grpc.add_MtaServiceServicer_to_server(servicer, server.grpc)
     return App(server, engine)

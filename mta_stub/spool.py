@@ -11,10 +11,11 @@ Hello's client_id): each outbox row holds one owner's events, and a stream takes
 its own client's. Several clients can share the stub without seeing each other's
 feedback; message ids are the stub's alone, shared by all clients.
 
-Memory stays bounded: the held ids, the schedule and the outbox live in SQLite only.
-Memory keeps the outcome record (a row per delivery and client, so that GetOutcomes
-runs no query), the clients' numbers and, per open stream, which outbox rows its
-unacknowledged batches were made of.
+Memory stays bounded: the held ids, the schedule, the outbox and the addresses that SMTP
+replies name live in SQLite only. Memory keeps the outcome record (a row per delivery and
+client, so that GetOutcomes runs no query; mta_stub.outcomes says what counts for what),
+the clients' numbers and, per open stream, which outbox rows its unacknowledged batches
+were made of.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import sqlite3
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from grpc_common import named_queries
+from mta_stub.outcomes import Key, Outcomes, delta, tally
 from mta_stub.scenarios import (
     GLOBAL,
     BounceReason,
@@ -40,7 +42,6 @@ from mta_stub.scenarios import (
     Fate,
     Scenario,
     Scope,
-    is_final,
     make_fate,
 )
 
@@ -48,7 +49,9 @@ IN_MEMORY = ":memory:"
 # The schema's version, in PRAGMA user_version: a spool made by another one is refused.
 # 2: the outbox holds packed runs of events (1 held one row per event).
 # 3: events, steps and outcomes have an owner (a client); scenarios have a scope.
-SCHEMA_VERSION = 3
+# 4: steps have a soft reason and an event after the delivery; the addresses replies name;
+#    outcomes count complaints, late bounces and ignored replies. A spool of 3 is migrated.
+SCHEMA_VERSION = 4
 # Enough page cache for the hot ends of the tables (the newest ids, the earliest steps).
 _CACHE_KIB = 64 * 1024
 # Most events in an outbox row: a full feedback batch (engine.BATCH_MAX) is one row, so
@@ -84,32 +87,19 @@ class Scheduled(NamedTuple):
 
 
 class Transition(NamedTuple):
-    """What happens to a message now (its event, if any), and its next step (if any)."""
+    """What happens to a message now (its event, if any), and its next step (if any).
+
+    address is kept, at acceptance, for a message whose events carry SMTP replies (which
+    name it); late_bounce marks a message whose fate a late hard bounce decides
+    (mta_stub.outcomes).
+    """
 
     message_id: int
     delivery_id: int
     event: Event | None
     follow_up: Scheduled | None
-
-
-@dataclass(slots=True)
-class Outcomes:
-    """The stub's record of one delivery, or of all; each message counted once."""
-
-    accepted: int = 0
-    duplicates: int = 0
-    delivered: int = 0
-    hard_bounced: int = 0
-    soft_bounced: int = 0
-    expired: int = 0
-    opened: int = 0
-    clicked: int = 0
-    in_flight: int = 0
-    unacknowledged_events: int = 0
-
-    def add(self, other: Outcomes) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+    address: str = ""
+    late_bounce: bool = False
 
 
 @dataclass(slots=True)
@@ -142,10 +132,6 @@ class _Line:
     requeued: deque[int] = field(default_factory=deque)
 
 
-# Outcome records and their changes are per (owner, delivery_id).
-_Key = tuple[int, int]
-
-
 _KIND = {kind.value: kind for kind in EventKind}
 _REASON = {reason.value: reason for reason in BounceReason}
 # Bound as plain ints: sqlite3's default path for an int subclass is much slower.
@@ -170,7 +156,7 @@ class Spool:
                 client: owner for owner, client in self._db.execute(_Q["all_clients"])
             }
             self._clients = {owner: client for client, owner in self._owners.items()}
-            self._outcomes: dict[_Key, Outcomes] = {
+            self._outcomes: dict[Key, Outcomes] = {
                 (row[0], row[1]): Outcomes(*row[2:]) for row in self._db.execute(_Q["all_outcomes"])
             }
             (next_event,) = self._db.execute(_Q["outbox_size"]).fetchone()
@@ -200,10 +186,11 @@ class Spool:
         db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
         with self._transaction():
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                for statement in _Q["schema"].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+            if version == 3:
+                # The new columns first: the schema's new tables and indexes come next.
+                _run_script(db, _Q["migrate_3_to_4"])
+            if version in (0, 3):
+                _run_script(db, _Q["schema"])
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise SpoolError(
@@ -270,13 +257,15 @@ class Spool:
         admissions = list(admissions)
         events: list[Event] = []
         steps: list[Scheduled] = []
+        addresses: list[tuple[int, str]] = []
+        late: set[int] = set()
         accepted_in = Counter[int]()
         duplicates_in = Counter[int]()
         with self._transaction() as db:
             ids = json.dumps([admission.message_id for admission in admissions])
             new = {row[0] for row in db.execute(_Q["hold_new"], (ids,))}
             accepted = len(new)
-            for message_id, delivery_id, event, follow_up in admissions:
+            for message_id, delivery_id, event, follow_up, address, late_bounce in admissions:
                 if message_id not in new:
                     duplicates_in[delivery_id] += 1
                     continue
@@ -287,15 +276,20 @@ class Spool:
                     events.append(event)
                 if follow_up is not None:
                     steps.append(follow_up)
-            deltas: dict[_Key, Outcomes] = {}
+                if address:
+                    addresses.append((message_id, address))
+                if late_bounce:
+                    late.add(message_id)
+            deltas: dict[Key, Outcomes] = {}
             for delivery_id, n in accepted_in.items():
-                counts = _delta(deltas, (owner, delivery_id))
+                counts = delta(deltas, (owner, delivery_id))
                 counts.accepted += n
                 counts.in_flight += n
             for delivery_id, n in duplicates_in.items():
-                _delta(deltas, (owner, delivery_id)).duplicates += n
-            _tally(deltas, owner, events)
+                delta(deltas, (owner, delivery_id)).duplicates += n
+            tally(deltas, owner, events, late)
             db.executemany(_Q["insert_step"], [_step_row(step, owner) for step in steps])
+            db.executemany(_Q["insert_address"], addresses)
             self._insert_events(db, owner, events)
             self._add_outcomes(db, deltas)
         self._committed(deltas, {owner: len(events)})
@@ -314,6 +308,7 @@ class Spool:
         """
         events: dict[int, list[Event]] = {}
         follow_ups: list[tuple[float | int, ...]] = []
+        late: set[int] = set()
         with self._transaction() as db:
             rows = db.execute(_Q["due_steps"], (now, limit)).fetchall()
             if not rows:
@@ -321,7 +316,11 @@ class Spool:
             for row in rows:
                 owner = row[3]
                 scheduled = _scheduled(row, self._clients[owner])
-                _message_id, _delivery_id, event, follow_up = advance(scheduled)
+                message_id, _delivery_id, event, follow_up, _address, late_bounce = advance(
+                    scheduled
+                )
+                if late_bounce:
+                    late.add(message_id)
                 if event is not None:
                     owned = events.get(owner)
                     if owned is None:
@@ -329,9 +328,9 @@ class Spool:
                     owned.append(event)
                 if follow_up is not None:
                     follow_ups.append(_step_row(follow_up, owner))
-            deltas: dict[_Key, Outcomes] = {}
+            deltas: dict[Key, Outcomes] = {}
             for owner, owned in events.items():
-                _tally(deltas, owner, owned)
+                tally(deltas, owner, owned, late)
             # The rows read are a prefix of the key: delete them in one range.
             db.execute(_Q["delete_steps_through"], rows[-1][:2])
             db.executemany(_Q["insert_step"], follow_ups)
@@ -340,6 +339,11 @@ class Spool:
             self._add_outcomes(db, deltas)
         self._committed(deltas, {owner: len(owned) for owner, owned in events.items()})
         return len(rows)
+
+    def addresses(self, message_ids: Iterable[int]) -> dict[int, str]:
+        """The addresses kept (Transition.address) of these messages, by message id."""
+        ids = json.dumps(list(message_ids))
+        return dict(self._db.execute(_Q["addresses"], (ids,)))
 
     # --- the outbox and its streams --------------------------------------------------------
 
@@ -492,15 +496,15 @@ class Spool:
         # The next owner's events, in the same transaction, are numbered after these.
         self._next_event += len(events)
 
-    def _add_outcomes(self, db: sqlite3.Connection, deltas: dict[_Key, Outcomes]) -> None:
+    def _add_outcomes(self, db: sqlite3.Connection, deltas: dict[Key, Outcomes]) -> None:
         db.executemany(
             _Q["add_outcomes"], [(*key, *dataclasses.astuple(d)) for key, d in deltas.items()]
         )
 
-    def _committed(self, deltas: dict[_Key, Outcomes], events_added: dict[int, int]) -> None:
+    def _committed(self, deltas: dict[Key, Outcomes], events_added: dict[int, int]) -> None:
         """Mirrors a committed transaction in memory (the event numbers are taken already)."""
-        for key, delta in deltas.items():
-            _delta(self._outcomes, key).add(delta)
+        for key, change in deltas.items():
+            delta(self._outcomes, key).add(change)
         for owner, n in events_added.items():
             self._lines[owner].stored += n
 
@@ -518,36 +522,10 @@ def _unpack(packed: bytes) -> list[Event]:
     ]
 
 
-def _delta(deltas: dict[_Key, Outcomes], key: _Key) -> Outcomes:
-    counts = deltas.get(key)
-    if counts is None:
-        counts = deltas[key] = Outcomes()
-    return counts
-
-
-def _tally(deltas: dict[_Key, Outcomes], owner: int, events: list[Event]) -> None:
-    """Counts an owner's new events in the record: each message once, whatever its events."""
-    # Grouped first: a batch has thousands of events but few deliveries and kinds.
-    groups = Counter((event.delivery_id, event.kind, event.attempt == 1) for event in events)
-    for (delivery_id, kind, first_attempt), n in groups.items():
-        counts = _delta(deltas, (owner, delivery_id))
-        counts.unacknowledged_events += n
-        if is_final(kind):
-            counts.in_flight -= n
-            if kind is EventKind.DELIVERED:
-                counts.delivered += n
-            elif kind is EventKind.HARD_BOUNCE:
-                counts.hard_bounced += n
-            else:
-                counts.expired += n
-        elif kind is EventKind.SOFT_BOUNCE:
-            # Counts messages, not bounces: every soft-bouncing message has an attempt 1.
-            if first_attempt:
-                counts.soft_bounced += n
-        elif kind is EventKind.OPENED:
-            counts.opened += n
-        elif kind is EventKind.CLICKED:
-            counts.clicked += n
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
 
 
 def _step_row(step: Scheduled, owner: int) -> tuple[float | int, ...]:
@@ -565,11 +543,23 @@ def _step_row(step: Scheduled, owner: int) -> tuple[float | int, ...]:
         fate.delay_ms,
         kind,
         attempt,
+        fate.soft_reason,
+        fate.after or 0,
+        fate.after_ms,
     )
 
 
 def _scheduled(row: Any, client: str) -> Scheduled:
     (due, message_id, delivery_id, _owner, expire_at, reason, soft, opened, click, delay, kind,
-     attempt) = row  # fmt: skip
-    fate = make_fate(_REASON[reason], soft, bool(opened), click, delay)
+     attempt, soft_reason, after, after_ms) = row  # fmt: skip
+    fate = make_fate(
+        _REASON[reason],
+        soft,
+        bool(opened),
+        click,
+        delay,
+        _REASON[soft_reason],
+        _KIND[after] if after else None,
+        after_ms,
+    )
     return Scheduled(due, message_id, delivery_id, expire_at, fate, _KIND[kind], attempt, client)

@@ -28,6 +28,10 @@ CREATE TABLE IF NOT EXISTS schedule (
     delay_ms INTEGER NOT NULL,
     kind INTEGER NOT NULL,
     attempt INTEGER NOT NULL,
+    -- The fate's soft reason, and the event after its delivery report (0: none) and when.
+    soft_reason INTEGER NOT NULL DEFAULT 2,
+    after_kind INTEGER NOT NULL DEFAULT 0,
+    after_ms INTEGER NOT NULL DEFAULT 0,
     -- Keyed by due time: firing reads and deletes a prefix of the key.
     PRIMARY KEY (due, message_id)
 ) WITHOUT ROWID;
@@ -57,7 +61,16 @@ CREATE TABLE IF NOT EXISTS outcomes (
     clicked INTEGER NOT NULL,
     in_flight INTEGER NOT NULL,
     unacknowledged_events INTEGER NOT NULL,
+    complained INTEGER NOT NULL DEFAULT 0,
+    late_bounced INTEGER NOT NULL DEFAULT 0,
+    ignored INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (owner, delivery_id)
+);
+CREATE TABLE IF NOT EXISTS addresses (
+    -- The address of each message whose feedback carries SMTP replies (bounces, ignored
+    -- auto-replies), which name it; kept, as held is, after the message's timeline is over.
+    message_id INTEGER PRIMARY KEY,
+    email TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS scenarios (
     -- The last SetScenario of each scope, as JSON; the scope is '' (global),
@@ -65,6 +78,15 @@ CREATE TABLE IF NOT EXISTS scenarios (
     scope TEXT PRIMARY KEY,
     body TEXT NOT NULL
 );
+
+-- name: migrate_3_to_4
+-- The columns a spool of schema version 3 lacks (schema then adds the new tables).
+ALTER TABLE schedule ADD COLUMN soft_reason INTEGER NOT NULL DEFAULT 2;
+ALTER TABLE schedule ADD COLUMN after_kind INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE schedule ADD COLUMN after_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outcomes ADD COLUMN complained INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outcomes ADD COLUMN late_bounced INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outcomes ADD COLUMN ignored INTEGER NOT NULL DEFAULT 0;
 
 -- name: all_clients
 -- Every client known, with its number.
@@ -83,13 +105,23 @@ RETURNING message_id;
 -- name: insert_step
 -- Schedules a message's next step.
 INSERT INTO schedule (due, message_id, delivery_id, owner, expire_at, hard_reason,
-                      soft_bounces, opened, click_link, delay_ms, kind, attempt)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+                      soft_bounces, opened, click_link, delay_ms, kind, attempt,
+                      soft_reason, after_kind, after_ms)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: insert_address
+-- Keeps the address of a message whose feedback names it.
+INSERT OR IGNORE INTO addresses (message_id, email) VALUES (?, ?);
+
+-- name: addresses
+-- The addresses kept of a JSON array of message ids.
+SELECT message_id, email FROM addresses
+WHERE message_id IN (SELECT value FROM json_each(?));
 
 -- name: due_steps
 -- The earliest steps due by a time, in key order, at most so many.
 SELECT due, message_id, delivery_id, owner, expire_at, hard_reason, soft_bounces,
-       opened, click_link, delay_ms, kind, attempt
+       opened, click_link, delay_ms, kind, attempt, soft_reason, after_kind, after_ms
 FROM schedule
 WHERE due <= ?
 ORDER BY due, message_id
@@ -136,8 +168,9 @@ SELECT owner, sum(count) FROM outbox GROUP BY owner;
 -- name: add_outcomes
 -- Adds to the record of a delivery and client, creating it at the first count.
 INSERT INTO outcomes (owner, delivery_id, accepted, duplicates, delivered, hard_bounced,
-                      soft_bounced, expired, opened, clicked, in_flight, unacknowledged_events)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                      soft_bounced, expired, opened, clicked, in_flight, unacknowledged_events,
+                      complained, late_bounced, ignored)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (owner, delivery_id) DO UPDATE SET
     accepted = accepted + excluded.accepted,
     duplicates = duplicates + excluded.duplicates,
@@ -148,12 +181,16 @@ ON CONFLICT (owner, delivery_id) DO UPDATE SET
     opened = opened + excluded.opened,
     clicked = clicked + excluded.clicked,
     in_flight = in_flight + excluded.in_flight,
-    unacknowledged_events = unacknowledged_events + excluded.unacknowledged_events;
+    unacknowledged_events = unacknowledged_events + excluded.unacknowledged_events,
+    complained = complained + excluded.complained,
+    late_bounced = late_bounced + excluded.late_bounced,
+    ignored = ignored + excluded.ignored;
 
 -- name: all_outcomes
 -- Every record, to serve GetOutcomes from memory.
 SELECT owner, delivery_id, accepted, duplicates, delivered, hard_bounced, soft_bounced,
-       expired, opened, clicked, in_flight, unacknowledged_events
+       expired, opened, clicked, in_flight, unacknowledged_events, complained, late_bounced,
+       ignored
 FROM outcomes;
 
 -- name: save_scenario

@@ -27,6 +27,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import IO
 from urllib.parse import quote, urlencode
 
 import psycopg.conninfo
@@ -245,20 +246,10 @@ def _run(
     # Output goes to a file, not a pipe: the postmaster pg_ctl forks could inherit a pipe
     # and keep it open, and reading it would then never end.
     with tempfile.TemporaryFile("w+") as out:
-        result = subprocess.run(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            # PostgreSQL refuses to run as root.
-            user=SYSTEM_USER if _as_root() else None,
-            # The server's user may not be allowed into the caller's working directory.
-            cwd=data_dir,
-            # Own session: a Ctrl-C in the terminal of `make run` must not reach the server.
-            start_new_session=True,
-            check=False,
-        )
+        try:
+            result = _run_as_server_user(command, data_dir, out)
+        except OSError as exc:  # not even started: the binary, the path, its permissions
+            raise EmbeddedPgError(_cannot_run(command[0], data_dir, exc)) from None
         out.seek(0)
         result.stdout = out.read()
     if check and result.returncode != 0:
@@ -267,6 +258,43 @@ def _run(
             f"{_log_tail(data_dir)}"
         )
     return result
+
+
+def _cannot_run(program: str, data_dir: Path, exc: OSError) -> str:
+    """One line on why `program` did not start, and what to do."""
+    if _as_root():
+        return (
+            f"cannot run {program} as the user {SYSTEM_USER} (PostgreSQL refuses root): "
+            f"{exc.strerror or exc}; every directory down to it and to {data_dir} must let "
+            f"{SYSTEM_USER} through (chmod o+x), or set DATABASE_URL to a PostgreSQL of your own"
+        )
+    return (
+        f"cannot run {program}: {exc.strerror or exc}; reinstall the venv (make clean run), "
+        "or set DATABASE_URL to a PostgreSQL of your own"
+    )
+
+
+def _run_as_server_user(
+    command: list[str], data_dir: Path, out: IO[str]
+) -> subprocess.CompletedProcess[str]:
+    """`command` as the server's user when root, its output to `out`."""
+    return subprocess.run(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # PostgreSQL refuses to run as root. Its group too, and root's others dropped: with
+        # root's group, a 0700 root directory on the path (`mktemp -d`) would be denied.
+        user=SYSTEM_USER if _as_root() else None,
+        group=_ensure_system_user().pw_gid if _as_root() else None,
+        extra_groups=[] if _as_root() else None,
+        # The server's user may not be allowed into the caller's working directory.
+        cwd=data_dir,
+        # Own session: a Ctrl-C in the terminal of `make run` must not reach the server.
+        start_new_session=True,
+        check=False,
+    )
 
 
 def _log_tail(data_dir: Path, lines: int = 30) -> str:

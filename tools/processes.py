@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import queue
 import signal
@@ -32,6 +33,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LISTENING_PREFIX = "listening on "
 
 T = TypeVar("T")
+
+
+def listening_line(line: str) -> str | None:
+    """The `listening on host:port` a server printed, as it is or (--log-json) as the
+    message of a JSON line; None for any other line."""
+    if line.startswith("{"):
+        try:
+            line = str(json.loads(line).get("message", ""))
+        except (ValueError, AttributeError):
+            return None
+    return line.strip() if line.startswith(LISTENING_PREFIX) else None
 
 
 def wait_until(
@@ -290,8 +302,8 @@ class ServerProcess:
         assert pipe is not None
         with pipe:
             for line in pipe:
-                if line.startswith(LISTENING_PREFIX):
-                    self._listening.put(line.strip())
+                if (listening := listening_line(line)) is not None:
+                    self._listening.put(listening)
                 # The pipe must keep draining after the listening line, or a chatty
                 # child would block on a full pipe.
                 try:
@@ -326,8 +338,11 @@ class ServerProcess:
             raise ServerProcessError(self._describe(f"exited with {code} {when}"))
 
     def _describe(self, what: str) -> str:
-        where = f" (log: {self.log_path})" if self.log_path else ""
-        return f"{self.name} pid {self.pid} {what}{where}\n--- log tail:\n{self.log_tail()}"
+        if self.log_path is None:
+            # Its stderr is the caller's (make run's terminal): what it said is just above.
+            return f"{self.name} pid {self.pid} {what}; its output is above"
+        tail = self.log_tail()
+        return f"{self.name} pid {self.pid} {what} (log: {self.log_path})\n--- log tail:\n{tail}"
 
     def _killpg(self) -> None:
         # Lookup/permission errors: the group is already gone.

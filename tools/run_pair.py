@@ -8,6 +8,10 @@ running afterwards; `make db-stop` stops it). Ports: DELIVERY_PORT (50051) and M
 (50052). The services' logs go to this terminal; other settings they read from the
 environment (LOG_LEVEL, STATS_INTERVAL_SECONDS, ...) pass through.
 
+One at a time on the same ports: a second `make run` finds them taken, says which pair
+holds them (pid and addresses, from .data/run_pair-<pid>.json) and exits 1 before it starts
+anything. Any number of SIGINT or SIGTERM, at any moment, stop the pair once.
+
 The first admin: the delivery service gets --bootstrap-token-file .data/admin.token, so
 on a database with no admin it creates the operator `admin` with the token that file
 holds, or with a new one written there (mode 0600). The banner says what to do with it.
@@ -16,11 +20,15 @@ holds, or with a new one written there (mode 0600). The banner says what to do w
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import json
 import os
+import select
 import shlex
 import signal
+import socket
 import sys
-import threading
 from pathlib import Path
 from types import FrameType
 from typing import Protocol
@@ -29,7 +37,7 @@ import psycopg
 from psycopg import sql
 
 from tools import embedded_pg
-from tools.pair import Launcher, Pair
+from tools.pair import HOST, Launcher, Pair
 from tools.processes import REPO_ROOT, ServerProcessError
 
 # Its own database on the embedded server, apart from the maintenance one and the tests'.
@@ -39,8 +47,19 @@ STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 # The first admin's token (see the module's docstring).
 ADMIN_TOKEN_FILE = REPO_ROOT / ".data" / "admin.token"
-# What the README's tours do: create, prepare, confirm and read deliveries.
-TOUR_ROLES = ("create_deliveries", "start_deliveries", "read_deliveries")
+# Where each running `make run` says what it runs (run_pair-<pid>.json), for a second
+# one to say which holds its ports.
+RUNNING_DIR = REPO_ROOT / ".data"
+# What the tours of the README and docs/cli.md do: import profiles, create, approve,
+# confirm and read deliveries, refresh their figures.
+TOUR_ROLES = (
+    "manage_profiles",
+    "create_deliveries",
+    "approve_deliveries",
+    "start_deliveries",
+    "read_deliveries",
+    "compute_stats",
+)
 
 
 class Listening(Protocol):
@@ -61,6 +80,7 @@ def banner(
     token_file: str,
     has_token: bool,
     campaign: str,
+    metrics_ports: tuple[str, str] = ("", ""),
 ) -> str:
     """What `make run` prints once the pair is up: where each part is, where the admin
     token is (`token_file`, a path as the user types it; `has_token`: whether it exists),
@@ -77,18 +97,29 @@ def banner(
             f"--database-url {shlex.quote(database_url)}"
         )
         admin = '--token "$ADMIN_TOKEN"'
-    roles = " ".join(f"--role {r}" for r in TOUR_ROLES)
+    # The README's command, word for word (tests/integration/test_docs_tour.py compares).
+    roles = " \\\n        ".join(
+        " ".join(f"--role {r}" for r in TOUR_ROLES[i : i + 3]) for i in range(0, len(TOUR_ROLES), 3)
+    )
     bearer = '-H "authorization: Bearer $CAMPAIGN_TOKEN"'
+    service_metrics, stub_metrics = (
+        f"http://127.0.0.1:{port}/metrics" if port and port != "0" else "off"
+        for port in metrics_ports
+    )
     return f"""
   delivery service  {service.address}   DeliveryService, AdminService (pid {service.pid})
   MTA stub          {stub.address}   MtaService (pid {stub.pid})
   DATABASE_URL      {database_url}
   admin token       {token}
+  metrics           service {service_metrics}, stub {stub_metrics}
+                    (METRICS_PORT and MTA_METRICS_PORT before make run turn them on)
+  settings          flags or variables: .venv/bin/python -m delivery_service --help,
+                    .venv/bin/python -m mta_stub --help (README: Configuration)
+  a demo delivery   make demo   (in another terminal: 3,000 recipients, live KPIs)
 
-  Next, an operator for the tours, created by the admin (its token is the last line):
-    {campaign} {admin} operators create alice \\
-        {roles}
-    export CAMPAIGN_TOKEN=...   # alice's token
+  Next, an operator for the tours (README and docs/cli.md), created by the admin:
+    export CAMPAIGN_TOKEN=$({campaign} {admin} --json \\
+        operators create alice {roles} | jq -r .token)
     {campaign} deliveries list
 
   Talk to it with grpcurl (server reflection is on; it and health need no token):
@@ -131,22 +162,97 @@ def print_database_url() -> int:
     return 0
 
 
+class StopSignals:
+    """SIGINT and SIGTERM as a flag that any number of signals, at any moment, can raise.
+
+    No Python code of ours runs in a handler: the interpreter's own C handler writes the
+    signal's number to a pipe (signal.set_wakeup_fd) and the Python handler does nothing.
+    A threading.Event set from a handler deadlocked when a second SIGTERM landed inside
+    the first set() (make forwards the signal it got, so a signal to the process group,
+    from `timeout` or a CI cancellation, arrives twice).
+    """
+
+    def __init__(self) -> None:
+        self._read, write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _ignore)
+        self.received = False
+
+    def wait(self, timeout: float) -> bool:
+        """Whether a stop was asked, waiting up to `timeout` s for one."""
+        if not self.received:
+            ready, _, _ = select.select([self._read], [], [], timeout)
+            self.received = bool(ready)
+        return self.received
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """The Python side of a stop signal: nothing (the pipe has it already)."""
+
+
+def _port_taken(port: str) -> bool:
+    if not port.isdigit() or port == "0":  # any free one, or one the launcher refuses
+        return False
+    with socket.socket() as probe:
+        # Connections of a stopped pair lingering in TIME_WAIT do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, int(port)))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def _running_file(pid: int) -> Path:
+    return RUNNING_DIR / f"run_pair-{pid}.json"
+
+
+def already_running(ports: dict[str, str]) -> str:
+    """Why the pair cannot start on `ports` (name of the setting: port), or "" if it can:
+    another `make run` holds them (its pid and addresses said), or another program."""
+    taken = {port: name for name, port in ports.items() if _port_taken(port)}
+    if not taken:
+        return ""
+    for path in RUNNING_DIR.glob("run_pair-*.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            running = json.loads(path.read_text("utf-8"))
+            addresses = (running["delivery"], running["mta"])
+            if any(a.rpartition(":")[2] in taken for a in addresses):
+                os.kill(running["pid"], 0)  # still there?
+                return (
+                    f"make run is already running (pid {running['pid']}): delivery service "
+                    f"{addresses[0]}, MTA stub {addresses[1]}.\nStop it (Ctrl-C in its "
+                    f"terminal, or kill {running['pid']}), or run this one on other ports: "
+                    "DELIVERY_PORT=... MTA_PORT=... make run"
+                )
+    in_use = " and ".join(f"{port} ({name})" for port, name in taken.items())
+    return (
+        f"port {in_use} in use by another program.\n"
+        "Stop it, or choose other ports: DELIVERY_PORT=... MTA_PORT=... make run"
+    )
+
+
 def run() -> int:
-    database_url = os.environ.get("DATABASE_URL", "").strip() or _embedded_database()
     delivery_port = os.environ.get("DELIVERY_PORT", "50051")
     mta_port = os.environ.get("MTA_PORT", "50052")
+    ports = {"DELIVERY_PORT": delivery_port, "MTA_PORT": mta_port}
+    # Before anything starts: a second `make run` says so, not the stub's bind error.
+    if reason := already_running(ports):
+        print(reason, file=sys.stderr)
+        return 1
+    # Handlers before anything starts: a Ctrl-C during start-up must still stop what has
+    # started. The children run in their own process groups: only this process gets it.
+    stop = StopSignals()
+    try:
+        database_url = os.environ.get("DATABASE_URL", "").strip() or _embedded_database()
+    except (embedded_pg.EmbeddedPgError, psycopg.Error) as err:
+        print(f"the embedded PostgreSQL did not start: {err}", file=sys.stderr)
+        return 1
     log_level = os.environ.get("LOG_LEVEL")
     log_args = ["--log-level", log_level] if log_level else []
-
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    # Handlers first: a Ctrl-C during start-up must still stop what has started. The
-    # children run in their own process groups, so the signal reaches only this process.
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
 
     pair: Pair | None = None
     try:
@@ -166,7 +272,14 @@ def run() -> int:
             token_file=os.path.relpath(ADMIN_TOKEN_FILE),
             has_token=ADMIN_TOKEN_FILE.exists(),
             campaign=shlex.quote(os.path.relpath(campaign)),
+            metrics_ports=(
+                os.environ.get("METRICS_PORT", ""),
+                os.environ.get("MTA_METRICS_PORT", ""),
+            ),
         )
+        running = {"pid": os.getpid(), "delivery": pair.service.address, "mta": pair.stub.address}
+        RUNNING_DIR.mkdir(parents=True, exist_ok=True)
+        _running_file(os.getpid()).write_text(json.dumps(running), "utf-8")
         print(text, flush=True)
 
         # Wake up now and then to notice a child that died on its own.
@@ -185,6 +298,7 @@ def run() -> int:
     finally:
         if pair is not None:
             pair.stop(STOP_TIMEOUT_S)
+            _running_file(os.getpid()).unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:

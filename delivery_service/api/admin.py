@@ -34,11 +34,14 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
     async def CreateOperator(
         self, request: apb.CreateOperatorRequest, context: Context
     ) -> apb.CreateOperatorResponse:
-        name = validation.operator_name("name", request.name)
-        roles = validation.roles("roles", list(request.roles), admin.ROLES)
         expire = None
-        if request.HasField("expire_time"):
-            expire = validation.future_time("expire_time", request.expire_time, clock.now())
+        with validation.Checks() as check:
+            name = check(validation.operator_name, "name", request.name)
+            roles = check(validation.roles, "roles", list(request.roles), admin.ROLES)
+            if request.HasField("expire_time"):
+                expire = check(
+                    validation.future_time, "expire_time", request.expire_time, clock.now()
+                )
         entry, token = await operators.create(self.db, name, roles, expire)
         return apb.CreateOperatorResponse(operator=operator_pb(entry), token=token)
 
@@ -46,8 +49,11 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
     async def ListOperators(
         self, request: apb.ListOperatorsRequest, context: Context
     ) -> apb.ListOperatorsResponse:
-        limit = validation.page_size("page_size", request.page_size)
-        after = validation.page_token("page_token", request.page_token, 0, "ListOperators")
+        with validation.Checks() as check:
+            limit = check(validation.page_size, "page_size", request.page_size)
+            after = check(
+                validation.page_token, "page_token", request.page_token, 0, "ListOperators"
+            )
         page = await operators.page(self.db, after, limit)
         return apb.ListOperatorsResponse(
             operators=[operator_pb(e) for e in page],
@@ -77,10 +83,11 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
     async def ListAuditEvents(
         self, request: apb.ListAuditEventsRequest, context: Context
     ) -> apb.ListAuditEventsResponse:
-        limit = validation.page_size("page_size", request.page_size)
         who = request.operator
         scope = f"ListAuditEvents:{who}"
-        before = validation.page_token("page_token", request.page_token, _LAST, scope)
+        with validation.Checks() as check:
+            limit = check(validation.page_size, "page_size", request.page_size)
+            before = check(validation.page_token, "page_token", request.page_token, _LAST, scope)
         page = await operators.audit_page(self.db, before=before, operator=who, limit=limit)
         return apb.ListAuditEventsResponse(
             events=[

@@ -1,5 +1,6 @@
 """The service's exceptions as gRPC statuses: a known error gets its code and a message
-saying what is wrong (a bad field also a BadRequest detail); anything else is a bug."""
+saying what is wrong (bad fields also a BadRequest detail listing each of them); anything
+else is a bug."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from delivery_service import auth
-from delivery_service.store.connection import AlreadyExists, Conflict, NotFound, Unavailable
+from delivery_service.store.connection import (
+    AlreadyExists,
+    Conflict,
+    NotFound,
+    OutOfRange,
+    Unavailable,
+)
 from delivery_service.validation import Invalid
 
 Request = TypeVar("Request")
@@ -26,6 +33,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
@@ -42,13 +50,14 @@ def _status(code: grpc.StatusCode, message: str, detail: Any = None) -> grpc.Sta
 def status_of(exc: Exception) -> grpc.Status | None:
     """The status a known error becomes; None for a bug."""
     if isinstance(exc, Invalid):
-        violation = error_details_pb2.BadRequest.FieldViolation(
-            field=exc.field, description=exc.description
-        )
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            for field, description in exc.violations
+        ]
         return _status(
             grpc.StatusCode.INVALID_ARGUMENT,
             str(exc),
-            error_details_pb2.BadRequest(field_violations=[violation]),
+            error_details_pb2.BadRequest(field_violations=violations),
         )
     for kind, code in _CODES:
         if isinstance(exc, kind):

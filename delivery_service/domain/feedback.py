@@ -39,6 +39,8 @@ class FailureType(enum.IntEnum):
     NONE = 0
     HARD = 1
     SOFT = 2
+    # A reply the sender ignores (an auto-reply): never a message's failure.
+    IGNORED = 3
 
 
 class EventKind(enum.IntEnum):
@@ -50,10 +52,15 @@ class EventKind(enum.IntEnum):
     EXPIRED = 4
     OPENED = 5
     CLICKED = 6
+    # The recipient marked the delivered message as spam.
+    COMPLAINT = 7
+    # An auto-reply: logged, changes nothing.
+    IGNORED = 8
 
 
 class FailureReason(enum.IntEnum):
-    """The values are delivery.v1.FailureReason's; 1-5 are also mta.v1.BounceReason's."""
+    """The values are delivery.v1.FailureReason's; all but EXPIRED are also
+    mta.v1.BounceReason's."""
 
     NONE = 0
     USER_UNKNOWN = 1
@@ -62,16 +69,23 @@ class FailureReason(enum.IntEnum):
     REFUSED = 4
     UNREACHABLE = 5
     EXPIRED = 6
+    ACCOUNT_DISABLED = 7
+    NOT_DEFINED = 8
+    AUTO_REPLY = 9
 
 
 BOUNCES = frozenset({Outcome.SOFT_BOUNCED, Outcome.HARD_BOUNCED})
 
 # Opens and clicks: they report engagement, not a fate. A click implies an open.
 ENGAGEMENTS = frozenset({EventKind.OPENED, EventKind.CLICKED})
+# What only a delivered message can have: engagement, and a complaint.
+AFTER_DELIVERY = ENGAGEMENTS | {EventKind.COMPLAINT}
 
 # The MTA's bounce reasons: every failure reason but expiry, which the service decides.
 REASON_EXPIRED = FailureReason.EXPIRED
-MTA_BOUNCE_REASONS = frozenset(range(FailureReason.USER_UNKNOWN, REASON_EXPIRED))
+MTA_BOUNCE_REASONS = frozenset(
+    int(r) for r in FailureReason if r not in (FailureReason.NONE, REASON_EXPIRED)
+)
 
 _OUTCOME_OF_KIND = {
     EventKind.DELIVERED: Outcome.DELIVERED,
@@ -139,20 +153,24 @@ class Refusal(enum.StrEnum):
     NOT_RELAYED = "not_relayed"  # its message was not relayed (yet)
     EVENT_TIME = "event_time"  # before its relay (minus a margin) or in the future
     LINK_INDEX = "link_index"  # a click on a link the content does not have
-    NOT_DELIVERED = "not_delivered"  # an open or click of a message not delivered (yet)
+    NOT_DELIVERED = "not_delivered"  # an open, click or complaint of a message not delivered (yet)
     EVENTS_PER_BATCH = "events_per_batch"  # beyond the events a batch may carry
+    EVENTS_PER_MESSAGE = "events_per_message"  # beyond the events logged per message
 
 
 # What time may mend: a relay acknowledged but not recorded yet, a delivery report
 # that an open overtook. Such events wait, unacknowledged, before they are refused.
 DEFERRABLE = frozenset({Refusal.NOT_RELAYED, Refusal.NOT_DELIVERED})
+# The most feedback events logged for one message: a real one has a handful (a report,
+# a few retries, an open, a click, a late bounce); a peer flooding one message is refused.
+MAX_EVENTS_PER_MESSAGE = 50
 # How far an event's time may be before its message's relay, or after now.
 EVENT_TIME_MARGIN_SECONDS = 300
 
 
 def engageable(mode: FeedbackMode, outcome: Outcome) -> bool:
-    """Whether an open or a click is believed of a message with this fate: only of one
-    delivered (with EFS, reported delivered; without, not failed)."""
+    """Whether an open, a click or a complaint is believed of a message with this fate:
+    only of one delivered (with EFS, reported delivered; without, not failed)."""
     if mode is FeedbackMode.EFS:
         return outcome is Outcome.DELIVERED
     return outcome not in (Outcome.HARD_BOUNCED, Outcome.EXPIRED)
@@ -167,7 +185,7 @@ def refusal(
         return Refusal.NOT_RELAYED
     if kind is EventKind.CLICKED and not 0 <= link_index < links:
         return Refusal.LINK_INDEX
-    if kind in ENGAGEMENTS and not (
+    if kind in AFTER_DELIVERY and not (
         delivered_in_batch or engageable(message.mode, message.outcome)
     ):
         return Refusal.NOT_DELIVERED
@@ -186,9 +204,11 @@ class MessageState:
     bounce_reason: int
     opened: bool
     clicked: bool
+    complained: bool = False
 
-    def row(self) -> tuple[int, int, int, int, int, bool, bool]:
-        """The sending log's columns: id, status, outcome, failure type, reason, opened, clicked."""
+    def row(self) -> tuple[int, int, int, int, int, bool, bool, bool]:
+        """The sending log's columns: id, status, outcome, failure type, reason, opened,
+        clicked, complained."""
         return (
             self.message_id,
             status_of(self.mode, self.relayed, self.outcome),
@@ -197,6 +217,7 @@ class MessageState:
             failure_reason_of(self.mode, self.outcome, self.bounce_reason),
             self.opened,
             self.clicked,
+            self.complained,
         )
 
 
@@ -208,6 +229,7 @@ COUNTER_NAMES = (
     "expired",
     "opened",
     "clicked",
+    "complained",
 )
 
 _BUCKET_OF_OUTCOME = {
@@ -231,6 +253,12 @@ def apply_event(
         message.relayed = True
         deltas["relayed"] += 1
         changed = True
+    if kind is EventKind.COMPLAINT:
+        if not message.complained:
+            message.complained = True
+            deltas["complained"] += 1
+            changed = True
+        return changed
     if kind in ENGAGEMENTS:
         if not message.opened:
             message.opened = True

@@ -3,10 +3,11 @@
 Batches that wait while others are applied are applied together, in one transaction:
 under load the database gets few large batches rather than many small ones. A batch is
 acknowledged on the stream that carried it only once committed. The database being
-unavailable is worth waiting for, so that is retried; anything else is surfaced (logged
-with its traceback, counted) and the streams that carried the batches are broken, so
-that the MTA sends them again after the reconnect: nothing is lost or acknowledged
-that was not committed, and nothing loops silently.
+unavailable is worth waiting for, so that is retried, and so is a statement it cancelled
+(a timeout: the events taken together are then applied in halves, by message); anything
+else is surfaced (logged with its traceback, counted) and the streams that carried the
+batches are broken, so that the MTA sends them again after the reconnect: nothing is
+lost or acknowledged that was not committed, and nothing loops silently.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from mta.v1 import mta_service_pb2 as mta
 from delivery_service import observability
 from delivery_service.domain import feedback as fb
 from delivery_service.mta.link import ReceivedFeedback
-from delivery_service.store.connection import Rejected, Unavailable
+from delivery_service.store.connection import Cancelled, Rejected, Unavailable
 from delivery_service.store.ingest import EventBatch, IngestResult
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ _KINDS = {int(k) for k in fb.EventKind}
 # google.protobuf.Timestamp's range (years 1 to 9999).
 MAX_EVENT_ID_CHARS = 256
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+# An SMTP reply is kept as the MTA gave it, cut to these lengths, without NUL.
+MAX_SMTP_CODE = 999
+MAX_SMTP_STATUS_CHARS = 32
+MAX_SMTP_TEXT_CHARS = 512
 RETRY_MAX_DELAY = 2.0
 # How often a batch whose events may fit the relay record soon (a relay acknowledged but
 # not yet recorded, an open ahead of its delivery report) is tried again; how long they
@@ -50,6 +55,10 @@ DEFER_RETRY_SECONDS = 0.2
 # The most events one batch may carry (the stub sends 500); the rest are refused.
 MAX_BATCH_EVENTS = 10_000
 REFUSED_LOG_SECONDS = 10.0
+
+
+def _shown(text: str, limit: int) -> str:
+    return text.replace("\x00", "")[:limit]
 
 
 class _Tracked:
@@ -70,6 +79,28 @@ class _Part:
     @property
     def live(self) -> bool:
         return self.tracked.received.live
+
+
+def _halves(parts: list[_Part]) -> tuple[list[_Part], list[_Part]] | None:
+    """The parts' events split in two by message id, each message's events whole and in
+    their order (an open may need its delivery report in the same statement); each batch
+    is then acknowledged once both its halves are applied. None for a single message."""
+    ids = sorted({e.message_id for p in parts for e in p.events})
+    if len(ids) < 2:
+        return None
+    middle = ids[len(ids) // 2]
+    low: list[_Part] = []
+    high: list[_Part] = []
+    for p in parts:
+        below = [e for e in p.events if e.message_id < middle]
+        above = [e for e in p.events if e.message_id >= middle]
+        if below or not above:  # a batch without events is acknowledged with the first
+            low.append(_Part(p.tracked, below))
+        if above:
+            high.append(_Part(p.tracked, above))
+        if below and above:
+            p.tracked.remaining += 1
+    return low, high
 
 
 class FeedbackIngest:
@@ -158,6 +189,14 @@ class FeedbackIngest:
                     break
                 await asyncio.sleep(DEFER_RETRY_SECONDS)
             except Unavailable as exc:
+                # Too much for one statement within the database's timeouts, and likely
+                # so again as it is: in halves.
+                if isinstance(exc, Cancelled) and (halves := _halves(live)):
+                    log.warning("%d feedback batches cancelled, applied in halves: %s",
+                                len(live), exc)  # fmt: skip
+                    for half in halves:
+                        await self._commit(half)
+                    return
                 log.warning("%d feedback batches not applied yet: %s", len(live), exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_DELAY)
@@ -206,6 +245,10 @@ class FeedbackIngest:
             batch.attempts.append(e.attempt)
             batch.link_indexes.append(e.link_index)
             batch.event_micros.append(t.seconds * 1_000_000 + t.nanos // 1000)
+            reply = e.smtp_reply
+            batch.smtp_codes.append(reply.code if 0 <= reply.code <= MAX_SMTP_CODE else 0)
+            batch.smtp_statuses.append(_shown(reply.enhanced_status, MAX_SMTP_STATUS_CHARS))
+            batch.smtp_texts.append(_shown(reply.text, MAX_SMTP_TEXT_CHARS))
         if malformed:
             log.warning("ignored %d malformed feedback events", malformed)
             observability.FEEDBACK_REJECTED.inc(malformed)

@@ -40,7 +40,6 @@ CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON a
 CREATE TABLE profiles (
     profile_id  text PRIMARY KEY,
     email       text,
-    quarantined boolean NOT NULL DEFAULT false,
     segments    text[] NOT NULL DEFAULT '{}',
     update_time timestamptz NOT NULL DEFAULT now()
 );
@@ -160,6 +159,16 @@ CREATE TABLE sending_logs (
     clicked        boolean NOT NULL DEFAULT false,
     relay_time     timestamptz,
     update_time    timestamptz NOT NULL DEFAULT now(),
+    complained     boolean NOT NULL DEFAULT false,
+    -- The receiving server's reply to the bounce that decided the failure (migration 0007).
+    smtp_code      integer NOT NULL DEFAULT 0,
+    smtp_status    text NOT NULL DEFAULT '',
+    smtp_text      text NOT NULL DEFAULT '',
+    -- The message's rank among its delivery's recipient domains (1 to 10, the largest;
+    -- 0, the others): the failure breakdown's key (migration 0008).
+    domain_rank    smallint NOT NULL DEFAULT 0,
+    -- Feedback events logged for the message, refused beyond a bound (migration 0010).
+    events         integer NOT NULL DEFAULT 0,
     CONSTRAINT sending_logs_pkey PRIMARY KEY (delivery_id, message_id)
 )
 -- Half of each page free: relaying and feedback rewrite rows in place (HOT), see
@@ -181,9 +190,16 @@ CREATE TABLE feedback_events (
     link_index  integer NOT NULL DEFAULT 0,
     event_time  timestamptz NOT NULL,
     apply_time  timestamptz NOT NULL DEFAULT now(),
+    smtp_code   integer NOT NULL DEFAULT 0,
+    smtp_status text NOT NULL DEFAULT '',
+    smtp_text   text NOT NULL DEFAULT '',
+    -- The transaction that logged it: its row in the event feed is that transaction's.
+    xid         xid8 DEFAULT pg_current_xact_id(),
     CONSTRAINT feedback_events_pkey PRIMARY KEY (delivery_id, event_id)
 );
-CREATE INDEX feedback_events_delivery_idx ON feedback_events (delivery_id, kind);
+-- A message's events (its timeline), and the recounts' reads of opens, clicks and
+-- complaints by message.
+CREATE INDEX feedback_events_message_idx ON feedback_events (delivery_id, message_id, kind);
 
 -- The tracking logs: opens and clicks.
 CREATE VIEW tracking_logs AS
@@ -203,5 +219,141 @@ CREATE TABLE delivery_counters (
     expired      bigint NOT NULL DEFAULT 0,
     opened       bigint NOT NULL DEFAULT 0,
     clicked      bigint NOT NULL DEFAULT 0,
+    complained   bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (delivery_id, shard)
+);
+
+-- One row per address (lower case) that feedback or an operator ever spoke of.
+CREATE TABLE addresses (
+    address          text PRIMARY KEY,
+    status           smallint NOT NULL DEFAULT {AddressStatus.VALID},
+    error_count      integer NOT NULL DEFAULT 0,
+    first_error_time timestamptz,
+    last_error_time  timestamptz,
+    failure_type     smallint NOT NULL DEFAULT 0,
+    failure_reason   smallint NOT NULL DEFAULT 0,
+    smtp_code        integer NOT NULL DEFAULT 0,
+    smtp_status      text NOT NULL DEFAULT '',
+    smtp_text        text NOT NULL DEFAULT '',
+    -- The delivery and message whose feedback made the last change (0: by hand).
+    delivery_id      bigint NOT NULL DEFAULT 0,
+    message_id       bigint NOT NULL DEFAULT 0,
+    update_time      timestamptz,
+    changed_by       text NOT NULL DEFAULT ''
+);
+-- Preparation's lookup of the addresses it drops.
+CREATE INDEX addresses_excluded_idx ON addresses (address)
+    WHERE status IN ({AddressStatus.QUARANTINED}, {AddressStatus.DENYLISTED});
+-- Listings, most recently changed first.
+CREATE INDEX addresses_changed_idx ON addresses (update_time, address)
+    WHERE update_time IS NOT NULL;
+-- The cleanup round's timed releases.
+CREATE INDEX addresses_erroneous_idx ON addresses (last_error_time)
+    WHERE status = {AddressStatus.ERRONEOUS};
+
+-- The events an address's entry is folded from, in (event_time, delivery_id, event_id)
+-- order; `after` is the entry after the event (null if it changed nothing), where a
+-- fold starts again when an earlier event arrives late.
+CREATE TABLE address_events (
+    address        text NOT NULL,
+    event_time     timestamptz NOT NULL,
+    delivery_id    bigint NOT NULL,
+    event_id       text NOT NULL,
+    message_id     bigint NOT NULL DEFAULT 0,
+    signal         smallint NOT NULL,
+    failure_type   smallint NOT NULL DEFAULT 0,
+    failure_reason smallint NOT NULL DEFAULT 0,
+    smtp_code      integer NOT NULL DEFAULT 0,
+    smtp_status    text NOT NULL DEFAULT '',
+    smtp_text      text NOT NULL DEFAULT '',
+    changed_by     text NOT NULL,
+    after          jsonb,
+    CONSTRAINT address_events_pkey PRIMARY KEY (address, event_time, delivery_id, event_id)
+);
+
+CREATE TABLE delivery_domains (
+    delivery_id bigint NOT NULL REFERENCES deliveries ON DELETE CASCADE,
+    domain_rank smallint NOT NULL,
+    domain      text NOT NULL,
+    PRIMARY KEY (delivery_id, domain_rank)
+);
+
+CREATE TABLE delivery_domain_counters (
+    delivery_id  bigint NOT NULL REFERENCES deliveries ON DELETE CASCADE,
+    domain_rank  smallint NOT NULL,
+    shard        smallint NOT NULL,
+    to_deliver   bigint NOT NULL DEFAULT 0,
+    relayed      bigint NOT NULL DEFAULT 0,
+    delivered    bigint NOT NULL DEFAULT 0,
+    soft_bounced bigint NOT NULL DEFAULT 0,
+    hard_bounced bigint NOT NULL DEFAULT 0,
+    expired      bigint NOT NULL DEFAULT 0,
+    opened       bigint NOT NULL DEFAULT 0,
+    clicked      bigint NOT NULL DEFAULT 0,
+    complained   bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (delivery_id, domain_rank, shard)
+);
+
+-- Messages whose sending log is FAILED, by failure type and reason.
+CREATE TABLE delivery_failure_counters (
+    delivery_id    bigint NOT NULL REFERENCES deliveries ON DELETE CASCADE,
+    failure_type   smallint NOT NULL,
+    failure_reason smallint NOT NULL,
+    shard          smallint NOT NULL,
+    failed         bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (delivery_id, failure_type, failure_reason, shard)
+);
+
+CREATE TABLE delivery_alerts (
+    delivery_id bigint NOT NULL REFERENCES deliveries ON DELETE CASCADE,
+    criterion   smallint NOT NULL,
+    raise_day   date NOT NULL,
+    raise_time  timestamptz NOT NULL,
+    value       double precision NOT NULL,
+    threshold   double precision NOT NULL,
+    message     text NOT NULL,
+    -- Whether the rest of the delivery was stopped for it.
+    stopped     boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (delivery_id, criterion, raise_day)
+);
+-- Every delivery's alerts, newest first.
+CREATE INDEX delivery_alerts_time_idx ON delivery_alerts (raise_time, delivery_id, criterion);
+
+-- The delivery event feed (docs/events.md): each transaction that changes a delivery's
+-- messages writes one row per delivery and kind of change, with the ids it changed,
+-- under its transaction id. Rows are read in (xid, seq) order and only below the oldest
+-- transaction still in flight, so a row never appears behind a position already served.
+CREATE TABLE delivery_feed (
+    delivery_id bigint NOT NULL REFERENCES deliveries ON DELETE CASCADE,
+    xid         xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    seq         bigint GENERATED ALWAYS AS IDENTITY,
+    -- What wrote it: 1 the relay, 2 the feedback ingest, 3 the end of the validity.
+    source      smallint NOT NULL,
+    write_time  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- Messages relayed or expired.
+    message_ids bigint[] NOT NULL DEFAULT '{}',
+    -- Feedback events logged.
+    event_ids   text[] NOT NULL DEFAULT '{}',
+    -- The first and last of message_ids (sorted), to find a message's rows.
+    first_message_id bigint,
+    last_message_id  bigint,
+    -- How many items it holds (messages, then events): pages slice rows by it.
+    items       integer GENERATED ALWAYS AS (cardinality(message_ids)
+                                             + cardinality(event_ids)) STORED,
+    PRIMARY KEY (delivery_id, xid, seq)
+);
+-- Out of line, not compressed: written once, read page by page by every consumer.
+ALTER TABLE delivery_feed ALTER COLUMN message_ids SET STORAGE EXTERNAL,
+                          ALTER COLUMN event_ids SET STORAGE EXTERNAL;
+-- Every delivery's feed, in order.
+CREATE INDEX delivery_feed_order_idx ON delivery_feed (xid, seq);
+
+-- The event feed's retention (docs/events.md): rows are pruned in feed order, and the
+-- last one pruned is remembered, so that a cursor before it is told it is out of range
+-- (it would miss what was pruned) instead of silently skipping.
+CREATE TABLE delivery_feed_horizon (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    xid      xid8 NOT NULL,
+    seq      bigint NOT NULL,
+    items    integer NOT NULL
 );

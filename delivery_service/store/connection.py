@@ -9,19 +9,24 @@ load time, by the SQL literal of that enum member ('SENDING', 1).
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import class_row, tuple_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from delivery_service.domain import feedback, lifecycle, preparation, recurring
+from delivery_service.domain import events, feedback, lifecycle, preparation, quarantine, recurring
 from grpc_common import named_queries
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -34,6 +39,10 @@ class StoreError(Exception):
 
 class NotFound(StoreError):
     pass
+
+
+class OutOfRange(StoreError):
+    """What was asked for is past what is kept (the event feed's retention)."""
 
 
 class Conflict(StoreError):
@@ -50,6 +59,11 @@ class AlreadyExists(Conflict):
 
 class Unavailable(StoreError):
     """The database cannot be reached right now: worth trying again."""
+
+
+class Cancelled(Unavailable):
+    """The database cancelled a statement (its statement_timeout or lock_timeout): worth
+    trying again, with less work in one transaction if it was a large one."""
 
 
 class Rejected(StoreError):
@@ -70,6 +84,9 @@ NAMED_VALUES: dict[str, type[enum.Enum]] = {
         feedback.EventKind,
         preparation.DropReason,
         recurring.RecurringState,
+        quarantine.AddressStatus,
+        quarantine.Signal,
+        events.FeedSource,
     )
 }
 _NAMED = re.compile(r"\{(" + "|".join(NAMED_VALUES) + r")\.([A-Z_]+)\}")
@@ -102,20 +119,60 @@ def _load_queries() -> dict[str, bytes]:
 QUERIES = _load_queries()
 
 
+# How long a caller waits for a pooled connection before it is told Unavailable: well
+# under a client's deadline (the CLI's is 30 s), so an unreachable database is a quick
+# UNAVAILABLE, not a DEADLINE_EXCEEDED after the deadline (psycopg_pool waits 30 s).
+POOL_TIMEOUT = 4.0
+# libpq's connect_timeout (whole seconds) for each new connection: a host that drops
+# packets must not hold a connection attempt for minutes.
+CONNECT_TIMEOUT = 2
+# The pool gives a failing reconnection up after this long and starts a fresh one on the
+# next demand: its backoff doubles from 1 s up to this bound (5 minutes by default, which
+# left the first call after an outage waiting 23 s for the next attempt).
+RECONNECT_TIMEOUT = 2.0
+# How often the probe asks the database while it answers, and while it does not: a
+# return is seen within PROBE_DOWN_INTERVAL, an outage within PROBE_INTERVAL.
+PROBE_INTERVAL = 1.0
+PROBE_DOWN_INTERVAL = 0.25
+# How long a caller waits beyond the pool's timeout for the pool's check of a connection
+# (a query that takes a millisecond when the database answers).
+CHECK_TIMEOUT = 0.5
+# How long a caller waits for a connection once the probe found the database gone: a
+# connection that is ready is still handed out, but nobody waits long for a new one.
+DOWN_POOL_TIMEOUT = 0.5
+
+
 class Database:
     """The pool of connections, opened at start-up; connections are in autocommit."""
 
-    def __init__(self, conninfo: str, *, min_size: int = 2, max_size: int = 20) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 20,
+        timeout: float = POOL_TIMEOUT,
+    ) -> None:
+        self.conninfo = conninfo
+        # What the probe (watch) last found.
+        self.reachable = True
+        # Work whose waiting caller gave up (see _bounded), kept until it ends.
+        self._late: set[asyncio.Future[Any]] = set()
+        # A test hook: awaited inside each transaction just before its commit, to hold
+        # transactions open (the event feed's commit-order tests).
+        self.before_commit: Callable[[], Awaitable[None]] | None = None
         self.pool = AsyncConnectionPool(
             conninfo,
             connection_class=psycopg.AsyncConnection[Any],
             min_size=min_size,
             max_size=max_size,
             open=False,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
             # A connection broken by a database restart is replaced, not handed out.
             check=AsyncConnectionPool.check_connection,
             name="delivery",
+            timeout=timeout,
+            reconnect_timeout=RECONNECT_TIMEOUT,
         )
 
     async def open(self, timeout: float = 30.0) -> None:
@@ -126,8 +183,59 @@ class Database:
         except TimeoutError as exc:
             raise Unavailable("the database could not be reached in time") from exc
 
+    async def watch(self, on_change: Callable[[bool], Awaitable[None]]) -> None:
+        """Probes the database until cancelled, on a connection of its own (a pool busy
+        under load must not look like an outage), and tells `on_change` when it stops or
+        starts answering. On its return, the pool's connections broken by the outage are
+        replaced at once, before the first caller meets them."""
+        probe: Conn | None = None
+        down_since = 0.0
+        try:
+            while True:
+                probe, error = await self._probe(probe)
+                if self.reachable and error:
+                    self.reachable, down_since = False, time.monotonic()
+                    log.warning("database unreachable: %s", error)
+                    await on_change(False)
+                elif not self.reachable and not error:
+                    await self.pool.check()
+                    self.reachable = True
+                    log.info("database reachable again after %.1f s", time.monotonic() - down_since)
+                    await on_change(True)
+                await asyncio.sleep(PROBE_INTERVAL if self.reachable else PROBE_DOWN_INTERVAL)
+        finally:
+            if probe is not None:
+                await probe.close()
+
+    async def _probe(self, probe: Conn | None) -> tuple[Conn | None, str]:
+        """One `SELECT 1` on the probe's connection, else on a new one (the last may have
+        been broken by a restart): the connection, and the error ("" if one answered)."""
+        error = ""
+        for conn in (probe, None) if probe is not None else (None,):
+            try:
+                if conn is None:  # libpq's connect_timeout bounds it
+                    conn = await psycopg.AsyncConnection.connect(
+                        self.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+                    )
+                await self._bounded(conn.execute("SELECT 1"), CONNECT_TIMEOUT, _closing(conn))
+                return conn, ""
+            except TimeoutError:
+                # A server that accepts connections but does not answer is unreachable
+                # too (a new connection would not be answered either); the connection is
+                # closed once its query ends.
+                return None, "no answer in time"
+            except psycopg.Error as exc:
+                error = str(exc).strip()
+                if conn is not None:
+                    await conn.close()
+        return None, error
+
     async def close(self) -> None:
         await self.pool.close()
+        # Work its callers gave up ends with the pool (PoolClosed): before the event loop
+        # does, or it would report it as unhandled.
+        if self._late:
+            await asyncio.wait(self._late, timeout=CHECK_TIMEOUT)
 
     def stats(self) -> Mapping[str, int]:
         """The pool's figures (pool_size, pool_available, requests_waiting, ...)."""
@@ -137,20 +245,73 @@ class Database:
     async def connection(self) -> AsyncIterator[Conn]:
         """A pooled connection; an unreachable database is Unavailable, during use too."""
         try:
-            async with self.pool.connection() as conn:
-                yield conn
+            conn = await self._getconn(self.pool.timeout if self.reachable else DOWN_POOL_TIMEOUT)
+            try:
+                async with conn:  # the pool's own way: rolled back on an error, not closed
+                    yield conn
+            finally:
+                await self.pool.putconn(conn)
         except psycopg.errors.UniqueViolation as exc:
             raise AlreadyExists(exc.diag.constraint_name or "unique") from exc
+        except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
+            raise Cancelled(str(exc)) from exc
+        except PoolTimeout as exc:  # its own words are about the pool, not the database
+            why = "busy" if self.reachable else "unreachable"
+            raise Unavailable(f"no database connection in time: the database is {why}") from exc
         except psycopg.OperationalError as exc:
             raise Unavailable(str(exc)) from exc
         except TimeoutError as exc:  # the pool had no connection in time
             raise Unavailable("no database connection available") from exc
+
+    async def _getconn(self, timeout: float) -> Conn:
+        """A connection from the pool within `timeout` (and a little more, for its check).
+        The pool checks a connection before handing it out, and that check has no bound:
+        against a server that does not answer at all (hung, or behind a partition) a
+        caller would wait past its deadline."""
+        try:
+            return await self._bounded(
+                self.pool.getconn(timeout), timeout + CHECK_TIMEOUT, self.pool.putconn
+            )
+        except TimeoutError:
+            raise PoolTimeout("the pool's check of a connection got no answer") from None
+
+    async def _bounded(
+        self, work: Awaitable[T], timeout: float, leftover: Callable[[T], Awaitable[None]]
+    ) -> T:
+        """What `work` gives within `timeout`, else TimeoutError. The work is not cancelled
+        (psycopg meets the cancellation of a query the server does not answer by asking
+        the server to cancel it, for up to 10 s more): it goes on alone, and whatever it
+        gets at last is handed to `leftover` (a connection given back, one closed)."""
+        attempt = asyncio.ensure_future(work)
+        try:
+            return await asyncio.wait_for(asyncio.shield(attempt), timeout)
+        except BaseException:  # this wait's end, or the caller cancelled
+
+            def done(attempt: asyncio.Future[T]) -> None:
+                self._late.discard(attempt)
+                if not attempt.cancelled() and attempt.exception() is None:
+                    ending = asyncio.ensure_future(leftover(attempt.result()))
+                    self._late.add(ending)
+                    ending.add_done_callback(self._late.discard)
+
+            self._late.add(attempt)
+            attempt.add_done_callback(done)  # at once if it is over
+            raise
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
         """A connection inside one transaction, committed when the block ends."""
         async with self.connection() as conn, conn.transaction():
             yield conn
+            if self.before_commit is not None:
+                await self.before_commit()
+
+
+def _closing(conn: Conn) -> Callable[[object], Awaitable[None]]:
+    async def close(_: object) -> None:
+        await conn.close()
+
+    return close
 
 
 async def execute(conn: Conn, name: str, /, **params: Any) -> int:
@@ -213,6 +374,10 @@ def int_array(values: Iterable[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+def optional_int_array(values: Iterable[int | None]) -> str:
+    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
+
+
 def bool_array(values: Iterable[bool]) -> str:
     return "{" + ",".join("true" if v else "false" for v in values) + "}"
 
@@ -222,7 +387,15 @@ def _quote(text: str) -> str:
 
 
 def text_array(values: Iterable[str]) -> str:
-    return "{" + ",".join(map(_quote, values)) + "}"
+    # Joined on NUL (which no text value holds), escaped and split into quoted elements
+    # all at once: four times cheaper than quoting each; per element if one holds a NUL.
+    items = values if isinstance(values, list) else list(values)
+    if not items:
+        return "{}"
+    joined = "\x00".join(items)
+    if joined.count("\x00") != len(items) - 1:
+        return "{" + ",".join(map(_quote, items)) + "}"
+    return '{"' + joined.replace("\\", "\\\\").replace('"', '\\"').replace("\x00", '","') + '"}'
 
 
 def bool_table(rows: Iterable[Iterable[bool]]) -> str:
@@ -232,10 +405,4 @@ def bool_table(rows: Iterable[Iterable[bool]]) -> str:
 
 def int_table(rows: Iterable[Iterable[int | None]]) -> str:
     """A two-dimensional array literal; None is NULL."""
-    return (
-        "{"
-        + ",".join(
-            "{" + ",".join("NULL" if v is None else str(v) for v in row) + "}" for row in rows
-        )
-        + "}"
-    )
+    return "{" + ",".join(optional_int_array(row) for row in rows) + "}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections.abc import Mapping
+from typing import Any
 
 from delivery_service.domain import feedback as fb
 from delivery_service.domain.kpis import Counters
@@ -76,7 +77,56 @@ async def recount(conn: Conn, delivery_id: int) -> tuple[int, Counters]:
         **{name: getattr(truth, name) for name in fb.COUNTER_NAMES},
     )
     await execute(conn, "set_stats", id=delivery_id, opened=truth.opened, clicked=truth.clicked)
-    return repaired, truth
+    return repaired + await _recount_breakdown(conn, delivery_id), truth
+
+
+async def _recount_breakdown(conn: Conn, delivery_id: int) -> int:
+    """The domain and failure counters recomputed and put in place; returns how many
+    figures had drifted."""
+    live = await figures(conn, delivery_id)
+    domains = await fetch_tuples(conn, "recount_domains", delivery_id=delivery_id)
+    failures = await fetch_tuples(conn, "recount_failures", delivery_id=delivery_id)
+    drifted = _differences(
+        {row[0]: tuple(row[1:]) for row in live.domain_counters},
+        {row[0]: tuple(row[1:]) for row in domains},
+    ) + _differences(
+        {(t, r): (n,) for t, r, n in live.failure_counters},
+        {(t, r): (n,) for t, r, n in failures},
+    )
+    await execute(conn, "clear_breakdown_counters", delivery_id=delivery_id)
+    await execute(conn, "clear_failure_counters", delivery_id=delivery_id)
+    columns = list(zip(*domains, strict=True)) or [()] * 10
+    await execute(
+        conn,
+        "put_domain_counters",
+        delivery_id=delivery_id,
+        ranks=list(columns[0]),
+        shards=[0] * len(domains),
+        **{
+            name: list(values)
+            for name, values in zip(("to_deliver", *fb.COUNTER_NAMES), columns[1:], strict=True)
+        },
+    )
+    await execute(
+        conn,
+        "put_failure_counters",
+        delivery_id=delivery_id,
+        types=[t for t, _, _ in failures],
+        reasons=[r for _, r, _ in failures],
+        counts=[n for _, _, n in failures],
+    )
+    return drifted
+
+
+def _differences(live: Mapping[Any, tuple[int, ...]], truth: Mapping[Any, tuple[int, ...]]) -> int:
+    """How many figures differ between two tables of counters (a missing row is zeros)."""
+    width = max((len(v) for v in (*live.values(), *truth.values())), default=0)
+    zeros = (0,) * width
+    return sum(
+        a != b
+        for key in live.keys() | truth.keys()
+        for a, b in zip(live.get(key, zeros), truth.get(key, zeros), strict=True)
+    )
 
 
 async def refresh_stats(conn: Conn, interval: dt.timedelta) -> int:

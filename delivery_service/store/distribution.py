@@ -36,6 +36,8 @@ Placement = Distributed | Reference | Local
 # Every table of the schema, and the views with the table they read.
 TABLES: dict[str, Placement] = {
     "operators": Reference(),
+    # One row: where the event feed's retention has pruned to.
+    "delivery_feed_horizon": Reference(),
     "profiles": Reference(),
     "targets": Reference(),
     "recurring_deliveries": Reference(),
@@ -43,12 +45,21 @@ TABLES: dict[str, Placement] = {
     "sending_logs": Distributed("delivery_id", "deliveries"),
     "feedback_events": Distributed("delivery_id", "deliveries"),
     "delivery_counters": Distributed("delivery_id", "deliveries"),
+    "delivery_domains": Distributed("delivery_id", "deliveries"),
+    "delivery_domain_counters": Distributed("delivery_id", "deliveries"),
+    "delivery_failure_counters": Distributed("delivery_id", "deliveries"),
+    "delivery_alerts": Distributed("delivery_id", "deliveries"),
+    "delivery_feed": Distributed("delivery_id", "deliveries"),
     "dropped_recipients": Distributed("delivery_id", "deliveries"),
     # A recipient list belongs to a target, which occurrences of a recurring delivery
     # share: sharded by its target, in a group of its own.
     "target_recipients": Distributed("target_id"),
     # Keyed by a value unique across deliveries: sharded by that value.
     "delivery_requests": Distributed("request_id"),
+    # What feedback taught of each address, and its history: sharded by the address,
+    # together (an entry and its events are changed in one statement's shard).
+    "addresses": Distributed("address"),
+    "address_events": Distributed("address", "addresses"),
     # Appended by every state change, read by the admin: sharded by its own id.
     "audit_events": Distributed("id"),
     "schema_migrations": Local(),
@@ -65,6 +76,14 @@ FAN_OUTS: dict[str, str] = {
     "history_by_profile": "a profile's messages, across deliveries",
     "history_by_email": "an address's messages, across deliveries",
     "list_audit_events": "the admin's page of the audit trail, newest first",
+    "analyse_target": "preparation: the quarantined and denylisted addresses, every shard's",
+    "erroneous_addresses": "the cleanup round: the erroneous addresses due for release",
+    "list_addresses": "a page of the address table, most recently changed first",
+    "live_deliveries": "the alerts round: every delivery sending or sent",
+    "list_all_alerts": "a page of every delivery's alerts, newest first",
+    "feed_page": "the event feed, in transaction order: every delivery's, or one's",
+    "feed_end": "where the event feed ends now: every delivery's, or one's",
+    "prune_feed": "the event feed's retention: its oldest rows, in feed order",
 }
 
 

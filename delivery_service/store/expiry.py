@@ -41,13 +41,13 @@ async def unsettled_messages(
 async def write_messages(
     conn: Conn, delivery_id: int, messages: Iterable[fb.MessageState], now: dt.datetime
 ) -> None:
-    """Writes the new state of a delivery's messages whose fate changed."""
+    """Writes the new state of a delivery's messages whose fate changed, and moves them
+    in the delivery's counters (held exclusively by the caller)."""
     rows = [m.row() for m in messages]
     if not rows:
         return
-    ids, statuses, outcomes, failure_types, failure_reasons, opened, clicked = zip(
-        *rows, strict=True
-    )
+    # Opens, clicks and complaints are no fate: the end of the validity leaves them.
+    ids, statuses, outcomes, failure_types, failure_reasons, *_ = zip(*rows, strict=True)
     await execute(
         conn,
         "update_messages",
@@ -58,8 +58,6 @@ async def write_messages(
         outcomes=list(outcomes),
         failure_types=list(failure_types),
         failure_reasons=list(failure_reasons),
-        opened=list(opened),
-        clicked=list(clicked),
     )
 
 

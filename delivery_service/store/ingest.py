@@ -4,11 +4,14 @@ counters by one set-based statement (sql/queries/ingest.sql), each event once.""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from delivery_service import clock
 from delivery_service.domain import feedback as fb
-from delivery_service.store import counters
+from delivery_service.domain import quarantine as q
+from delivery_service.store import addresses, counters
 from delivery_service.store.connection import (
     DATA_ERRORS,
     QUERIES,
@@ -37,6 +40,10 @@ class EventBatch:
     link_indexes: list[int] = field(default_factory=list)
     # Microseconds since the Unix epoch: an int is far cheaper to send than a datetime.
     event_micros: list[int] = field(default_factory=list)
+    # The receiving server's reply, for bounces and ignored replies.
+    smtp_codes: list[int] = field(default_factory=list)
+    smtp_statuses: list[str] = field(default_factory=list)
+    smtp_texts: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.event_ids)
@@ -82,6 +89,9 @@ def feedback_rules() -> dict[str, str | int]:
     return {
         "outcome_of_kind": int_array(int(fb.outcome_of(k) or fb.Outcome.NONE) for k in kinds),
         "opens": bool_array(k in fb.ENGAGEMENTS for k in kinds),
+        "after_delivery": bool_array(k in fb.AFTER_DELIVERY for k in kinds),
+        "address_kinds": bool_array(q.signal_of(k) is not None for k in kinds),
+        "report_kinds": bool_array(q.signal_of(k) is q.Signal.DELIVERED for k in kinds),
         "clicks": bool_array(k is fb.EventKind.CLICKED for k in kinds),
         "statuses": int_table([int(fb.status_of(m, True, o)) for o in fb.Outcome] for m in modes),
         "failure_types": int_table(
@@ -91,6 +101,7 @@ def feedback_rules() -> dict[str, str | int]:
         "engageable": bool_table([fb.engageable(m, o) for o in fb.Outcome] for m in modes),
         "relay_margin": -fb.EVENT_TIME_MARGIN_SECONDS * 1_000_000,
         "future_margin": fb.EVENT_TIME_MARGIN_SECONDS * 1_000_000,
+        "max_events": fb.MAX_EVENTS_PER_MESSAGE,
     }
 
 
@@ -111,7 +122,9 @@ def by_delivery(batch: EventBatch) -> dict[int, EventBatch]:
     return parts
 
 
-async def apply_feedback(db: Database, batch: EventBatch, *, final: bool = True) -> IngestResult:
+async def apply_feedback(
+    db: Database, batch: EventBatch, *, final: bool = True, rules: q.Rules = q.DEFAULT_RULES
+) -> IngestResult:
     """Applies a batch of feedback events in one transaction, each event once.
 
     Events for unknown messages are dropped (counted); an event id already applied is
@@ -119,8 +132,9 @@ async def apply_feedback(db: Database, batch: EventBatch, *, final: bool = True)
     reason; unless `final`, those that time may mend are counted as deferred instead);
     a FINISHED delivery's fates no longer change, though opens and clicks still count.
     One round trip: the counters' shared lock, then for each delivery (in id order) the
-    lock of its messages and the set-based statement, pipelined. Raises Rejected if the
-    database refuses the data (nothing is then written).
+    lock of its messages and the set-based statement, pipelined; then the new events'
+    addresses are folded into the address table (`rules`) in the same transaction.
+    Raises Rejected if the database refuses the data (nothing is then written).
     """
     if not batch:
         return IngestResult()
@@ -129,6 +143,7 @@ async def apply_feedback(db: Database, batch: EventBatch, *, final: bool = True)
     try:
         async with db.transaction() as conn, conn.pipeline():
             # Not fetched: every statement goes to the server in one round trip.
+            await execute(conn, "plan_by_key")
             await execute(conn, "lock_counters_shared", delivery_ids=int_array(d for d, _ in parts))
             cursors = []
             for delivery_id, part in parts:
@@ -151,7 +166,11 @@ async def apply_feedback(db: Database, batch: EventBatch, *, final: bool = True)
                             "attempts": int_array(part.attempts),
                             "link_indexes": int_array(part.link_indexes),
                             "event_micros": int_array(part.event_micros),
+                            "smtp_codes": int_array(part.smtp_codes),
+                            "smtp_statuses": text_array(part.smtp_statuses),
+                            "smtp_texts": text_array(part.smtp_texts),
                             "delivered_in_batch": bool_array(_delivered_in_batch(part)),
+                            "in_batch": int_array(_in_batch(part)),
                             "shard": counters.any_shard(),
                             "now": now,
                             "now_micros": int(now.timestamp() * 1_000_000),
@@ -159,6 +178,23 @@ async def apply_feedback(db: Database, batch: EventBatch, *, final: bool = True)
                     )
                 )
             rows = [await cur.fetchone() for cur in cursors]
+            micros = int(now.timestamp() * 1_000_000)
+            await addresses.fold(
+                conn,
+                (
+                    event
+                    for (delivery_id, _), row in zip(parts, rows, strict=True)
+                    if row
+                    for event in address_events(delivery_id, row[3:12])
+                ),
+                rules,
+                micros,
+                [
+                    addresses.DeliveryReports(delivery_id, *row[13:])
+                    for (delivery_id, _), row in zip(parts, rows, strict=True)
+                    if row and row[12]
+                ],
+            )
     except DATA_ERRORS as exc:
         raise Rejected(str(exc)) from exc
     known = sum(row[0] for row in rows if row)
@@ -176,6 +212,35 @@ async def apply_feedback(db: Database, batch: EventBatch, *, final: bool = True)
 
 
 _DELIVERED = int(fb.EventKind.DELIVERED)
+_FAILURE_TYPE = {q.Signal.HARD_ERROR: fb.FailureType.HARD, q.Signal.SOFT_ERROR: fb.FailureType.SOFT}
+# By kind's value, for the kinds that say something of the address: (signal, failure type).
+_ADDRESS_SIGNALS = {
+    int(kind): (signal, int(_FAILURE_TYPE.get(signal, fb.FailureType.NONE)))
+    for kind in fb.EventKind
+    if (signal := q.signal_of(kind)) is not None
+}
+
+
+def address_events(
+    delivery_id: int, columns: tuple[list[Any], ...]
+) -> Iterator[tuple[str, q.AddressEvent]]:
+    """The (address, event) pairs of the new events apply_feedback returns of a delivery
+    (only events that say something of their address)."""
+    for email, event_id, message_id, kind, reason, micros, code, status, text in zip(
+        *columns, strict=True
+    ):
+        signal, failure_type = _ADDRESS_SIGNALS[kind]
+        yield email.lower(), q.AddressEvent(
+            micros, delivery_id, event_id, signal, message_id, failure_type, reason, code,
+            status, text,
+        )  # fmt: skip
+
+
+def _in_batch(part: EventBatch) -> list[int]:
+    """For each event, how many events of its message the batch holds: the bound of
+    events per message needs counting only where these could pass it."""
+    counts = Counter(part.message_ids)
+    return [counts[m] for m in part.message_ids]
 
 
 def _delivered_in_batch(part: EventBatch) -> list[bool]:

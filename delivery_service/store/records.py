@@ -7,8 +7,10 @@ a status as a bare string or number.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from delivery_service.domain.alerts import Criterion, RaisedAlert
 from delivery_service.domain.feedback import FailureReason, FailureType, FeedbackMode, Status
 from delivery_service.domain.kpis import Counters
 from delivery_service.domain.lifecycle import ApprovalStep, State
@@ -71,10 +73,47 @@ class DeliveryFigures:
     expired: int
     opened: int
     clicked: int
+    complained: int = 0
+    # The breakdown: rows of (domain rank, to deliver, then the counters' order), the
+    # ranked domains' names, and rows of (failure type, reason, failed messages).
+    domain_counters: list[list[int]] = field(default_factory=list)
+    domain_names: list[str] = field(default_factory=list)
+    failure_counters: list[list[int]] = field(default_factory=list)
+    # Its alerts, newest first, as JSON objects of RaisedAlert's fields.
+    alerts: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.feedback_mode = FeedbackMode(self.feedback_mode)
         self.state = State(self.state)
+
+    @property
+    def domains(self) -> list[tuple[str, int, Counters]]:
+        """(domain, to deliver, counters) of the ranked domains, then of the others
+        together ("") if there are any."""
+        ranked = [
+            (self.domain_names[rank - 1] if rank else "", to_deliver, Counters(*counts))
+            for rank, to_deliver, *counts in self.domain_counters
+            if rank <= len(self.domain_names)
+        ]
+        # Rank 0, the others, last.
+        return sorted(ranked, key=lambda d: d[0] == "") if ranked else []
+
+    @property
+    def failures(self) -> list[tuple[int, int, int]]:
+        return [(t, r, n) for t, r, n in self.failure_counters]
+
+    @property
+    def raised_alerts(self) -> list[RaisedAlert]:
+        return [
+            RaisedAlert(
+                **{
+                    **a,
+                    "criterion": Criterion(a["criterion"]),
+                    "raise_time": dt.datetime.fromisoformat(a["raise_time"]),
+                }
+            )
+            for a in self.alerts
+        ]
 
     @property
     def counters(self) -> Counters:
@@ -86,6 +125,7 @@ class DeliveryFigures:
             expired=self.expired,
             opened=self.opened,
             clicked=self.clicked,
+            complained=self.complained,
         )
 
 
@@ -102,6 +142,10 @@ class SendingLog:
     update_time: dt.datetime
     opened: bool
     clicked: bool
+    complained: bool
+    smtp_code: int
+    smtp_status: str
+    smtp_text: str
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from delivery_service import clock
 from delivery_service.domain import feedback as fb
 from delivery_service.store import counters
 from delivery_service.store.connection import Database, execute, fetch_tuples, fetch_value
@@ -50,13 +51,15 @@ async def mark_relayed(
     in (after, upto]. Returns how many this call marked (feedback may have been first)."""
     async with db.transaction() as conn:
         await counters.lock_shared(conn, [delivery_id])
-        marked = await execute(
+        marked: int = await fetch_value(
             conn,
             "mark_relayed",
             delivery_id=delivery_id,
             after=after,
             upto=upto,
             status=fb.status_of(mode, True, fb.Outcome.NONE),
+            shard=counters.any_shard(),
+            now=clock.now(),
         )
         if marked:
             deltas = fb.empty_deltas()

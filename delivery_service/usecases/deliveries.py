@@ -10,7 +10,9 @@ from typing import TypeVar
 from delivery_service import clock
 from delivery_service.domain import feedback as fb
 from delivery_service.domain import lifecycle
+from delivery_service.domain import quarantine as q
 from delivery_service.domain.requests import NewDelivery, ProfileUpdate, request_digest
+from delivery_service.store import addresses as store_addresses
 from delivery_service.store import deliveries, logs, preparation, profiles
 from delivery_service.store.connection import Conflict, Conn, Database
 from delivery_service.store.records import Delivery, SendingLog
@@ -141,6 +143,24 @@ async def history(
         )
 
 
-async def upsert_profiles(db: Database, updates: list[ProfileUpdate]) -> tuple[int, int]:
+async def upsert_profiles(
+    db: Database, updates: list[ProfileUpdate], operator: str, rules: q.Rules
+) -> tuple[int, int]:
+    """Creates or replaces profiles; the address of one flagged quarantined is
+    quarantined by hand (the address table holds quarantines: unflagged, nothing is
+    released)."""
+    now = clock.now()
+    micros = int(now.timestamp() * 1_000_000)
     async with db.transaction() as conn:
-        return await profiles.upsert(conn, updates, clock.now())
+        counts = await profiles.upsert(conn, updates, now)
+        await store_addresses.fold(
+            conn,
+            [
+                (p.email.lower(), q.manual_event(q.AddressStatus.QUARANTINED, operator, micros))
+                for p in updates
+                if p.quarantined and p.email
+            ],
+            rules,
+            micros,
+        )
+        return counts

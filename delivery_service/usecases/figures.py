@@ -28,6 +28,9 @@ def kpis_of(figures: DeliveryFigures) -> kpis.Kpis:
         clicked_at_stats=figures.clicked_at_stats,
         stats_time=figures.stats_time,
         final=figures.state is lifecycle.State.FINISHED,
+        domains=figures.domains,
+        failures=figures.failures,
+        alerts=figures.raised_alerts,
     )
 
 
@@ -69,7 +72,6 @@ async def finish(db: Database, delivery_id: int) -> bool:
             return False
         # Exclusive: no feedback batch changes the counters until the recount below.
         await counters.lock_exclusive(conn, delivery_id)
-        deltas = fb.empty_deltas()
         after = 0
         while messages := await expiry.unsettled_messages(conn, delivery_id, after, FINISH_BATCH):
             after = messages[-1].message_id
@@ -77,10 +79,10 @@ async def finish(db: Database, delivery_id: int) -> bool:
             for message in messages:
                 final = fb.expiry_outcome(message.mode, message.relayed, message.outcome)
                 if final != message.outcome:
-                    fb.move_outcome(message, final, deltas)
+                    message.outcome = final
                     changed.append(message)
+            # Moves the messages in the counters too, by domain and by failure.
             await expiry.write_messages(conn, delivery_id, changed, clock.now())
-        await counters.add(conn, {delivery_id: deltas})
         # The final figures come from the logs themselves, in the same transaction:
         # nobody sees FINISHED with figures from before the recount.
         repaired, _ = await counters.recount(conn, delivery_id)

@@ -14,6 +14,7 @@ TIMEOUT = 60.0
 
 # mta.v1.EventKind values, as stored in feedback_events.kind.
 DELIVERED, HARD_BOUNCE, SOFT_BOUNCE, EXPIRED, OPENED, CLICKED = 1, 2, 3, 4, 5, 6
+COMPLAINT, IGNORED = 7, 8
 
 
 def request(

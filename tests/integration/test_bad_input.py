@@ -9,6 +9,7 @@ import grpc
 import pytest
 from delivery.v1 import delivery_service_pb2 as pb
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from tests.integration import flows
@@ -247,3 +248,30 @@ async def test_a_page_token_only_continues_the_request_it_came_from(module_pair:
             await call
         assert err.value.code() == INVALID
         assert (err.value.details() or "").startswith("page_token: ")
+
+
+async def test_every_bad_field_of_a_request_is_named_at_once(module_pair: Pair) -> None:
+    """Three bad fields: three violations in the BadRequest detail, the first one's text
+    as the message, naming the others; the request id comes back as on any call."""
+    bad = with_(good(), lambda r: setattr(r, "label", ""))
+    bad.content.links.append("javascript:alert(1)")
+    bad.ClearField("validity_period")
+    call = module_pair.api.CreateDelivery(bad, metadata=[("x-request-id", "three-bad")])
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    assert err.value.code() == INVALID
+    assert err.value.details() == (
+        "content.links[1]: must be an http or https URL"
+        " (and 2 more invalid fields: label, validity_period)"
+    )
+    status = rpc_status.from_call(err.value)
+    assert status is not None
+    (detail,) = status.details
+    bad_request = error_details_pb2.BadRequest()
+    assert detail.Unpack(bad_request)
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [
+        ("content.links[1]", "must be an http or https URL"),
+        ("label", "required"),
+        ("validity_period", "required"),
+    ]
+    assert ("x-request-id", "three-bad") in tuple(err.value.trailing_metadata() or ())

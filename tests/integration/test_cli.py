@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -27,9 +29,11 @@ from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 from typer.testing import CliRunner, Result
 
+from campaign_cli import operators
 from campaign_cli.app import app
 from tests.conftest import Servers
-from tests.support import processes
+from tests.integration import flows
+from tests.support import callers, processes
 from tests.support.callers import CALLER_ROLES, bearer
 from tools import embedded_pg, run_pair
 from tools.processes import REPO_ROOT, child_env
@@ -140,7 +144,9 @@ def write_csv(path: Path, *lines: str) -> Path:
 # --- operators -----------------------------------------------------------------------------
 
 
-def test_operators_create(fresh_db_url: str, tmp_path: Path) -> None:
+def test_operators_create(
+    fresh_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     table = run("operators", "create", "alice", *BOTH_ROLES, "--database-url", fresh_db_url)
     lines = table.stdout.splitlines()
     assert lines[0] == f"Operator 'alice' created with roles {', '.join(CALLER_ROLES)}."
@@ -167,8 +173,23 @@ def test_operators_create(fresh_db_url: str, tmp_path: Path) -> None:
     assert down.stderr.startswith("error: UNAVAILABLE: cannot reach the database: ")
     assert len(down.stderr.splitlines()) == 1
 
+    # Outside a checkout there is no `make run` database to find.
+    monkeypatch.chdir(tmp_path)
     missing = run("operators", "create", "dave", code=2)
     assert "--database-url" in missing.output
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("DATABASE_URL", "").strip()),
+    reason="the suite's PostgreSQL is not embedded",
+)
+def test_the_cli_finds_the_embedded_database(tmp_path: Path) -> None:
+    # What `make run` uses: the service's database on the embedded server, as its
+    # launcher says (the CLI asks it), from the checkout's root or any folder inside.
+    expected = embedded_pg.uri(dbname=run_pair.DB_NAME)
+    assert operators.embedded_database_url(REPO_ROOT) == expected
+    assert operators.embedded_database_url(REPO_ROOT / "docs") == expected
+    assert operators.embedded_database_url(tmp_path) == ""
 
 
 def refused_soon(*args: str, expected: str) -> None:
@@ -185,7 +206,9 @@ def refused_soon(*args: str, expected: str) -> None:
         time.sleep(0.2)
 
 
-def test_operators_through_the_service(cli_pair: CliPair) -> None:
+def test_operators_through_the_service(
+    cli_pair: CliPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = processes.create_operator(cli_pair.database_url, "root", "admin")
     admin = ["--address", cli_pair.address, "--token", root]
 
@@ -285,7 +308,9 @@ def test_operators_through_the_service(cli_pair: CliPair) -> None:
         ),
     ):
         fails("--address", cli_pair.address, *args, expected=expected)
-    # Neither a token nor a database; an expiry offline: usage errors.
+    # Neither a token nor a database (outside a checkout: no `make run` database to find);
+    # an expiry offline: usage errors.
+    monkeypatch.chdir(tmp_path)
     nothing = run("--address", cli_pair.address, "operators", "create", "erin", code=2)
     assert "--token" in nothing.output and "--database-url" in nothing.output
     offline = ["operators", "create", "erin", "--database-url", cli_pair.database_url]
@@ -750,11 +775,8 @@ def test_make_run_banner_gives_the_admin_token() -> None:
         campaign=".venv/bin/campaign",
     )
     row(shown, "admin token", ".data/admin.token")
-    create = (
-        '.venv/bin/campaign --token "$(cat .data/admin.token)" operators create alice \\\n'
-        "        --role create_deliveries --role start_deliveries --role read_deliveries\n"
-    )
-    assert create in shown
+    # The command itself is the README's (tests/integration/test_docs_tour.py).
+    assert '.venv/bin/campaign --token "$(cat .data/admin.token)" --json' in shown
     # Every grpcurl call of a DeliveryService RPC carries a token; health and reflection
     # are open.
     calls = re.findall(r"^\s+grpcurl (.*)$", shown.replace("\\\n", " "), re.MULTILINE)
@@ -763,6 +785,14 @@ def test_make_run_banner_gives_the_admin_token() -> None:
         needs_token = "delivery.v1.DeliveryService/" in call
         assert ("authorization: Bearer $CAMPAIGN_TOKEN" in call) == needs_token, call
     assert "127.0.0.1:50051" in shown and "(pid 11)" in shown
+    # Where to go next: the demo, the metrics (off unless their ports are set), settings.
+    assert "make demo" in shown and "python -m delivery_service --help" in shown
+    row(shown, "metrics", "service off, stub off")
+    on = run_pair.banner(
+        service, stub, url, token_file=".data/admin.token", has_token=True,
+        campaign=".venv/bin/campaign", metrics_ports=("9100", "9101"),
+    )  # fmt: skip
+    row(on, "metrics", "service http://127.0.0.1:9100/metrics, stub http://127.0.0.1:9101/metrics")
 
     # A database that had an admin already: no token was written; say how to get one.
     without = run_pair.banner(
@@ -775,7 +805,7 @@ def test_make_run_banner_gives_the_admin_token() -> None:
     )
     assert "$(cat .data/admin.token)" not in without
     assert f"operators create root --role admin --database-url '{url}'" in without
-    assert '--token "$ADMIN_TOKEN" operators create alice' in without
+    assert '--token "$ADMIN_TOKEN" --json' in without
 
 
 def test_make_run_passes_the_bootstrap_token_file() -> None:
@@ -787,12 +817,10 @@ def test_make_run_passes_the_bootstrap_token_file() -> None:
 # --- make demo -------------------------------------------------------------------------------
 
 
-def test_demo(cli_pair: CliPair) -> None:
-    """`make demo`, which is `python -m campaign_cli.demo`, run as a process against the pair.
-
-    The pair's addresses and database come from the environment, as in a shell where
-    `make run` is up; only the size and the validity are smaller, to be quick.
-    """
+def demo(cli_pair: CliPair, *args: str) -> subprocess.Popen[str]:
+    """`make demo`, which is `python -m campaign_cli.demo *args`, as a process against the
+    pair, its addresses and database from the environment as in a shell where `make run`
+    is up."""
     environment = child_env(
         {
             "COLUMNS": "200",
@@ -801,19 +829,31 @@ def test_demo(cli_pair: CliPair) -> None:
             "DATABASE_URL": cli_pair.database_url,
         }
     )
-    process = subprocess.run(
-        [sys.executable, "-m", "campaign_cli.demo", "--recipients", "300", "--validity", "2s"],
+    return subprocess.Popen(
+        [sys.executable, "-m", "campaign_cli.demo", *args],
         stdin=subprocess.DEVNULL,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=environment,
         cwd=REPO_ROOT,
-        timeout=180,
-        check=False,
     )
-    out = process.stdout
-    assert process.returncode == 0, f"exit {process.returncode}\n{out}\n{process.stderr}"
-    assert "Traceback" not in out + process.stderr
+
+
+def live_demo_operators(database_url: str) -> list[str]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT name FROM operators WHERE name LIKE 'demo-%' AND revoke_time IS NULL"
+        ).fetchall()
+    return [name for (name,) in rows]
+
+
+def test_demo(cli_pair: CliPair) -> None:
+    """The demo end to end; only the size and the validity are smaller, to be quick."""
+    process = demo(cli_pair, "--recipients", "300", "--validity", "2s")
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 0, f"exit {process.returncode}\n{out}\n{err}"
+    assert "Traceback" not in out + err
     row(out, "Targeted", "315")
     row(out, "To deliver", "300")
     assert re.search(r"^FINISHED\s+\S+ 300/300 100%$", out, re.MULTILINE), out
@@ -846,3 +886,62 @@ def test_demo(cli_pair: CliPair) -> None:
     with psycopg.connect(cli_pair.database_url, autocommit=True) as conn:
         state = conn.execute("SELECT state FROM deliveries WHERE id = %s", (delivery_id,))
         assert state.fetchone() == ("FINISHED",)
+    # Its operator did its work and was revoked.
+    assert live_demo_operators(cli_pair.database_url) == []
+
+
+def delivers_everything(cli_pair: CliPair) -> None:
+    """A delivery of 50 through the stub has every message delivered and none bounced:
+    the stub is not bouncing mail (the demo's mix is not left behind)."""
+    with callers.channel(cli_pair.address, bearer(cli_pair.token)) as channel:
+        service = pb_grpc.DeliveryServiceStub(channel)
+        emails = [f"u{i}@example.com" for i in range(50)]
+        created = service.CreateDelivery(flows.request(emails), timeout=30)
+        delivery_id = created.delivery.id
+        service.PrepareDelivery(pb.PrepareDeliveryRequest(delivery_id=delivery_id), timeout=30)
+        service.ConfirmSend(pb.ConfirmSendRequest(delivery_id=delivery_id), timeout=30)
+
+        def kpis() -> pb.Kpis:
+            got = service.GetKpis(pb.GetKpisRequest(delivery_id=delivery_id), timeout=30).kpis
+            assert isinstance(got, pb.Kpis)
+            return got
+
+        # Under the seeded mix some messages bounce at once, and some never get delivered.
+        processes.wait_until(
+            lambda: (k := kpis()).delivered == 50 or k.failed, 60, message="not all delivered"
+        )
+        final = kpis()
+    assert (final.delivered, final.failed) == (50, 0), final
+
+
+def test_demo_checks_before_it_changes_the_stub_and_restores_it(cli_pair: CliPair) -> None:
+    """A demo that cannot work is refused before it touches anything; one that fails or
+    is interrupted (Ctrl-C) after setting the stub's mix sets it back and revokes its
+    operator."""
+    # More recipients than one request takes, with the demo's repeats and bad addresses.
+    too_many = demo(cli_pair, "--recipients", "100000")
+    out, err = too_many.communicate(timeout=60)
+    assert too_many.returncode == 2, out + err
+    assert "99985" in err, err
+    assert "Operator" not in out and live_demo_operators(cli_pair.database_url) == []
+
+    # A validity the service refuses: refused before the stub's mix is set.
+    refused = demo(cli_pair, "--recipients", "10", "--validity", "31d")
+    out, err = refused.communicate(timeout=60)
+    assert refused.returncode == 1, out + err
+    assert "INVALID_ARGUMENT" in err and "validity_period" in err, err
+    assert "MTA stub at" not in out, out
+    assert live_demo_operators(cli_pair.database_url) == []
+    delivers_everything(cli_pair)
+
+    # Ctrl-C while it watches its delivery, the stub's mix set.
+    interrupted = demo(cli_pair, "--recipients", "300", "--validity", "30s")
+    assert interrupted.stdout is not None
+    for line in interrupted.stdout:
+        if line.startswith("MTA stub at"):
+            break
+    interrupted.send_signal(signal.SIGINT)
+    out, err = interrupted.communicate(timeout=60)
+    assert interrupted.returncode != 0, out + err
+    assert live_demo_operators(cli_pair.database_url) == []
+    delivers_everything(cli_pair)

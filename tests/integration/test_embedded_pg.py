@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -34,3 +35,20 @@ def test_make_url_swaps_only_the_database() -> None:
         url = embedded_pg.make_url(base, dbname="t_1")
         assert url.startswith("postgresql://")
         assert psycopg.conninfo.conninfo_to_dict(url) == expected
+
+
+def test_a_server_that_cannot_be_run_is_one_line_saying_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """initdb that cannot even be started (here not executable; as root, a directory on the
+    way closed to the server's user) is one line naming the way out, for `make run` to
+    print, not a PermissionError's traceback."""
+    binaries = tmp_path / "bin"
+    binaries.mkdir()
+    (binaries / "initdb").write_text("#!/bin/sh\n")
+    monkeypatch.setattr(embedded_pg, "bin_dir", lambda: binaries)
+    with pytest.raises(embedded_pg.EmbeddedPgError) as raised:
+        embedded_pg.start(tmp_path / "pg")
+    said = str(raised.value)
+    assert said.startswith(f"cannot run {binaries / 'initdb'}"), said
+    assert "\n" not in said and "DATABASE_URL" in said, said

@@ -381,6 +381,30 @@ async def test_unacknowledged_events_come_again_on_the_next_stream(
     await second.close()
 
 
+def expected_event_ids(
+    mix: pb.Mix, ids: range, extras: scenarios.MixExtras | None = None
+) -> set[str]:
+    """What the stub must report of these messages, worked out from the same mix (and the
+    extras it was started with)."""
+    fields = (
+        f.name
+        for f in dataclasses.fields(scenarios.Mix)
+        if f.name in pb.Mix.DESCRIPTOR.fields_by_name
+    )
+    drawn = scenarios.Mix(**{name: getattr(mix, name) for name in fields})
+    if extras is not None:
+        drawn = extras.apply(drawn)
+    expected: set[str] = set()
+    timing = scenarios.Timing(RETRY_INTERVAL_MS / 1000, ENGAGEMENT_DELAY_MS / 1000)
+    for message_id in ids:
+        fate = scenarios.mix_fate(drawn, message_id)
+        step: scenarios.Step | None = scenarios.first_step(fate, 0.0, HOUR)
+        while step is not None:
+            expected.add(scenarios.event_id(message_id, step.kind, step.attempt))
+            step = scenarios.next_step(fate, step, HOUR, timing)
+    return expected
+
+
 async def test_a_seeded_mix_with_duplicated_events(
     mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
 ) -> None:
@@ -389,17 +413,7 @@ async def test_a_seeded_mix_with_duplicated_events(
     # Its 200 messages meet every fate (4 hard bounces, 31 soft, 88 opens, 31 clicks).
     mix = presets.variant(soft_until_expiry_rate=0.0)
     ids = range(10_401, 10_601)
-    # What the stub must report, worked out from the same mix and ids.
-    fields = (f.name for f in dataclasses.fields(scenarios.Mix))
-    drawn = scenarios.Mix(**{name: getattr(mix, name) for name in fields})
-    expected: set[str] = set()
-    for message_id in ids:
-        fate = scenarios.mix_fate(drawn, message_id)
-        step: scenarios.Step | None = scenarios.first_step(fate, 0.0, HOUR)
-        timing = scenarios.Timing(RETRY_INTERVAL_MS / 1000, ENGAGEMENT_DELAY_MS / 1000)
-        while step is not None:
-            expected.add(scenarios.event_id(message_id, step.kind, step.attempt))
-            step = scenarios.next_step(fate, step, HOUR, timing)
+    expected = expected_event_ids(mix, ids)
 
     faults = pb.Faults(duplicate_events=True)
     await mta.SetScenario(pb.SetScenarioRequest(mix=mix, faults=faults), timeout=5)
@@ -540,6 +554,8 @@ async def test_a_killed_stub_restarted_on_its_spool_keeps_what_it_acknowledged(
         message(2013, a, "open@example.com"),
         # Due after the restart: the schedule must survive the kill.
         message(2021, b, "delay-1500@example.com"),
+        # Delivered at once, its late bounce due after the restart.
+        message(2022, b, "late-hard-1500@example.com"),
     ]
     first_ids = contains(
         "2011:DELIVERED:1", "2012:HARD_BOUNCE:1", "2013:DELIVERED:1", "2013:OPENED:1"
@@ -550,11 +566,13 @@ async def test_a_killed_stub_restarted_on_its_spool_keeps_what_it_acknowledged(
     ):
         mta = async_stub(channel)
         feed = await Feed.open(mta, ack=False)
-        assert (await feed.relay(batch)).accepted == 4
+        assert (await feed.relay(batch)).accepted == 5
         await feed.events_of(a, first_ids)
+        await feed.events_of(b, contains("2022:DELIVERED:1"))
         before = await outcomes_when(mta, a, lambda o: o.unacknowledged_events == 4)
         pending = await mta.GetOutcomes(pb.GetOutcomesRequest(delivery_id=b), timeout=5)
-        assert (pending.in_flight, pending.delivered) == (1, 0)
+        # The late bounce decides 2022's fate: in flight until it comes.
+        assert (pending.in_flight, pending.delivered, pending.hard_bounced) == (2, 0, 0)
         # After the relay ack, before any feedback ack.
         first.process.send_signal(signal.SIGKILL)
         assert await first.process.wait() == -signal.SIGKILL
@@ -569,14 +587,20 @@ async def test_a_killed_stub_restarted_on_its_spool_keeps_what_it_acknowledged(
         assert counts(after) == counts(before)
         again = await Feed.open(mta)
         ack = await again.relay(batch)
-        assert (ack.accepted, ack.duplicates) == (0, 4)
+        assert (ack.accepted, ack.duplicates) == (0, 5)
         await again.events_of(a, first_ids)
-        await again.events_of(b, contains("2021:DELIVERED:1"))
+        await again.events_of(
+            b, contains("2021:DELIVERED:1", "2022:DELIVERED:1", "2022:HARD_BOUNCE:1")
+        )
+        (late,) = [e for e in again.of(2022) if e.kind == pb.EVENT_KIND_HARD_BOUNCE]
+        assert late.smtp_reply.code == 550
+        assert late.smtp_reply.text.startswith("<late-hard-1500@example.com>: ")
         # The same events, once each, with the same ids; nothing new for the duplicates.
         resent = sorted(e.event_id for e in again.events if e.delivery_id == a)
         assert resent == sorted(feed.ids(a))
         delivered_late = await outcomes_when(mta, b, all_acked)
         assert (delivered_late.delivered, delivered_late.in_flight) == (1, 0)
+        assert delivered_late.hard_bounced == 1
         settled = await outcomes_when(mta, a, all_acked)
         expected = {**counts(before), "duplicates": 3}
         del expected["unacknowledged_events"]
@@ -739,5 +763,165 @@ async def test_the_test_controls_are_off_without_the_flag(tmp_path: Path) -> Non
         feed = await Feed.open(mta)
         await feed.relay([message(1, 1, "someone@example.com")])
         await feed.events_of(1, contains("1:DELIVERED:1"))
+        await feed.close()
+        assert await stop(running) == 0, running.log()
+
+
+def seconds(event: pb.FeedbackEvent) -> float:
+    return event.event_time.ToNanoseconds() / 1e9
+
+
+def reply(event: pb.FeedbackEvent) -> tuple[int, str, str] | None:
+    if not event.HasField("smtp_reply"):
+        return None
+    return event.smtp_reply.code, event.smtp_reply.enhanced_status, event.smtp_reply.text
+
+
+async def test_complaints_late_bounces_and_auto_replies_follow_the_delivery_report(
+    mta: mta_service_pb2_grpc.MtaServiceAsyncStub,
+) -> None:
+    d = 112
+    feed = await Feed.open(mta)
+    await feed.relay(
+        [
+            message(1121, d, "complaint@example.com"),
+            message(1122, d, "late-hard@example.com"),
+            message(1123, d, "autoreply+x@example.com"),
+            message(1124, d, "hard-account-disabled@example.com"),
+            message(1125, d, "late-hard-1500@example.com"),
+            message(1126, d, "soft-not-defined@example.com", expire_after=0.12),
+        ]
+    )
+    await feed.events_of(d, contains("1122:HARD_BOUNCE:1", "1125:DELIVERED:1"))
+    # 1125's bounce is not due yet: its fate is undecided, its delivery report counts not.
+    pending = await mta.GetOutcomes(pb.GetOutcomesRequest(delivery_id=d), timeout=5)
+    assert pending.in_flight >= 1
+    assert pending.hard_bounced <= 2
+    await feed.events_of(
+        d,
+        lambda ids: (
+            contains(
+                "1121:DELIVERED:1",
+                "1121:COMPLAINT:1",
+                "1122:DELIVERED:1",
+                "1123:DELIVERED:1",
+                "1123:IGNORED:1",
+                "1124:HARD_BOUNCE:1",
+                "1125:HARD_BOUNCE:1",
+            )(ids)
+            and any(i.startswith("1126:EXPIRED:") for i in ids)
+        ),
+    )
+
+    def timeline(message_id: int) -> list[tuple[int, int, tuple[int, str, str] | None]]:
+        return [(e.kind, e.reason, reply(e)) for e in feed.of(message_id)]
+
+    assert timeline(1121) == [
+        (pb.EVENT_KIND_DELIVERED, pb.BOUNCE_REASON_UNSPECIFIED, None),
+        (pb.EVENT_KIND_COMPLAINT, pb.BOUNCE_REASON_UNSPECIFIED, None),
+    ]
+    user_unknown = ": Recipient address rejected: User unknown in virtual mailbox table"
+    assert timeline(1122) == [
+        (pb.EVENT_KIND_DELIVERED, pb.BOUNCE_REASON_UNSPECIFIED, None),
+        (
+            pb.EVENT_KIND_HARD_BOUNCE,
+            pb.BOUNCE_REASON_USER_UNKNOWN,
+            (550, "5.1.1", "<late-hard@example.com>" + user_unknown),
+        ),
+    ]
+    assert timeline(1123) == [
+        (pb.EVENT_KIND_DELIVERED, pb.BOUNCE_REASON_UNSPECIFIED, None),
+        (
+            pb.EVENT_KIND_IGNORED,
+            pb.BOUNCE_REASON_AUTO_REPLY,
+            (0, "", "Auto-Submitted: auto-replied (out of office)"),
+        ),
+    ]
+    assert timeline(1124) == [
+        (
+            pb.EVENT_KIND_HARD_BOUNCE,
+            pb.BOUNCE_REASON_ACCOUNT_DISABLED,
+            (
+                550,
+                "5.2.1",
+                "<hard-account-disabled@example.com>: The email account that you tried to "
+                "reach is disabled",
+            ),
+        )
+    ]
+    *soft, expired = timeline(1126)
+    not_defined = (
+        pb.EVENT_KIND_SOFT_BOUNCE,
+        pb.BOUNCE_REASON_NOT_DEFINED,
+        (
+            451,
+            "4.3.0",
+            "<soft-not-defined@example.com>: Temporary local problem, please try again later",
+        ),
+    )
+    assert len(soft) >= 2 and set(soft) == {not_defined}
+    assert expired == (pb.EVENT_KIND_EXPIRED, pb.BOUNCE_REASON_UNSPECIFIED, None)
+    # Each after its delivery report, by the documented delay; each with an id of its own.
+    for message_id, delay in ((1121, 0.05), (1122, 0.2), (1123, 0.05), (1125, 1.5)):
+        delivered, after = feed.of(message_id)
+        assert seconds(after) - seconds(delivered) == pytest.approx(delay, abs=0.002)
+        assert delivered.event_id != after.event_id
+    outcomes = await outcomes_when(mta, d, all_acked)
+    # A complaint or an auto-reply is no outcome of GetOutcomes; a late bounce a hard one.
+    assert counts(outcomes) == {
+        "accepted": 6,
+        "delivered": 2,
+        "hard_bounced": 3,
+        "soft_bounced": 1,
+        "expired": 1,
+    }
+    await feed.close()
+
+
+async def test_a_stub_started_with_mix_extras_adds_complaints_and_late_bounces_to_mixes(
+    tmp_path: Path,
+) -> None:
+    d = 113
+    extras = scenarios.MixExtras(
+        complaint_rate=0.05, late_hard_bounce_rate=0.05, late_hard_bounce_max_ms=80
+    )
+    mix = presets.variant(soft_until_expiry_rate=0.0)
+    ids = range(11_301, 11_601)
+    expected = expected_event_ids(mix, ids, extras)
+    kinds = Counter(i.split(":")[1] for i in expected)
+    assert kinds["COMPLAINT"] > 0
+    async with (
+        running_stub(
+            tmp_path / "stub.log", *presets.stub_args(dataclasses.asdict(extras))
+        ) as running,
+        grpc.aio.insecure_channel(running.address) as channel,
+    ):
+        mta = async_stub(channel)
+        await mta.SetScenario(pb.SetScenarioRequest(mix=mix, delivery_id=d), timeout=5)
+        feed = await Feed.open(mta)
+        await feed.relay([message(i, d, f"user{i}@example.com") for i in ids])
+        await feed.events_of(d, lambda got: got >= expected)
+        assert feed.ids(d) == expected
+        delivered = {e.message_id: e for e in feed.events if e.kind == pb.EVENT_KIND_DELIVERED}
+        late = [
+            e
+            for e in feed.events
+            if e.kind == pb.EVENT_KIND_HARD_BOUNCE and e.message_id in delivered
+        ]
+        assert late
+        for bounce in late:
+            assert bounce.reason == pb.BOUNCE_REASON_USER_UNKNOWN
+            assert reply(bounce) == (
+                550,
+                "5.1.1",
+                f"<user{bounce.message_id}@example.com>"
+                ": Recipient address rejected: User unknown in virtual mailbox table",
+            )
+            gap = seconds(bounce) - seconds(delivered[bounce.message_id])
+            assert 0.001 - 1e-6 <= gap <= 0.08 + 1e-6
+        outcomes = await outcomes_when(mta, d, all_acked)
+        assert outcomes.in_flight == 0
+        assert outcomes.delivered == kinds["DELIVERED"] - len(late)
+        assert outcomes.hard_bounced == kinds["HARD_BOUNCE"]
         await feed.close()
         assert await stop(running) == 0, running.log()

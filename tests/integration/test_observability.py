@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
@@ -93,6 +94,12 @@ async def test_metrics_move_after_a_delivery(
         (log,) = [x for x in await flows.logs(pair, delivery.id) if x.email.startswith("hard")]
         await flows.wait_event(pair, log.message_id, flows.HARD_BOUNCE)
         await pair.api.GetKpis(pb.GetKpisRequest(delivery_id=delivery.id))
+
+        # Each message's fate is applied by one of several appliers: all of them, then.
+        async def all_applied() -> bool:
+            return metric(scrape(port), "delivery_feedback_events_applied_total") >= 41
+
+        await await_until(all_applied, flows.TIMEOUT, message="41 feedback events applied")
     after = scrape(port)
     assert (
         metric(after, "delivery_messages_relayed_total")
@@ -199,6 +206,13 @@ async def test_stub_metrics_and_rpc_log_lines(
         assert counts["/mta.v1.MtaService/SetScenario", "OK"] == 1
         assert counts["/mta.v1.MtaService/SetScenario", "INVALID_ARGUMENT"] == 1
         assert metric(during, "grpc_server_handling_seconds_count", grpc_method="SetScenario") == 2
+        # Each message of the Exchange stream: relay batches and acks in, feedback out.
+        acks = metric(during, "mta_stub_feedback_acks_received_total")
+        exchange = {"grpc_method": "Exchange", "grpc_type": "bidi_stream"}
+        assert metric(during, "grpc_server_msg_received_total", **exchange) >= acks + 1
+        assert metric(during, "grpc_server_msg_sent_total", **exchange) >= metric(
+            during, "mta_stub_feedback_batches_sent_total"
+        )
 
     # The delivery service's stream ends when it stops: the stub counts and logs it then.
     assert service.terminate(timeout=20) == 0
@@ -230,4 +244,135 @@ async def test_stub_metrics_and_rpc_log_lines(
     assert by_id["obs-set"]["method"] == "/mta.v1.MtaService/SetScenario"
     assert by_id["obs-set"]["code"] == "OK"
     assert by_id["obs-bad"]["code"] == "INVALID_ARGUMENT"
+    assert by_id["obs-bad"]["details"]
+    assert by_id["obs-bad"]["message"].endswith(f"ms: {by_id['obs-bad']['details']}")
+    assert "details" not in by_id["obs-set"]
     assert sum(line["request_id"] in ("obs-set", "obs-bad") for line in lines) == 2
+    # Every line is JSON in JSON mode, the listening line on stdout included.
+    every = json_lines(stub.log_path)
+    assert all(RFC3339.fullmatch(line["time"]) for line in every)
+    assert f"listening on {stub.address}" in [line["message"] for line in every]
+
+
+# RFC 3339 in UTC to the millisecond, as both servers write a log line's time.
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def json_lines(log_path: Path | None) -> list[dict[str, Any]]:
+    """Every line of a server's log (stdout and stderr), each of which must be JSON."""
+    assert log_path is not None
+    lines = log_path.read_text(encoding="utf-8").splitlines()
+    assert lines, f"empty log: {log_path}"
+    return [json.loads(line) for line in lines]
+
+
+async def watch_then_cancel(address: str, service: str) -> None:
+    """A health Watch that gets its first answer, then is cancelled by its client."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=service),
+            metadata=[("x-request-id", "watch-cancelled")],
+        )
+        first = await asyncio.wait_for(call.read(), WAIT)
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        call.cancel()
+
+
+async def test_log_lines_rpc_details_cancellations_and_message_counters(
+    start_mta_stub: Callable[..., ServerProcess],
+    start_delivery_service: Callable[..., ServerProcess],
+    fresh_db_url: str,
+) -> None:
+    """The service in JSON mode, the stub in text mode: every line of the service's log is
+    JSON (the listening line too), every line of both has an RFC 3339 time; a refused
+    call's line carries its status message; a client's cancel is CANCELLED at INFO on both;
+    grpc_server_msg_* count a stream's messages and a unary call's."""
+    stub_port, service_port = free_port(), free_port()
+    stub = start_mta_stub("--metrics-port", str(stub_port))
+    service = start_delivery_service(
+        fresh_db_url, stub.address, "--log-json", "--metrics-port", str(service_port)
+    )
+    bad = flows.request(["a@example.com"])
+    bad.label = ""
+    bad.content.links.append("javascript:alert(1)")
+    bad.ClearField("validity_period")
+    pair: Pair
+    async for pair in open_pair(service, stub, fresh_db_url):
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await pair.api.CreateDelivery(bad, metadata=[("x-request-id", "bad-create")])
+    await watch_then_cancel(service.address, "delivery.v1.DeliveryService")
+    await watch_then_cancel(stub.address, "mta.v1.MtaService")
+
+    def service_line(request_id: str) -> list[dict[str, Any]]:
+        return [
+            line
+            for line in json_lines(service.log_path)
+            if line["request_id"] == request_id and "code" in line
+        ]
+
+    (refused,) = await await_until(
+        lambda: asyncio.to_thread(service_line, "bad-create"), WAIT, message="the refused call"
+    )
+    details = (
+        "content.links[1]: must be an http or https URL"
+        " (and 2 more invalid fields: label, validity_period)"
+    )
+    assert (refused["code"], refused["level"], refused["details"]) == (
+        "INVALID_ARGUMENT",
+        "INFO",
+        details,
+    )
+    assert refused["message"].endswith(f"ms: {details}")
+    (cancelled,) = await await_until(
+        lambda: asyncio.to_thread(service_line, "watch-cancelled"), WAIT, message="the cancel"
+    )
+    assert (cancelled["method"], cancelled["code"], cancelled["level"]) == (
+        "/grpc.health.v1.Health/Watch",
+        "CANCELLED",
+        "INFO",
+    )
+    assert "details" not in cancelled
+
+    lines = await asyncio.to_thread(json_lines, service.log_path)
+    assert all(RFC3339.fullmatch(line["time"]) for line in lines)
+    listening = [line for line in lines if line["message"].startswith("listening on ")]
+    assert [line["message"] for line in listening] == [f"listening on {service.address}"]
+
+    # The stub's text lines: time, level, logger, [request id], message.
+    assert stub.log_path is not None
+
+    def stub_cancel_line() -> list[str]:
+        text = stub.log_path.read_text(encoding="utf-8") if stub.log_path else ""
+        return [line for line in text.splitlines() if "[watch-cancelled]" in line]
+
+    (stub_cancelled,) = await await_until(
+        lambda: asyncio.to_thread(stub_cancel_line), WAIT, message="the stub's cancel line"
+    )
+    time, level, logger, rid, message = stub_cancelled.split(" ", 4)
+    assert RFC3339.fullmatch(time)
+    assert (level, logger, rid) == ("INFO", "mta_stub.rpc", "[watch-cancelled]")
+    assert re.fullmatch(r"rpc /grpc\.health\.v1\.Health/Watch CANCELLED \d+\.\dms", message)
+    for line in stub.log_path.read_text(encoding="utf-8").splitlines():
+        assert line.startswith("listening on ") or RFC3339.fullmatch(line.split(" ")[0]), line
+
+    watch = {"grpc_method": "Watch", "grpc_type": "server_stream"}
+    for port, name in ((service_port, "delivery.v1.DeliveryService"), (stub_port, "")):
+        # The answer the watch sent is counted once its write returns, which on a loaded
+        # machine may be after the test read it.
+        async def sent(port: int = port) -> bool:
+            text = await asyncio.to_thread(scrape, port)
+            return metric(text, "grpc_server_msg_sent_total", **watch) >= 1
+
+        await await_until(sent, WAIT, message="the watch's answer counted")
+        text = await asyncio.to_thread(scrape, port)
+        assert metric(text, "grpc_server_msg_received_total", **watch) == 1
+        # Health checks while the server came up: one request and one answer each.
+        check = {"grpc_service": "grpc.health.v1.Health", "grpc_method": "Check"}
+        checks = metric(text, "grpc_server_handled_total", **check)
+        assert checks >= 1
+        assert metric(text, "grpc_server_msg_received_total", **check) == checks
+        assert metric(text, "grpc_server_msg_sent_total", **check) == checks
+        if name:
+            create = {"grpc_method": "CreateDelivery", "grpc_type": "unary"}
+            assert metric(text, "grpc_server_msg_received_total", **create) == 1
+            assert metric(text, "grpc_server_msg_sent_total", **create) == 0

@@ -45,7 +45,22 @@ ROWS = [
         (SENT, 100.0, 0.0), (SENT, 100.0, 0.0)),
     Row("retries fail until the validity ends", "soft-expire@example.com", 2, "finished",
         (FAILED, 0.0, 100.0), (FAILED, 0.0, 100.0)),
+    # SPEC.md's "Complaints and late bounces": a hard bounce after the delivery report
+    # fails the message in both modes; a complaint changes no status, only complaints.
+    Row("a late hard bounce", "late-hard-300@example.com", 120, flows.HARD_BOUNCE,
+        (FAILED, 0.0, 100.0), (FAILED, 0.0, 100.0)),
+    Row("a complaint", "complaint@example.com", 120, flows.COMPLAINT,
+        (SENT, 100.0, 0.0), (SENT, 100.0, 0.0)),
 ]  # fmt: skip
+# What each row leaves of its address (domain.quarantine.AddressStatus): 1 VALID,
+# 2 ERRONEOUS, 3 QUARANTINED, 4 DENYLISTED.
+ADDRESS_STATUS = {
+    "hard bounce": 3,
+    "a late hard bounce": 3,
+    "a complaint": 4,
+    "soft bounce (then retried)": 2,
+    "retries fail until the validity ends": 2,
+}
 
 MODES = {"without EFS": pb.FEEDBACK_MODE_WITHOUT_EFS, "with EFS": pb.FEEDBACK_MODE_EFS}
 
@@ -85,6 +100,13 @@ async def test_row(pair: Pair, row: Row, mode_name: str) -> None:
         assert log.failure_reason == expected_reason
     if row.wait_for == "finished":
         assert k.final
+    complained = row.wait_for == flows.COMPLAINT
+    assert (k.complaints, k.complaint_percent, log.complained) == (
+        (1, 100.0, True) if complained else (0, 0.0, False)
+    )
+    # An address no feedback spoke of yet has no entry: VALID.
+    entry = pair.sql("SELECT status FROM addresses WHERE address = %s", row.address.lower())
+    assert (entry[0][0] if entry else 1) == ADDRESS_STATUS.get(row.event, 1)
     # A counting bug must not hide behind a recount: recount now (most rows end before
     # FINISHED's), and neither this recount nor FINISHED's may have repaired a counter.
     stats = await pair.api.ComputeStats(pb.ComputeStatsRequest(delivery_id=delivery.id), timeout=30)

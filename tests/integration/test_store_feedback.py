@@ -59,6 +59,10 @@ def timeline(message_id: int, delivery_id: int, rng: random.Random) -> list[Even
             [K.SOFT_BOUNCE, K.SOFT_BOUNCE, K.DELIVERED],
             [K.SOFT_BOUNCE, K.SOFT_BOUNCE, K.EXPIRED],
             [K.DELIVERED],
+            [K.DELIVERED, K.COMPLAINT],
+            [K.DELIVERED, K.IGNORED],
+            # A hard bounce after the delivery report: an asynchronous bounce.
+            [K.DELIVERED, K.HARD_BOUNCE],
         ]
     )
     return [
@@ -69,7 +73,9 @@ def timeline(message_id: int, delivery_id: int, rng: random.Random) -> list[Even
 
 
 # What feedback can change on a sending log, as stored.
-LOG_COLUMNS = "message_id, status, outcome, failure_type, failure_reason, opened, clicked"
+LOG_COLUMNS = (
+    "message_id, status, outcome, failure_type, failure_reason, opened, clicked, complained"
+)
 
 
 async def sending_logs(db: Database, delivery_id: int) -> list[tuple[int, ...]]:

@@ -49,7 +49,7 @@ def test_through_a_pair(mta_stub_pair: Pair) -> None:
     code, report = run_load(
         "--pair", mta_stub_pair.service.address,
         "--stub", mta_stub_pair.stub.address,
-        "--token", mta_stub_pair.token,
+        f"--token={mta_stub_pair.token}",  # a token may begin with "-"
         "--messages", "300", "--batch", "100", "--rate", "1000",
         "--mix", '{"hard_bounce_rate": 0.5, "seed": 5}',
     )  # fmt: skip

@@ -58,11 +58,12 @@ def start_delivery(
     n: int,
     validity_seconds: int,
     faults: mta.Faults | None = None,
+    mix: mta.Mix = MIX,
 ) -> int:
-    """Sets the stub's mix (and faults), loads n profiles, confirms a delivery to them (EFS),
-    all as a new operator holding every role but admin (`caller`)."""
+    """Sets the stub's mix (MIX unless said) and faults, loads n profiles, confirms a
+    delivery to them (EFS), all as a new operator holding every role but admin (`caller`)."""
     caller[:] = bearer(create_operator(database_url, "reliability", *CALLER_ROLES))
-    call_mta(stub, "SetScenario", mta.SetScenarioRequest(mix=MIX, faults=faults))
+    call_mta(stub, "SetScenario", mta.SetScenarioRequest(mix=mix, faults=faults))
     for start in range(0, n, 5000):
         call(
             service,
@@ -89,6 +90,12 @@ def start_delivery(
     call(service, "PrepareDelivery", pb.PrepareDeliveryRequest(delivery_id=delivery_id))
     call(service, "ConfirmSend", pb.ConfirmSendRequest(delivery_id=delivery_id))
     return delivery_id
+
+
+def unacknowledged(stub: str, delivery_id: int) -> int:
+    """The delivery's feedback events the stub holds unacknowledged by the service."""
+    outcome = call_mta(stub, "GetOutcomes", mta.GetOutcomesRequest(delivery_id=delivery_id))
+    return int(outcome.unacknowledged_events)
 
 
 def wait_finished(service: Any, delivery_id: int, timeout: float = 180) -> None:
@@ -126,4 +133,30 @@ def assert_exact(
     assert count(database_url, "SELECT count(*) FROM feedback_events WHERE kind = 1") == (
         outcome.delivered
     )
+    assert_addresses_exact(database_url, outcome)
     return outcome
+
+
+def assert_addresses_exact(database_url: str, outcome: mta.GetOutcomesResponse) -> None:
+    """The address table against the stub's record (one message per address): each
+    feedback event changed its address once, none missed, none twice."""
+
+    def addresses(where: str) -> int:
+        return count(database_url, f"SELECT count(*) FROM addresses WHERE {where}")
+
+    def events(where: str) -> int:
+        return count(database_url, f"SELECT count(*) FROM address_events WHERE {where}")
+
+    # Signals (domain.quarantine.Signal): 1 delivered, 2 soft error, 3 hard error.
+    assert events("signal = 3") == outcome.hard_bounced
+    assert addresses("status = 3") == outcome.hard_bounced
+    assert events("signal = 1") == outcome.delivered
+    # A message's soft bounces fall within one significant error interval (a day): its
+    # address counts one error, whatever the retries and resends.
+    assert (
+        count(database_url, "SELECT count(DISTINCT address) FROM address_events WHERE signal = 2")
+        == outcome.soft_bounced
+    )
+    assert events("signal = 2 AND after IS NOT NULL") == outcome.soft_bounced
+    assert addresses("status = 2 AND error_count <> 1") == 0
+    assert addresses("status = 4") == 0

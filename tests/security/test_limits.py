@@ -218,7 +218,8 @@ async def test_the_stub_takes_its_largest_relay_batch_and_not_a_byte_more(
     async with exchange(stub, "limits") as call:
         with contextlib.suppress(grpc.aio.AioRpcError):
             await call.write(over)
-        assert await asyncio.wait_for(call.code(), 30) == RESOURCE_EXHAUSTED
+        # Generous: beside the suite's other processes, 4 MiB each way can take a while.
+        assert await asyncio.wait_for(call.code(), 120) == RESOURCE_EXHAUSTED
 
 
 # --- caps on calls and streams ---------------------------------------------------------
@@ -405,7 +406,10 @@ async def test_a_frozen_client_is_dropped_within_seconds_and_its_feedback_sent_a
         limit = (serving.KEEPALIVE_TIME_MS + serving.KEEPALIVE_TIMEOUT_MS) / 1000 + 2
         assert took <= limit, f"the frozen client was dropped after {took:.1f} s"
         (ended,) = exchange_lines(log)
-        assert "CANCELLED" in ended
+        # A dead peer's stream ends, to grpc, either as a cancel or as its requests
+        # simply ending (an EOF no different from a half-close: grpc says not
+        # cancelled even once the call is done); either way not as an error.
+        assert " CANCELLED " in ended or " OK " in ended, ended
     # What it never acknowledged comes again to the client's next stream.
     async with exchange(stub, "frozen") as call:
         again: set[str] = set()

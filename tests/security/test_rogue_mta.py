@@ -16,6 +16,7 @@ from google.protobuf import timestamp_pb2
 from mta.v1 import mta_service_pb2 as mta
 from mta.v1 import mta_service_pb2_grpc as mta_grpc
 
+from delivery_service.domain import feedback as fb
 from tests.conftest import Servers
 from tests.integration import flows
 from tests.integration.conftest import open_pair
@@ -183,8 +184,19 @@ async def test_forged_feedback_changes_no_figure(fresh_db_url: str, servers: Ser
             assert pair.sql(
                 "SELECT count(*) FROM feedback_events WHERE delivery_id = %s", sent.id
             ) == [(25,)]
+            # A flood of one message: beyond 50 events logged for it, the rest is refused.
+            target = ids[5]
+            opens = [event(f"m{i}", sent.id, target, K.EVENT_KIND_OPENED) for i in range(60)]
+            await peer.wait_acked({peer.send(opens[:30]), peer.send(opens[30:])}, 30)
+            assert pair.sql(
+                "SELECT count(*) FROM feedback_events WHERE delivery_id = %s AND message_id = %s",
+                sent.id, target,
+            ) == [(fb.MAX_EVENTS_PER_MESSAGE,)]  # fmt: skip
+            stats = await pair.api.ComputeStats(pb.ComputeStatsRequest(delivery_id=sent.id))
+            assert stats.repaired_counters == 0
+            assert (stats.kpis.opened, stats.kpis.delivered) == (6, 20)
             log = service.log_tail(300)
             for reason in ("delivery_state", "not_delivered", "event_time", "link_index",
-                           "events_per_batch"):  # fmt: skip
+                           "events_per_batch", "events_per_message"):  # fmt: skip
                 assert f"do not fit the relay record: {reason}" in log, reason
             break

@@ -3,6 +3,7 @@ new RPC without an entry fails here (and is refused by the service at run time).
 
 from __future__ import annotations
 
+from delivery.v1 import address_service_pb2 as adpb
 from delivery.v1 import admin_service_pb2 as apb
 from delivery.v1 import delivery_service_pb2 as pb
 from grpc_health.v1 import health_pb2
@@ -20,7 +21,11 @@ def methods(descriptor: object, service: str) -> set[str]:
 HEALTH = methods(health_pb2.DESCRIPTOR, "Health")
 
 
-DELIVERY_RPCS = methods(pb.DESCRIPTOR, "DeliveryService") | methods(apb.DESCRIPTOR, "AdminService")
+DELIVERY_RPCS = (
+    methods(pb.DESCRIPTOR, "DeliveryService")
+    | methods(apb.DESCRIPTOR, "AdminService")
+    | methods(adpb.DESCRIPTOR, "AddressService")
+)
 
 
 def test_every_rpc_of_the_delivery_service_has_an_entry() -> None:

@@ -12,7 +12,7 @@ from mta.v1 import mta_service_pb2 as mta
 from prometheus_client import REGISTRY
 
 from delivery_service.mta.ingest import FeedbackIngest
-from delivery_service.store.connection import Rejected, Unavailable
+from delivery_service.store.connection import Cancelled, Rejected, Unavailable
 from delivery_service.store.ingest import EventBatch, IngestResult
 
 
@@ -131,3 +131,39 @@ def test_any_other_error_is_surfaced_and_the_batch_left_for_the_mta_to_resend(
     assert (calls, received.acknowledged, len(received.abandoned)) == (1, 0, 1)
     assert REGISTRY.get_sample_value("delivery_feedback_batches_failed_total") == before + 1
     assert any("RuntimeError: a bug" in (r.exc_text or "") for r in caplog.records)
+
+
+def test_batches_cancelled_by_a_timeout_are_applied_in_halves_by_message() -> None:
+    calls: list[list[int]] = []
+
+    async def apply(batch: EventBatch, *, final: bool = True) -> IngestResult:
+        calls.append(batch.message_ids)
+        if len(batch) > 3:  # as a statement_timeout cancels a statement with too much work
+            raise Cancelled("canceling statement due to statement timeout")
+        return IngestResult(applied=len(batch))
+
+    received = [
+        Received(event("a", 1), event("b", 2), event("c", 3)),
+        Received(event("d", 4), event("d-open", 4), event("e", 5)),
+        Received(event("f", 6), event("c-again", 3)),
+        Received(),
+    ]
+
+    async def run() -> None:
+        ingest = FeedbackIngest(apply, concurrency=1)
+        for r in received:  # all waiting before the applier takes them, together
+            await ingest.receive(r)  # type: ignore[arg-type]
+        appliers = asyncio.create_task(ingest.run())
+        try:
+            for r in received:
+                await asyncio.wait_for(r.settled.wait(), 5)
+        finally:
+            appliers.cancel()
+
+    asyncio.run(run())
+    applied = [ids for ids in calls if len(ids) <= 3]
+    # Every event once; each message's events in one statement, in their order.
+    assert len(calls) > len(applied), "cancelled first"
+    assert sorted(m for ids in applied for m in ids) == [1, 2, 3, 3, 4, 4, 5, 6]
+    assert all(ids.count(4) in (0, 2) and ids.count(3) in (0, 2) for ids in applied)
+    assert [(r.acknowledged, r.abandoned) for r in received] == [(1, [])] * 4

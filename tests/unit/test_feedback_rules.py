@@ -129,11 +129,15 @@ def test_feedback_before_relay_ack_counts_the_relay_once() -> None:
 
 def test_row_holds_the_sending_log_columns() -> None:
     m = message(WITHOUT)
-    assert m.row() == (1, Status.SENT, Outcome.NONE, fb.FailureType.NONE, 0, False, False)
+    none = fb.FailureType.NONE
+    assert m.row() == (1, Status.SENT, Outcome.NONE, none, 0, False, False, False)
     m = message(EFS, relayed=False)
-    assert m.row() == (1, Status.QUEUED, Outcome.NONE, fb.FailureType.NONE, 0, False, False)
+    assert m.row() == (1, Status.QUEUED, Outcome.NONE, none, 0, False, False, False)
+    m, _ = run(EFS, [EventKind.DELIVERED, EventKind.COMPLAINT])
+    assert m.row() == (1, Status.SENT, Outcome.DELIVERED, none, 0, False, False, True)
     m, _ = run(EFS, [EventKind.HARD_BOUNCE, EventKind.CLICKED])
-    assert m.row() == (1, Status.FAILED, Outcome.HARD_BOUNCED, fb.FailureType.HARD, 2, True, True)
+    hard = fb.FailureType.HARD
+    assert m.row() == (1, Status.FAILED, Outcome.HARD_BOUNCED, hard, 2, True, True, False)
 
 
 def test_apply_event_says_whether_the_message_changed() -> None:

@@ -28,6 +28,7 @@ ADMIN_SURFACE = {
     "DatabaseUnavailable": None,
     "migrate": ["database_url"],
     "create_operator": ["database_url", "name", "roles", "*", "timeout"],
+    "revoke_operator": ["database_url", "name", "*", "timeout"],
     "NotCitus": None,
     "distribute": ["database_url"],
 }

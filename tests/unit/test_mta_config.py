@@ -6,7 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from mta_stub import presets
 from mta_stub.config import Settings
+from mta_stub.scenarios import MixExtras
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +62,30 @@ def test_the_test_controls_are_off_unless_asked_for(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("MTA_TEST_CONTROLS", "true")
     assert Settings.parse([]).test_controls is True
     assert Settings.parse(["--no-test-controls"]).test_controls is False
+
+
+def test_mix_extras_are_none_by_default_and_a_json_object_when_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings.parse([]).mix_extras == ""
+    given = '{"complaint_rate": 0.001}'
+    assert Settings.parse(["--mix-extras", given]).mix_extras == given
+    monkeypatch.setenv("MTA_MIX_EXTRAS", given)
+    assert Settings.parse([]).mix_extras == given
+    # The seeded mix's, as the preset gives them to a stub it starts.
+    flag, value = presets.stub_args()
+    assert MixExtras.from_json(Settings.parse([flag, value]).mix_extras) == MixExtras(
+        complaint_rate=0.001, late_hard_bounce_rate=0.002, late_hard_bounce_max_ms=300
+    )
+
+
+def test_bad_mix_extras_are_refused_naming_the_flag_and_the_field(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        Settings.parse(["--mix-extras", '{"complaint_rate": 2}'])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--mix-extras '{\"complaint_rate\": 2}' (env MTA_MIX_EXTRAS): " in err
+    assert "mix.complaint_rate: must be between 0 and 1" in err
+    assert len(err.splitlines()) == 1

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mta_stub import scenarios
 from mta_stub.engine import Engine, Relayed
+from mta_stub.outcomes import Outcomes
 from mta_stub.scenarios import GLOBAL, EventKind, Faults, Mix, Scenario, Scope, Step, Timing
-from mta_stub.spool import Outcomes, Scheduled, Spool, SpoolError, Transition
+from mta_stub.spool import SCHEMA_VERSION, Scheduled, Spool, SpoolError, Transition
 
 TIMING = Timing(retry_interval=10.0, engagement_delay=2.0)
 NOW = 1_000_000.0
@@ -46,9 +50,10 @@ def admission(
     fate = scenarios.decide_fate(email, message_id, None)
     step = scenarios.first_step(fate, NOW, expire_at)
     first = Scheduled(step.due, message_id, delivery_id, expire_at, fate, step.kind, step.attempt)
+    address = email if scenarios.has_replies(fate) else ""
     if step.due > NOW:
-        return Transition(message_id, delivery_id, None, first)
-    return transition(first)
+        return Transition(message_id, delivery_id, None, first, address)
+    return transition(first)._replace(address=address)
 
 
 def transition(s: Scheduled) -> Transition:
@@ -59,7 +64,8 @@ def transition(s: Scheduled) -> Transition:
     follow_up = None
     if following is not None:
         follow_up = s._replace(due=following.due, kind=following.kind, attempt=following.attempt)
-    return Transition(s.message_id, s.delivery_id, event, follow_up)
+    late = scenarios.awaits_late_bounce(s.fate)
+    return Transition(s.message_id, s.delivery_id, event, follow_up, "", late)
 
 
 def event_ids(spool: Spool, limit: int = 100) -> list[str]:
@@ -300,6 +306,130 @@ async def test_a_restarted_engine_decides_fates_with_the_saved_scenario(path: st
     expected = sum(reason is not scenarios.BounceReason.UNSPECIFIED for reason in hard)
     assert 0 < restarted.outcomes(D).hard_bounced == expected
     await restarted.close()
+
+
+def test_pending_events_after_delivery_survive_a_reopen(spool: Spool) -> None:
+    spool.accept(
+        [
+            admission(1, "complaint@example.com"),
+            admission(2, "late-hard-5000@example.com"),
+            admission(3, "autoreply-700+x@example.com"),
+        ]
+    )
+    # Died before any was due: only the delivery reports were made.
+    spool = reopen(spool)
+    assert event_ids(spool) == ["1:DELIVERED:1", "2:DELIVERED:1", "3:DELIVERED:1"]
+    assert spool.next_due() == NOW + 0.05
+    outcomes = spool.outcomes(D)
+    # The late bounce decides its message's fate: in flight until it comes.
+    assert (outcomes.delivered, outcomes.in_flight) == (2, 1)
+    assert spool.fire_due(NOW + 100, 100, transition) == 3
+    assert spool.next_due() is None
+    spool = reopen(spool)
+    stream = spool.open_stream()
+    _seq, events = spool.take_feedback(stream, 100)
+    assert [(e.event_id, e.reason, e.event_time) for e in events] == [
+        ("1:DELIVERED:1", scenarios.BounceReason.UNSPECIFIED, NOW),
+        ("2:DELIVERED:1", scenarios.BounceReason.UNSPECIFIED, NOW),
+        ("3:DELIVERED:1", scenarios.BounceReason.UNSPECIFIED, NOW),
+        ("1:COMPLAINT:1", scenarios.BounceReason.UNSPECIFIED, NOW + 0.05),
+        ("3:IGNORED:1", scenarios.BounceReason.AUTO_REPLY, NOW + 0.7),
+        ("2:HARD_BOUNCE:1", scenarios.BounceReason.USER_UNKNOWN, NOW + 5),
+    ]
+    # The addresses their replies name are kept too; a complaint names none.
+    assert spool.addresses([1, 2, 3, 99]) == {
+        2: "late-hard-5000@example.com",
+        3: "autoreply-700+x@example.com",
+    }
+    assert spool.outcomes(D) == Outcomes(
+        accepted=3,
+        delivered=2,
+        hard_bounced=1,
+        late_bounced=1,
+        complained=1,
+        ignored=1,
+        unacknowledged_events=6,
+    )
+    spool.close()
+
+
+async def test_a_restarted_engine_sends_the_late_bounce_it_had_scheduled(path: str) -> None:
+    engine = Engine(Timing(1.0, 1.0), Spool(path))
+    relayed_at = time.time()
+    engine.relay([Relayed(1, D, "Late-Hard-300@example.com", relayed_at + 3600)], "client")
+    # Killed before the bounce was due (the scheduler never ran).
+    await engine.close()
+    restarted = Engine(Timing(1.0, 1.0), Spool(path))
+    restarted.start()
+    try:
+        session = restarted.open_session("client")
+        events: list[scenarios.Event] = []
+        addresses: dict[int, str] = {}
+        async with asyncio.timeout(5):
+            while len(events) < 2:
+                batch = await session.next_batch()
+                assert batch is not None
+                events += batch.events
+                addresses.update(batch.addresses)
+                session.ack(batch.seq)
+        assert [e.event_id for e in events] == ["1:DELIVERED:1", "1:HARD_BOUNCE:1"]
+        assert events[1].event_time == pytest.approx(relayed_at + 0.3, abs=0.05)
+        assert addresses == {1: "Late-Hard-300@example.com"}
+        outcomes = restarted.outcomes(D)
+        assert (outcomes.hard_bounced, outcomes.late_bounced, outcomes.in_flight) == (1, 1, 0)
+        restarted.close_session(session)
+    finally:
+        await restarted.close()
+
+
+# What schema version 4 added to version 3.
+_V4_COLUMNS = {
+    "schedule": ("soft_reason", "after_kind", "after_ms"),
+    "outcomes": ("complained", "late_bounced", "ignored"),
+}
+
+
+def _columns(path: str) -> dict[str, list[tuple[Any, ...]]]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: db.execute(f"PRAGMA table_info({t})").fetchall() for t in sorted(tables)}
+
+
+def test_a_spool_of_schema_version_3_is_migrated(path: str, tmp_path: Path) -> None:
+    spool = Spool(path)
+    spool.accept([admission(1, "soft-2@example.com"), admission(2, "open@example.com")])
+    spool.close()
+    # Version 4 without what it added is version 3.
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("DROP TABLE addresses")
+        for table, columns in _V4_COLUMNS.items():
+            for column in columns:
+                db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        db.execute("PRAGMA user_version = 3")
+        db.commit()
+    spool = Spool(path)
+    assert spool.outcomes(D) == Outcomes(
+        accepted=2, delivered=1, soft_bounced=1, in_flight=1, unacknowledged_events=2
+    )
+    # Steps scheduled before the migration bounce with the one soft reason there was.
+    assert spool.fire_due(FAR, 100, transition) == 2
+    assert spool.fire_due(FAR, 100, transition) == 1
+    assert spool.addresses([1]) == {}
+    stream = spool.open_stream()
+    _seq, events = spool.take_feedback(stream, 100)
+    assert [(e.event_id, e.reason) for e in events][2:] == [
+        ("2:OPENED:1", scenarios.BounceReason.UNSPECIFIED),
+        ("1:SOFT_BOUNCE:2", scenarios.BounceReason.MAILBOX_FULL),
+        ("1:DELIVERED:3", scenarios.BounceReason.UNSPECIFIED),
+    ]
+    spool.accept([admission(3, "late-hard@example.com")])
+    assert spool.addresses([3]) == {3: "late-hard@example.com"}
+    spool.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    fresh = str(tmp_path / "fresh.sqlite3")
+    Spool(fresh).close()
+    assert _columns(path) == _columns(fresh)
 
 
 def test_a_spool_in_use_is_refused(spool: Spool) -> None:

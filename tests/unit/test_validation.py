@@ -16,6 +16,7 @@ from delivery.v1 import delivery_service_pb2 as pb
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from delivery_service import validation
+from delivery_service.domain import events as ev
 from delivery_service.domain.feedback import FeedbackMode
 from delivery_service.domain.lifecycle import ApprovalStep
 from delivery_service.validation import Invalid
@@ -26,10 +27,12 @@ THIRTY_DAYS = dt.timedelta(days=30)
 
 
 def refused(check: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[str, str]:
-    """The (field, description) of the Invalid a check raises."""
+    """The (field, description) of the Invalid a check raises, its one violation."""
     with pytest.raises(Invalid) as info:
         check(*args, **kwargs)
-    return info.value.field, info.value.description
+    (violation,) = info.value.violations
+    assert violation == (info.value.field, info.value.description)
+    return violation
 
 
 def test_invalid_names_its_field_in_its_message() -> None:
@@ -541,3 +544,84 @@ def test_profile_limits() -> None:
     )
     (one,) = validation.profiles([pb.Profile(profile_id="p", segments=["s" * 100] * 20)])
     assert one.segments == ["s" * 100] * 20
+
+
+@pytest.mark.parametrize(
+    ("key", "refused_as"),
+    [
+        ("1:1", None),
+        (f"{2**63 - 1}:5", None),
+        (f"{2**63}:5", "not an alert key"),  # past a bigint
+        ("9999999999999999999:1", "not an alert key"),
+        ("12345678901234567890:1", "not an alert key"),  # 20 digits
+        (":1", "not an alert key"),
+        ("1:", "not an alert key"),
+        ("1:12", "not an alert key"),
+        ("-1:1", "not an alert key"),
+    ],
+)
+def test_alert_keys(key: str, refused_as: str | None) -> None:
+    assert validation.alert_key(key) == refused_as
+
+
+# --- The event feed -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "position",
+    [ev.START, ev.Position(1, 2, 3), ev.Position(2**64 - 1, 2**63 - 1, 2**31 - 1)],
+)
+def test_a_cursor_carries_its_position_there_and_back(position: ev.Position) -> None:
+    assert validation.cursor("after", validation.encode_cursor(position)) == position
+
+
+def test_an_empty_cursor_is_the_start_of_the_feed() -> None:
+    assert validation.cursor("after", "") == ev.START
+
+
+def _token(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not base64!",
+        _token("f1:1:2"),
+        _token("f1:1:2:3:4"),
+        _token("f2:1:2:3"),
+        _token("f1:a:2:3"),
+        _token(f"f1:{2**64}:0:0"),
+        _token(f"f1:0:{2**63}:0"),
+        _token(f"f1:0:0:{2**31}"),
+        _token("f1:-1:0:0"),
+        _token("f1:0:-1:0"),
+        _token("f1:0:0:-1"),
+        base64.urlsafe_b64encode(b"\xff\xfe").decode(),
+    ],
+)
+def test_a_cursor_not_issued_here_is_refused(token: str) -> None:
+    assert refused(validation.cursor, "after", token) == (
+        "after",
+        "is not a cursor this service issued",
+    )
+
+
+def test_feed_page_sizes() -> None:
+    assert validation.feed_page_size("page_size", 0) == 500
+    assert validation.feed_page_size("page_size", 1) == 1
+    assert validation.feed_page_size("page_size", 5000) == 5000
+    for bad in (-1, 5001):
+        assert refused(validation.feed_page_size, "page_size", bad) == (
+            "page_size",
+            "must be between 0 and 5000",
+        )
+
+
+def test_feed_kinds_name_the_kind_refused() -> None:
+    assert validation.feed_kinds("kinds", []) == frozenset()
+    assert validation.feed_kinds("kinds", [pb.DELIVERY_EVENT_KIND_RELAYED] * 2) == {
+        ev.EventKind.RELAYED
+    }
+    field, _ = refused(validation.feed_kinds, "kinds", [pb.DELIVERY_EVENT_KIND_OPENED, 0])
+    assert field == "kinds[1]"

@@ -21,16 +21,101 @@ LIMIT %(limit)s
 FOR UPDATE OF s;
 
 -- name: update_messages
--- Writes the new state of a delivery's messages whose fate the end of the validity changed.
-UPDATE sending_logs s
-SET status = v.status, outcome = v.outcome, failure_type = v.failure_type,
-    failure_reason = v.failure_reason, opened = v.opened, clicked = v.clicked,
-    relay_time = coalesce(s.relay_time, %(now)s), update_time = %(now)s
-FROM unnest(%(message_ids)s::bigint[], %(statuses)s::smallint[], %(outcomes)s::smallint[],
-            %(failure_types)s::smallint[], %(failure_reasons)s::smallint[],
-            %(opened)s::boolean[], %(clicked)s::boolean[])
-     AS v (message_id, status, outcome, failure_type, failure_reason, opened, clicked)
-WHERE s.delivery_id = %(delivery_id)s AND s.message_id = v.message_id;
+-- Writes the new state of a delivery's messages whose fate the end of the validity
+-- changed, and moves them in the delivery's counters, by domain and by failure, in the
+-- same statement (the caller holds the counters exclusively).
+WITH v AS (
+    SELECT * FROM unnest(%(message_ids)s::bigint[], %(statuses)s::smallint[],
+                         %(outcomes)s::smallint[], %(failure_types)s::smallint[],
+                         %(failure_reasons)s::smallint[])
+                  AS v (message_id, status, outcome, failure_type, failure_reason)
+),
+changes AS (
+    -- Each message's old state (the statement's snapshot: before the update) and new.
+    SELECT s.domain_rank, s.relay_time IS NOT NULL AS was_relayed, s.status AS old_status,
+           s.outcome AS old_outcome, s.failure_type AS old_failure_type,
+           s.failure_reason AS old_failure_reason, v.*
+    FROM v JOIN sending_logs s
+         ON s.delivery_id = %(delivery_id)s AND s.message_id = v.message_id
+),
+updated AS (
+    UPDATE sending_logs s
+    SET status = c.status, outcome = c.outcome, failure_type = c.failure_type,
+        failure_reason = c.failure_reason, relay_time = coalesce(s.relay_time, %(now)s),
+        update_time = %(now)s
+    FROM changes c
+    WHERE s.delivery_id = %(delivery_id)s AND s.message_id = c.message_id
+),
+deltas AS (
+    SELECT domain_rank,
+           count(*) FILTER (WHERE NOT was_relayed) AS relayed,
+           count(*) FILTER (WHERE outcome = {Outcome.DELIVERED})
+               - count(*) FILTER (WHERE old_outcome = {Outcome.DELIVERED}) AS delivered,
+           count(*) FILTER (WHERE outcome = {Outcome.SOFT_BOUNCED})
+               - count(*) FILTER (WHERE old_outcome = {Outcome.SOFT_BOUNCED}) AS soft_bounced,
+           count(*) FILTER (WHERE outcome = {Outcome.HARD_BOUNCED})
+               - count(*) FILTER (WHERE old_outcome = {Outcome.HARD_BOUNCED}) AS hard_bounced,
+           count(*) FILTER (WHERE outcome = {Outcome.EXPIRED})
+               - count(*) FILTER (WHERE old_outcome = {Outcome.EXPIRED}) AS expired
+    FROM changes
+    GROUP BY domain_rank
+),
+counted AS (
+    INSERT INTO delivery_counters AS k (delivery_id, shard, relayed, delivered, soft_bounced,
+                                        hard_bounced, expired)
+    SELECT %(delivery_id)s, 0, sum(relayed), sum(delivered), sum(soft_bounced),
+           sum(hard_bounced), sum(expired)
+    FROM deltas
+    HAVING count(*) > 0
+    ON CONFLICT (delivery_id, shard) DO UPDATE
+    SET relayed = k.relayed + excluded.relayed,
+        delivered = k.delivered + excluded.delivered,
+        soft_bounced = k.soft_bounced + excluded.soft_bounced,
+        hard_bounced = k.hard_bounced + excluded.hard_bounced,
+        expired = k.expired + excluded.expired
+),
+fed AS (
+    -- The event feed's row (docs/events.md): every message written here expired.
+    INSERT INTO delivery_feed (delivery_id, source, message_ids, first_message_id,
+                               last_message_id)
+    SELECT %(delivery_id)s, {FeedSource.EXPIRY}, array_agg(message_id ORDER BY message_id),
+           min(message_id), max(message_id)
+    FROM changes
+    WHERE outcome = {Outcome.EXPIRED}
+    HAVING count(*) > 0
+),
+domain_counted AS (
+    INSERT INTO delivery_domain_counters AS k (delivery_id, domain_rank, shard, relayed,
+                                               delivered, soft_bounced, hard_bounced, expired)
+    SELECT %(delivery_id)s, domain_rank, 0, relayed, delivered, soft_bounced, hard_bounced,
+           expired
+    FROM deltas
+    -- In key order, as every writer of these rows: no two transactions wait on each
+    -- other's new rows.
+    ORDER BY domain_rank
+    ON CONFLICT (delivery_id, domain_rank, shard) DO UPDATE
+    SET relayed = k.relayed + excluded.relayed,
+        delivered = k.delivered + excluded.delivered,
+        soft_bounced = k.soft_bounced + excluded.soft_bounced,
+        hard_bounced = k.hard_bounced + excluded.hard_bounced,
+        expired = k.expired + excluded.expired
+)
+-- Failed messages by failure type and reason: each message that leaves a (type,
+-- reason) counts -1 there, each that comes +1.
+INSERT INTO delivery_failure_counters AS k (delivery_id, failure_type, failure_reason, shard,
+                                            failed)
+SELECT %(delivery_id)s, f.failure_type, f.failure_reason, 0, sum(f.delta)
+FROM (
+    SELECT old_failure_type AS failure_type, old_failure_reason AS failure_reason, -1 AS delta
+    FROM changes WHERE old_status = {Status.FAILED}
+    UNION ALL
+    SELECT failure_type, failure_reason, 1 FROM changes WHERE status = {Status.FAILED}
+) f
+GROUP BY f.failure_type, f.failure_reason
+HAVING sum(f.delta) <> 0
+ORDER BY f.failure_type, f.failure_reason
+ON CONFLICT (delivery_id, failure_type, failure_reason, shard) DO UPDATE
+SET failed = k.failed + excluded.failed;
 
 -- name: set_finished
 -- The validity period is over: the figures are final.

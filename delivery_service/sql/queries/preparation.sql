@@ -17,8 +17,10 @@ WITH candidates AS (
     JOIN profiles p ON t.segment = ANY (p.segments)
     WHERE t.id = %(target_id)s AND t.segment IS NOT NULL
 ),
-quarantine AS (
-    SELECT DISTINCT lower(email) AS address FROM profiles WHERE quarantined AND email IS NOT NULL
+excluded AS (
+    -- What feedback (or an operator) took out of targeting: few rows, read whole.
+    SELECT address, status FROM addresses
+    WHERE status IN ({AddressStatus.QUARANTINED}, {AddressStatus.DENYLISTED})
 ),
 classified AS (
     SELECT c.position, c.profile_id, c.email,
@@ -26,21 +28,49 @@ classified AS (
                WHEN c.unknown_profile THEN {DropReason.UNKNOWN_PROFILE}
                WHEN c.email IS NULL OR c.email = '' THEN {DropReason.NO_ADDRESS}
                WHEN c.email !~ %(address_pattern)s THEN {DropReason.INVALID_ADDRESS}
-               WHEN q.address IS NOT NULL THEN {DropReason.QUARANTINED}
+               WHEN x.status = {AddressStatus.QUARANTINED} THEN {DropReason.QUARANTINED}
+               WHEN x.status = {AddressStatus.DENYLISTED} THEN {DropReason.DENYLISTED}
                WHEN row_number() OVER (PARTITION BY lower(c.email) ORDER BY c.position) > 1
                    THEN {DropReason.DUPLICATE}
            END AS reason
     FROM candidates c
-    LEFT JOIN quarantine q ON q.address = lower(c.email)
+    LEFT JOIN excluded x ON x.address = lower(c.email)
 )
 SELECT position, profile_id, email, reason FROM classified;
 
--- name: queue_messages
--- Preparation: one sending log per recipient kept, in target order.
-INSERT INTO sending_logs (delivery_id, profile_id, email, status)
-SELECT %(delivery_id)s, profile_id, email, {Status.QUEUED}
+-- name: rank_domains
+-- Preparation: the largest recipient domains of the recipients kept (by messages, then
+-- name), ranked from 1; the failure breakdown's keys.
+CREATE TEMPORARY TABLE ranked_domains ON COMMIT DROP AS
+SELECT lower(split_part(email, '@', 2)) AS domain,
+       (row_number() OVER (ORDER BY count(*) DESC, lower(split_part(email, '@', 2))))::smallint
+           AS domain_rank
 FROM analysis WHERE reason IS NULL
-ORDER BY position;
+GROUP BY lower(split_part(email, '@', 2))
+ORDER BY domain_rank
+LIMIT %(largest)s;
+
+-- name: queue_messages
+-- Preparation: one sending log per recipient kept, in target order, with its domain's
+-- rank (0: not among the largest).
+INSERT INTO sending_logs (delivery_id, profile_id, email, status, domain_rank)
+SELECT %(delivery_id)s, a.profile_id, a.email, {Status.QUEUED}, coalesce(r.domain_rank, 0)
+FROM analysis a
+LEFT JOIN ranked_domains r ON r.domain = lower(split_part(a.email, '@', 2))
+WHERE a.reason IS NULL
+ORDER BY a.position;
+
+-- name: record_domains
+-- Preparation: the ranked domains' names.
+INSERT INTO delivery_domains (delivery_id, domain_rank, domain)
+SELECT %(delivery_id)s, domain_rank, domain FROM ranked_domains;
+
+-- name: count_domain_messages
+-- Preparation: the messages to deliver of each domain rank, in shard 0 of its counters.
+INSERT INTO delivery_domain_counters (delivery_id, domain_rank, shard, to_deliver)
+SELECT %(delivery_id)s, domain_rank, 0, count(*)
+FROM sending_logs WHERE delivery_id = %(delivery_id)s
+GROUP BY domain_rank;
 
 -- name: record_dropped
 -- Preparation: the recipients dropped, and why.
@@ -65,5 +95,5 @@ SELECT profile_id, email, reason FROM dropped_recipients
 WHERE delivery_id = %(delivery_id)s ORDER BY position LIMIT %(limit)s;
 
 -- name: drop_analysis
--- Preparation is over: its temporary table goes (it would go at commit anyway).
-DROP TABLE analysis;
+-- Preparation is over: its temporary tables go (they would go at commit anyway).
+DROP TABLE analysis, ranked_domains;

@@ -3,13 +3,12 @@
 
 -- name: upsert_profiles
 -- Creates or replaces profiles; says for each whether it was created.
-INSERT INTO profiles AS p (profile_id, email, quarantined, segments, update_time)
-SELECT r.profile_id, NULLIF(r.email, ''), r.quarantined, r.segments, %(now)s
+INSERT INTO profiles AS p (profile_id, email, segments, update_time)
+SELECT r.profile_id, NULLIF(r.email, ''), r.segments, %(now)s
 FROM jsonb_to_recordset(%(profiles)s::jsonb)
-     AS r (profile_id text, email text, quarantined boolean, segments text[])
+     AS r (profile_id text, email text, segments text[])
 ON CONFLICT (profile_id) DO UPDATE
     SET email = excluded.email,
-        quarantined = excluded.quarantined,
         segments = excluded.segments,
         update_time = excluded.update_time
 RETURNING (xmax = 0) AS created;

@@ -26,11 +26,36 @@ LIMIT %(limit)s;
 -- Marks relayed a batch the MTA holds: the delivery's queued messages in
 -- (after, upto], which are exactly the batch (it was read as the first of them in
 -- message order). A message feedback already marked is left alone, so each is
--- counted once.
-UPDATE sending_logs
-SET relay_time = now(), status = %(status)s, update_time = now()
-WHERE delivery_id = %(delivery_id)s AND message_id > %(after)s AND message_id <= %(upto)s
-  AND relay_time IS NULL;
+-- counted once: here in its domain's counters, and by the caller in the delivery's;
+-- and each is in the event feed once (a row of the messages marked). Returns how many
+-- it marked.
+WITH marked AS (
+    UPDATE sending_logs
+    SET relay_time = %(now)s, status = %(status)s, update_time = %(now)s
+    WHERE delivery_id = %(delivery_id)s AND message_id > %(after)s
+      AND message_id <= %(upto)s AND relay_time IS NULL
+    RETURNING domain_rank, message_id
+),
+fed AS (
+    INSERT INTO delivery_feed (delivery_id, source, message_ids, first_message_id,
+                               last_message_id)
+    SELECT %(delivery_id)s, {FeedSource.RELAY}, array_agg(message_id ORDER BY message_id),
+           min(message_id), max(message_id)
+    FROM marked
+    HAVING count(*) > 0
+),
+by_rank AS (
+    SELECT domain_rank, count(*) AS messages FROM marked GROUP BY domain_rank
+),
+domain_counted AS (
+    INSERT INTO delivery_domain_counters AS k (delivery_id, domain_rank, shard, relayed)
+    SELECT %(delivery_id)s, domain_rank, %(shard)s, messages FROM by_rank
+    -- In key order, as the ingest's: no two transactions wait on each other's new rows.
+    ORDER BY domain_rank
+    ON CONFLICT (delivery_id, domain_rank, shard) DO UPDATE
+    SET relayed = k.relayed + excluded.relayed
+)
+SELECT coalesce(sum(messages), 0)::bigint FROM by_rank;
 
 -- name: set_sent
 -- Every message is relayed: the delivery is SENT.

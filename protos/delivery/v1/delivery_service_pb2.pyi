@@ -178,6 +178,10 @@ class _FailureTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureTy
     """The address will never accept the message."""
     FAILURE_TYPE_SOFT: _FailureType.ValueType  # 2
     """The message could not be delivered for now, or not within its validity."""
+    FAILURE_TYPE_IGNORED: _FailureType.ValueType  # 3
+    """A reply the sender ignores (an auto-reply): never a message's failure, but
+    shown in a message's history and an address's entry.
+    """
 
 class FailureType(_FailureType, metaclass=_FailureTypeEnumTypeWrapper):
     """Whether a failure is final (hard) or temporary (soft)."""
@@ -188,6 +192,10 @@ FAILURE_TYPE_HARD: FailureType.ValueType  # 1
 """The address will never accept the message."""
 FAILURE_TYPE_SOFT: FailureType.ValueType  # 2
 """The message could not be delivered for now, or not within its validity."""
+FAILURE_TYPE_IGNORED: FailureType.ValueType  # 3
+"""A reply the sender ignores (an auto-reply): never a message's failure, but
+shown in a message's history and an address's entry.
+"""
 Global___FailureType: _TypeAlias = FailureType  # noqa: Y015
 
 class _FailureReason:
@@ -210,6 +218,12 @@ class _FailureReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Failure
     """The receiving server could not be reached."""
     FAILURE_REASON_EXPIRED: _FailureReason.ValueType  # 6
     """The validity period ended before the message could be delivered."""
+    FAILURE_REASON_ACCOUNT_DISABLED: _FailureReason.ValueType  # 7
+    """The mailbox exists but is disabled or inactive."""
+    FAILURE_REASON_NOT_DEFINED: _FailureReason.ValueType  # 8
+    """A failure the MTA could not classify."""
+    FAILURE_REASON_AUTO_REPLY: _FailureReason.ValueType  # 9
+    """An automatic reply (out of office): type IGNORED."""
 
 class FailureReason(_FailureReason, metaclass=_FailureReasonEnumTypeWrapper):
     """Why a message failed."""
@@ -228,6 +242,12 @@ FAILURE_REASON_UNREACHABLE: FailureReason.ValueType  # 5
 """The receiving server could not be reached."""
 FAILURE_REASON_EXPIRED: FailureReason.ValueType  # 6
 """The validity period ended before the message could be delivered."""
+FAILURE_REASON_ACCOUNT_DISABLED: FailureReason.ValueType  # 7
+"""The mailbox exists but is disabled or inactive."""
+FAILURE_REASON_NOT_DEFINED: FailureReason.ValueType  # 8
+"""A failure the MTA could not classify."""
+FAILURE_REASON_AUTO_REPLY: FailureReason.ValueType  # 9
+"""An automatic reply (out of office): type IGNORED."""
 Global___FailureReason: _TypeAlias = FailureReason  # noqa: Y015
 
 class _DropReason:
@@ -243,11 +263,13 @@ class _DropReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DropReason
     DROP_REASON_INVALID_ADDRESS: _DropReason.ValueType  # 2
     """The address is not a valid email address."""
     DROP_REASON_QUARANTINED: _DropReason.ValueType  # 3
-    """The address is in quarantine."""
+    """The address is in quarantine (see ListAddresses)."""
     DROP_REASON_UNKNOWN_PROFILE: _DropReason.ValueType  # 4
     """No profile has this profile_id."""
     DROP_REASON_NO_ADDRESS: _DropReason.ValueType  # 5
     """The profile has no email address."""
+    DROP_REASON_DENYLISTED: _DropReason.ValueType  # 6
+    """The address is on the denylist: its recipient complained of spam."""
 
 class DropReason(_DropReason, metaclass=_DropReasonEnumTypeWrapper):
     """Why preparation dropped a recipient."""
@@ -259,12 +281,50 @@ DROP_REASON_DUPLICATE: DropReason.ValueType  # 1
 DROP_REASON_INVALID_ADDRESS: DropReason.ValueType  # 2
 """The address is not a valid email address."""
 DROP_REASON_QUARANTINED: DropReason.ValueType  # 3
-"""The address is in quarantine."""
+"""The address is in quarantine (see ListAddresses)."""
 DROP_REASON_UNKNOWN_PROFILE: DropReason.ValueType  # 4
 """No profile has this profile_id."""
 DROP_REASON_NO_ADDRESS: DropReason.ValueType  # 5
 """The profile has no email address."""
+DROP_REASON_DENYLISTED: DropReason.ValueType  # 6
+"""The address is on the denylist: its recipient complained of spam."""
 Global___DropReason: _TypeAlias = DropReason  # noqa: Y015
+
+class _AlertCriterion:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlertCriterionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertCriterion.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALERT_CRITERION_UNSPECIFIED: _AlertCriterion.ValueType  # 0
+    """Never used."""
+    ALERT_CRITERION_HARD_BOUNCE_RATIO: _AlertCriterion.ValueType  # 1
+    """Hard bounces over the configured share of the messages sent (5 %)."""
+    ALERT_CRITERION_SOFT_BOUNCE_RATIO: _AlertCriterion.ValueType  # 2
+    """Soft failures over the configured share of the messages sent (5 %)."""
+    ALERT_CRITERION_NOTHING_RELAYED: _AlertCriterion.ValueType  # 3
+    """Confirmed, but nothing relayed for too long."""
+    ALERT_CRITERION_LOW_THROUGHPUT: _AlertCriterion.ValueType  # 4
+    """Fewer messages relayed per hour than configured."""
+    ALERT_CRITERION_COMPLAINT_RATIO: _AlertCriterion.ValueType  # 5
+    """Complaints over the configured share of the messages delivered (0.1 %)."""
+
+class AlertCriterion(_AlertCriterion, metaclass=_AlertCriterionEnumTypeWrapper):
+    """What a delivery alert is about (SPEC.md, "Failure breakdown and alerts")."""
+
+ALERT_CRITERION_UNSPECIFIED: AlertCriterion.ValueType  # 0
+"""Never used."""
+ALERT_CRITERION_HARD_BOUNCE_RATIO: AlertCriterion.ValueType  # 1
+"""Hard bounces over the configured share of the messages sent (5 %)."""
+ALERT_CRITERION_SOFT_BOUNCE_RATIO: AlertCriterion.ValueType  # 2
+"""Soft failures over the configured share of the messages sent (5 %)."""
+ALERT_CRITERION_NOTHING_RELAYED: AlertCriterion.ValueType  # 3
+"""Confirmed, but nothing relayed for too long."""
+ALERT_CRITERION_LOW_THROUGHPUT: AlertCriterion.ValueType  # 4
+"""Fewer messages relayed per hour than configured."""
+ALERT_CRITERION_COMPLAINT_RATIO: AlertCriterion.ValueType  # 5
+"""Complaints over the configured share of the messages delivered (0.1 %)."""
+Global___AlertCriterion: _TypeAlias = AlertCriterion  # noqa: Y015
 
 class _RecurringState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -317,6 +377,56 @@ DELIVERY_VIEW_BASIC: DeliveryView.ValueType  # 1
 DELIVERY_VIEW_FULL: DeliveryView.ValueType  # 2
 """Everything, the body included."""
 Global___DeliveryView: _TypeAlias = DeliveryView  # noqa: Y015
+
+class _DeliveryEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_EVENT_KIND_UNSPECIFIED: _DeliveryEventKind.ValueType  # 0
+    DELIVERY_EVENT_KIND_RELAYED: _DeliveryEventKind.ValueType  # 1
+    """The MTA took the message."""
+    DELIVERY_EVENT_KIND_DELIVERED: _DeliveryEventKind.ValueType  # 2
+    """The MTA reported it delivered."""
+    DELIVERY_EVENT_KIND_HARD_BOUNCE: _DeliveryEventKind.ValueType  # 3
+    """The MTA reported a hard bounce (possibly after a delivery report)."""
+    DELIVERY_EVENT_KIND_SOFT_BOUNCE: _DeliveryEventKind.ValueType  # 4
+    """The MTA reported a soft bounce: it may try again (see attempt)."""
+    DELIVERY_EVENT_KIND_EXPIRED: _DeliveryEventKind.ValueType  # 5
+    """The message expired: reported by the MTA, or at the end of the validity."""
+    DELIVERY_EVENT_KIND_OPENED: _DeliveryEventKind.ValueType  # 6
+    """The recipient opened the message."""
+    DELIVERY_EVENT_KIND_CLICKED: _DeliveryEventKind.ValueType  # 7
+    """The recipient clicked a link (see link_index)."""
+    DELIVERY_EVENT_KIND_COMPLAINT: _DeliveryEventKind.ValueType  # 8
+    """The recipient marked the message as spam."""
+    DELIVERY_EVENT_KIND_IGNORED: _DeliveryEventKind.ValueType  # 9
+    """An auto-reply: logged, changes nothing."""
+
+class DeliveryEventKind(_DeliveryEventKind, metaclass=_DeliveryEventKindEnumTypeWrapper):
+    """What a delivery event tells of its message."""
+
+DELIVERY_EVENT_KIND_UNSPECIFIED: DeliveryEventKind.ValueType  # 0
+DELIVERY_EVENT_KIND_RELAYED: DeliveryEventKind.ValueType  # 1
+"""The MTA took the message."""
+DELIVERY_EVENT_KIND_DELIVERED: DeliveryEventKind.ValueType  # 2
+"""The MTA reported it delivered."""
+DELIVERY_EVENT_KIND_HARD_BOUNCE: DeliveryEventKind.ValueType  # 3
+"""The MTA reported a hard bounce (possibly after a delivery report)."""
+DELIVERY_EVENT_KIND_SOFT_BOUNCE: DeliveryEventKind.ValueType  # 4
+"""The MTA reported a soft bounce: it may try again (see attempt)."""
+DELIVERY_EVENT_KIND_EXPIRED: DeliveryEventKind.ValueType  # 5
+"""The message expired: reported by the MTA, or at the end of the validity."""
+DELIVERY_EVENT_KIND_OPENED: DeliveryEventKind.ValueType  # 6
+"""The recipient opened the message."""
+DELIVERY_EVENT_KIND_CLICKED: DeliveryEventKind.ValueType  # 7
+"""The recipient clicked a link (see link_index)."""
+DELIVERY_EVENT_KIND_COMPLAINT: DeliveryEventKind.ValueType  # 8
+"""The recipient marked the message as spam."""
+DELIVERY_EVENT_KIND_IGNORED: DeliveryEventKind.ValueType  # 9
+"""An auto-reply: logged, changes nothing."""
+Global___DeliveryEventKind: _TypeAlias = DeliveryEventKind  # noqa: Y015
 
 @_typing.final
 class Content(_message.Message):
@@ -552,6 +662,13 @@ class Kpis(_message.Message):
     FINAL_FIELD_NUMBER: _builtins.int
     PENDING_FIELD_NUMBER: _builtins.int
     FEEDBACK_MODE_FIELD_NUMBER: _builtins.int
+    COMPLAINTS_FIELD_NUMBER: _builtins.int
+    COMPLAINT_PERCENT_FIELD_NUMBER: _builtins.int
+    HARD_FAILED_FIELD_NUMBER: _builtins.int
+    SOFT_FAILED_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    DOMAINS_FIELD_NUMBER: _builtins.int
+    ALERTS_FIELD_NUMBER: _builtins.int
     to_deliver: _builtins.int
     """The number of messages to deliver (N)."""
     sent: _builtins.int
@@ -580,9 +697,31 @@ class Kpis(_message.Message):
     """The number of messages whose sending log status is PENDING."""
     feedback_mode: Global___FeedbackMode.ValueType
     """The feedback mode the figures follow."""
+    complaints: _builtins.int
+    """The number of delivered messages whose recipient complained of spam."""
+    complaint_percent: _builtins.float
+    """Complaint %: complaints / delivered, from 0 to 100."""
+    hard_failed: _builtins.int
+    """Failed messages whose failure type is HARD (hard bounces, late ones too)."""
+    soft_failed: _builtins.int
+    """Failed messages whose failure type is SOFT (soft bounces with EFS, expiries)."""
     @_builtins.property
     def stats_time(self) -> _timestamp_pb2.Timestamp:
         """When Open % and Click % were last computed; unset if never."""
+
+    @_builtins.property
+    def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___FailureCount]:
+        """Failed messages by failure type and reason, most first."""
+
+    @_builtins.property
+    def domains(self) -> _containers.RepeatedCompositeFieldContainer[Global___DomainKpis]:
+        """The figures of the largest recipient domains (at most 10, by messages to
+        deliver, largest first), then one entry with an empty domain for all others.
+        """
+
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alert]:
+        """The delivery's alerts, newest first."""
 
     def __init__(
         self,
@@ -601,14 +740,150 @@ class Kpis(_message.Message):
         final: _builtins.bool = ...,
         pending: _builtins.int = ...,
         feedback_mode: Global___FeedbackMode.ValueType = ...,
+        complaints: _builtins.int = ...,
+        complaint_percent: _builtins.float = ...,
+        hard_failed: _builtins.int = ...,
+        soft_failed: _builtins.int = ...,
+        failures: _abc.Iterable[Global___FailureCount] | None = ...,
+        domains: _abc.Iterable[Global___DomainKpis] | None = ...,
+        alerts: _abc.Iterable[Global___Alert] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["stats_time", b"stats_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bounces_percent", b"bounces_percent", "click_percent", b"click_percent", "clicked", b"clicked", "delivered", b"delivered", "delivered_percent", b"delivered_percent", "failed", b"failed", "feedback_mode", b"feedback_mode", "final", b"final", "open_percent", b"open_percent", "opened", b"opened", "pending", b"pending", "sent", b"sent", "stats_time", b"stats_time", "to_deliver", b"to_deliver"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "bounces_percent", b"bounces_percent", "click_percent", b"click_percent", "clicked", b"clicked", "complaint_percent", b"complaint_percent", "complaints", b"complaints", "delivered", b"delivered", "delivered_percent", b"delivered_percent", "domains", b"domains", "failed", b"failed", "failures", b"failures", "feedback_mode", b"feedback_mode", "final", b"final", "hard_failed", b"hard_failed", "open_percent", b"open_percent", "opened", b"opened", "pending", b"pending", "sent", b"sent", "soft_failed", b"soft_failed", "stats_time", b"stats_time", "to_deliver", b"to_deliver"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Kpis: _TypeAlias = Kpis  # noqa: Y015
+
+@_typing.final
+class Alert(_message.Message):
+    """A criterion a delivery crossed, raised once per criterion and delivery per day."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    CRITERION_FIELD_NUMBER: _builtins.int
+    RAISE_TIME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    STOPPED_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.int
+    """The delivery."""
+    criterion: Global___AlertCriterion.ValueType
+    """What was crossed."""
+    value: _builtins.float
+    """The value measured: a ratio from 0 to 1, seconds, or messages per hour."""
+    threshold: _builtins.float
+    """The configured threshold it crossed, in the same unit."""
+    message: _builtins.str
+    """What was crossed, in words."""
+    stopped: _builtins.bool
+    """Whether the rest of the delivery was stopped for it."""
+    @_builtins.property
+    def raise_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was raised."""
+
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.int = ...,
+        criterion: Global___AlertCriterion.ValueType = ...,
+        raise_time: _timestamp_pb2.Timestamp | None = ...,
+        value: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        message: _builtins.str = ...,
+        stopped: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["raise_time", b"raise_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["criterion", b"criterion", "delivery_id", b"delivery_id", "message", b"message", "raise_time", b"raise_time", "stopped", b"stopped", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Alert: _TypeAlias = Alert  # noqa: Y015
+
+@_typing.final
+class FailureCount(_message.Message):
+    """How many failed messages have one failure type and reason."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAILURE_TYPE_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    failure_type: Global___FailureType.ValueType
+    """HARD or SOFT."""
+    failure_reason: Global___FailureReason.ValueType
+    """The reason."""
+    messages: _builtins.int
+    """The number of failed messages."""
+    def __init__(
+        self,
+        *,
+        failure_type: Global___FailureType.ValueType = ...,
+        failure_reason: Global___FailureReason.ValueType = ...,
+        messages: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_reason", b"failure_reason", "failure_type", b"failure_type", "messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FailureCount: _TypeAlias = FailureCount  # noqa: Y015
+
+@_typing.final
+class DomainKpis(_message.Message):
+    """A recipient domain's share of a delivery's figures, with the delivery's own rules
+    (Kpis): without EFS a message counts as delivered until it fails.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    TO_DELIVER_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    OPENED_FIELD_NUMBER: _builtins.int
+    CLICKED_FIELD_NUMBER: _builtins.int
+    COMPLAINTS_FIELD_NUMBER: _builtins.int
+    domain: _builtins.str
+    """The domain, lower case; empty for the other domains together."""
+    to_deliver: _builtins.int
+    """The number of messages to deliver to it."""
+    sent: _builtins.int
+    """Relayed to the MTA."""
+    delivered: _builtins.int
+    """Counted as delivered."""
+    failed: _builtins.int
+    """Failed."""
+    opened: _builtins.int
+    """Opened and clicked (live counts, not as of stats_time)."""
+    clicked: _builtins.int
+    complaints: _builtins.int
+    """Complained of as spam."""
+    def __init__(
+        self,
+        *,
+        domain: _builtins.str = ...,
+        to_deliver: _builtins.int = ...,
+        sent: _builtins.int = ...,
+        delivered: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        opened: _builtins.int = ...,
+        clicked: _builtins.int = ...,
+        complaints: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clicked", b"clicked", "complaints", b"complaints", "delivered", b"delivered", "domain", b"domain", "failed", b"failed", "opened", b"opened", "sent", b"sent", "to_deliver", b"to_deliver"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DomainKpis: _TypeAlias = DomainKpis  # noqa: Y015
 
 @_typing.final
 class DroppedRecipient(_message.Message):
@@ -655,6 +930,8 @@ class SendingLog(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     OPENED_FIELD_NUMBER: _builtins.int
     CLICKED_FIELD_NUMBER: _builtins.int
+    COMPLAINED_FIELD_NUMBER: _builtins.int
+    SMTP_REPLY_FIELD_NUMBER: _builtins.int
     message_id: _builtins.int
     """The message's id, unique across deliveries; the MTA's idempotency key."""
     delivery_id: _builtins.int
@@ -673,6 +950,8 @@ class SendingLog(_message.Message):
     """Whether the recipient opened the message."""
     clicked: _builtins.bool
     """Whether the recipient clicked a link in the message."""
+    complained: _builtins.bool
+    """Whether the recipient complained of the message as spam."""
     @_builtins.property
     def relay_time(self) -> _timestamp_pb2.Timestamp:
         """When the message was relayed to the MTA; unset before."""
@@ -680,6 +959,12 @@ class SendingLog(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the status last changed."""
+
+    @_builtins.property
+    def smtp_reply(self) -> Global___SmtpReply:
+        """For a failed message: the receiving server's reply to the attempt that
+        decided its failure (none for an expiry the service decided).
+        """
 
     def __init__(
         self,
@@ -695,14 +980,46 @@ class SendingLog(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         opened: _builtins.bool = ...,
         clicked: _builtins.bool = ...,
+        complained: _builtins.bool = ...,
+        smtp_reply: Global___SmtpReply | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["relay_time", b"relay_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["relay_time", b"relay_time", "smtp_reply", b"smtp_reply", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clicked", b"clicked", "delivery_id", b"delivery_id", "email", b"email", "failure_reason", b"failure_reason", "failure_type", b"failure_type", "message_id", b"message_id", "opened", b"opened", "profile_id", b"profile_id", "relay_time", b"relay_time", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clicked", b"clicked", "complained", b"complained", "delivery_id", b"delivery_id", "email", b"email", "failure_reason", b"failure_reason", "failure_type", b"failure_type", "message_id", b"message_id", "opened", b"opened", "profile_id", b"profile_id", "relay_time", b"relay_time", "smtp_reply", b"smtp_reply", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendingLog: _TypeAlias = SendingLog  # noqa: Y015
+
+@_typing.final
+class SmtpReply(_message.Message):
+    """The receiving server's SMTP reply to a failed attempt, as the MTA reported it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    ENHANCED_STATUS_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The reply code, e.g. 550; 0 when there was none."""
+    enhanced_status: _builtins.str
+    """The enhanced status code (RFC 3463), e.g. "5.1.1"; may be empty."""
+    text: _builtins.str
+    """The reply's text."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        enhanced_status: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "enhanced_status", b"enhanced_status", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SmtpReply: _TypeAlias = SmtpReply  # noqa: Y015
 
 @_typing.final
 class Profile(_message.Message):
@@ -1344,6 +1661,332 @@ class WatchDeploymentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchDeploymentResponse: _TypeAlias = WatchDeploymentResponse  # noqa: Y015
+
+@_typing.final
+class ListAlertsRequest(_message.Message):
+    """The request of ListAlerts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.int
+    """The delivery whose alerts to list; 0 for every delivery's."""
+    page_size: _builtins.int
+    """The most alerts to return, 1 to 1,000; 0 means 100."""
+    page_token: _builtins.str
+    """The next_page_token of a previous response; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_id", b"delivery_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertsRequest: _TypeAlias = ListAlertsRequest  # noqa: Y015
+
+@_typing.final
+class ListAlertsResponse(_message.Message):
+    """The response of ListAlerts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page; empty on the last."""
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alert]:
+        """The alerts, newest first."""
+
+    def __init__(
+        self,
+        *,
+        alerts: _abc.Iterable[Global___Alert] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertsResponse: _TypeAlias = ListAlertsResponse  # noqa: Y015
+
+@_typing.final
+class DeliveryEvent(_message.Message):
+    """One committed change of a message, as the event feed serves it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    COMMIT_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SMTP_REPLY_FIELD_NUMBER: _builtins.int
+    LINK_INDEX_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Stable and unique across deliveries: "relayed:<message id>",
+    "expired:<message id>" (the end of the validity), or
+    "feedback:<delivery id>:<the MTA's event id>". Deduplicate by it.
+    """
+    delivery_id: _builtins.int
+    """The delivery, the message, its profile (empty for a recipient list's address
+    without one) and its address.
+    """
+    message_id: _builtins.int
+    profile_id: _builtins.str
+    address: _builtins.str
+    kind: Global___DeliveryEventKind.ValueType
+    attempt: _builtins.int
+    """The MTA's attempt, for bounces."""
+    reason: Global___FailureReason.ValueType
+    """The bounce's reason, as the MTA reported it."""
+    link_index: _builtins.int
+    """The link clicked (its index in the content's links)."""
+    cursor: _builtins.str
+    """The feed's cursor just after this event: resume from it."""
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When it happened: the MTA's time for what the MTA reports; the relay's or the
+        end of the validity's otherwise.
+        """
+
+    @_builtins.property
+    def commit_time(self) -> _timestamp_pb2.Timestamp:
+        """When the service wrote it, in the transaction that committed it."""
+
+    @_builtins.property
+    def smtp_reply(self) -> Global___SmtpReply:
+        """The receiving server's reply, for bounces and ignored replies."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        delivery_id: _builtins.int = ...,
+        message_id: _builtins.int = ...,
+        profile_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        kind: Global___DeliveryEventKind.ValueType = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+        commit_time: _timestamp_pb2.Timestamp | None = ...,
+        attempt: _builtins.int = ...,
+        reason: Global___FailureReason.ValueType = ...,
+        smtp_reply: Global___SmtpReply | None = ...,
+        link_index: _builtins.int = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commit_time", b"commit_time", "event_time", b"event_time", "smtp_reply", b"smtp_reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "attempt", b"attempt", "commit_time", b"commit_time", "cursor", b"cursor", "delivery_id", b"delivery_id", "event_id", b"event_id", "event_time", b"event_time", "kind", b"kind", "link_index", b"link_index", "message_id", b"message_id", "profile_id", b"profile_id", "reason", b"reason", "smtp_reply", b"smtp_reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryEvent: _TypeAlias = DeliveryEvent  # noqa: Y015
+
+@_typing.final
+class ListDeliveryEventsRequest(_message.Message):
+    """The request of ListDeliveryEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.int
+    """The delivery whose events to list; 0 for every delivery's."""
+    after: _builtins.str
+    """A cursor (next_cursor, or an event's cursor) to list after; empty for the
+    start of the feed's retention.
+    """
+    page_size: _builtins.int
+    """The most events to examine, 1 to 5,000; 0 means 500. With kinds set, fewer
+    may be returned: continue from next_cursor.
+    """
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___DeliveryEventKind.ValueType]:
+        """Only these kinds; empty for all."""
+
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.int = ...,
+        kinds: _abc.Iterable[Global___DeliveryEventKind.ValueType] | None = ...,
+        after: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "delivery_id", b"delivery_id", "kinds", b"kinds", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveryEventsRequest: _TypeAlias = ListDeliveryEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListDeliveryEventsResponse(_message.Message):
+    """The response of ListDeliveryEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """The cursor after everything examined: list after it for the next page."""
+    caught_up: _builtins.bool
+    """Whether the page reached the end of what is committed now."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryEvent]:
+        """The events, in feed order."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___DeliveryEvent] | None = ...,
+        next_cursor: _builtins.str = ...,
+        caught_up: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "events", b"events", "next_cursor", b"next_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveryEventsResponse: _TypeAlias = ListDeliveryEventsResponse  # noqa: Y015
+
+@_typing.final
+class WatchDeliveryEventsRequest(_message.Message):
+    """The request of WatchDeliveryEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    FROM_END_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.int
+    """The delivery whose events to stream; 0 for every delivery's."""
+    after: _builtins.str
+    """A cursor to stream after; empty for the start of the feed's retention (unless
+    from_end).
+    """
+    from_end: _builtins.bool
+    """Start at the end of what is committed now: only events committed from now on."""
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___DeliveryEventKind.ValueType]:
+        """Only these kinds; empty for all."""
+
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.int = ...,
+        kinds: _abc.Iterable[Global___DeliveryEventKind.ValueType] | None = ...,
+        after: _builtins.str = ...,
+        from_end: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "delivery_id", b"delivery_id", "from_end", b"from_end", "kinds", b"kinds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchDeliveryEventsRequest: _TypeAlias = WatchDeliveryEventsRequest  # noqa: Y015
+
+@_typing.final
+class WatchDeliveryEventsResponse(_message.Message):
+    """A message of WatchDeliveryEvents: events in feed order, as they are committed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """The cursor after everything examined: resume after it."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryEvent]:
+        """The events (possibly none: the cursor moved past events of other kinds)."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___DeliveryEvent] | None = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchDeliveryEventsResponse: _TypeAlias = WatchDeliveryEventsResponse  # noqa: Y015
+
+@_typing.final
+class GetMessageTimelineRequest(_message.Message):
+    """The request of GetMessageTimeline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.int
+    """Required. The message's delivery and id (as ListSendingLogs returns them)."""
+    message_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.int = ...,
+        message_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_id", b"delivery_id", "message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMessageTimelineRequest: _TypeAlias = GetMessageTimelineRequest  # noqa: Y015
+
+@_typing.final
+class GetMessageTimelineResponse(_message.Message):
+    """The response of GetMessageTimeline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryEvent]:
+        """The message's events in feed order, each with its feed cursor (none for events
+        logged before the feed existed: they come first, by time).
+        """
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___DeliveryEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMessageTimelineResponse: _TypeAlias = GetMessageTimelineResponse  # noqa: Y015
 
 @_typing.final
 class GetKpisRequest(_message.Message):

@@ -106,6 +106,26 @@ class DeliveryServiceStub:
                 request_serializer=delivery_dot_v1_dot_delivery__service__pb2.UpsertProfilesRequest.SerializeToString,
                 response_deserializer=delivery_dot_v1_dot_delivery__service__pb2.UpsertProfilesResponse.FromString,
                 _registered_method=True)
+        self.ListAlerts = channel.unary_unary(
+                '/delivery.v1.DeliveryService/ListAlerts',
+                request_serializer=delivery_dot_v1_dot_delivery__service__pb2.ListAlertsRequest.SerializeToString,
+                response_deserializer=delivery_dot_v1_dot_delivery__service__pb2.ListAlertsResponse.FromString,
+                _registered_method=True)
+        self.ListDeliveryEvents = channel.unary_unary(
+                '/delivery.v1.DeliveryService/ListDeliveryEvents',
+                request_serializer=delivery_dot_v1_dot_delivery__service__pb2.ListDeliveryEventsRequest.SerializeToString,
+                response_deserializer=delivery_dot_v1_dot_delivery__service__pb2.ListDeliveryEventsResponse.FromString,
+                _registered_method=True)
+        self.WatchDeliveryEvents = channel.unary_stream(
+                '/delivery.v1.DeliveryService/WatchDeliveryEvents',
+                request_serializer=delivery_dot_v1_dot_delivery__service__pb2.WatchDeliveryEventsRequest.SerializeToString,
+                response_deserializer=delivery_dot_v1_dot_delivery__service__pb2.WatchDeliveryEventsResponse.FromString,
+                _registered_method=True)
+        self.GetMessageTimeline = channel.unary_unary(
+                '/delivery.v1.DeliveryService/GetMessageTimeline',
+                request_serializer=delivery_dot_v1_dot_delivery__service__pb2.GetMessageTimelineRequest.SerializeToString,
+                response_deserializer=delivery_dot_v1_dot_delivery__service__pb2.GetMessageTimelineResponse.FromString,
+                _registered_method=True)
         self.CreateRecurringDelivery = channel.unary_unary(
                 '/delivery.v1.DeliveryService/CreateRecurringDelivery',
                 request_serializer=delivery_dot_v1_dot_delivery__service__pb2.CreateRecurringDeliveryRequest.SerializeToString,
@@ -247,6 +267,39 @@ class DeliveryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAlerts(self, request, context):
+        """Lists delivery alerts, newest first: one delivery's, or all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeliveryEvents(self, request, context):
+        """Lists the delivery event feed after a cursor: every committed change of the
+        messages (relayed, delivered, bounced, expired, opened, clicked, complaint,
+        ignored reply), one delivery's or all, in commit order. A consumer that resumes
+        from the last cursor it got receives every later event, none twice; an event
+        never appears behind a cursor already served (docs/events.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchDeliveryEvents(self, request, context):
+        """Streams the delivery event feed after a cursor, as ListDeliveryEvents pages it,
+        then each new event as it is committed, until the caller cancels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMessageTimeline(self, request, context):
+        """A message's events, from the event feed, in its order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateRecurringDelivery(self, request, context):
         """Creates a recurring delivery: an occurrence is created, prepared and,
         unless confirmation is required, sent at each interval.
@@ -355,6 +408,26 @@ def add_DeliveryServiceServicer_to_server(servicer, server):
                     servicer.UpsertProfiles,
                     request_deserializer=delivery_dot_v1_dot_delivery__service__pb2.UpsertProfilesRequest.FromString,
                     response_serializer=delivery_dot_v1_dot_delivery__service__pb2.UpsertProfilesResponse.SerializeToString,
+            ),
+            'ListAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlerts,
+                    request_deserializer=delivery_dot_v1_dot_delivery__service__pb2.ListAlertsRequest.FromString,
+                    response_serializer=delivery_dot_v1_dot_delivery__service__pb2.ListAlertsResponse.SerializeToString,
+            ),
+            'ListDeliveryEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeliveryEvents,
+                    request_deserializer=delivery_dot_v1_dot_delivery__service__pb2.ListDeliveryEventsRequest.FromString,
+                    response_serializer=delivery_dot_v1_dot_delivery__service__pb2.ListDeliveryEventsResponse.SerializeToString,
+            ),
+            'WatchDeliveryEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDeliveryEvents,
+                    request_deserializer=delivery_dot_v1_dot_delivery__service__pb2.WatchDeliveryEventsRequest.FromString,
+                    response_serializer=delivery_dot_v1_dot_delivery__service__pb2.WatchDeliveryEventsResponse.SerializeToString,
+            ),
+            'GetMessageTimeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMessageTimeline,
+                    request_deserializer=delivery_dot_v1_dot_delivery__service__pb2.GetMessageTimelineRequest.FromString,
+                    response_serializer=delivery_dot_v1_dot_delivery__service__pb2.GetMessageTimelineResponse.SerializeToString,
             ),
             'CreateRecurringDelivery': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateRecurringDelivery,
@@ -740,6 +813,114 @@ class DeliveryService:
             '/delivery.v1.DeliveryService/UpsertProfiles',
             delivery_dot_v1_dot_delivery__service__pb2.UpsertProfilesRequest.SerializeToString,
             delivery_dot_v1_dot_delivery__service__pb2.UpsertProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/delivery.v1.DeliveryService/ListAlerts',
+            delivery_dot_v1_dot_delivery__service__pb2.ListAlertsRequest.SerializeToString,
+            delivery_dot_v1_dot_delivery__service__pb2.ListAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeliveryEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/delivery.v1.DeliveryService/ListDeliveryEvents',
+            delivery_dot_v1_dot_delivery__service__pb2.ListDeliveryEventsRequest.SerializeToString,
+            delivery_dot_v1_dot_delivery__service__pb2.ListDeliveryEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDeliveryEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/delivery.v1.DeliveryService/WatchDeliveryEvents',
+            delivery_dot_v1_dot_delivery__service__pb2.WatchDeliveryEventsRequest.SerializeToString,
+            delivery_dot_v1_dot_delivery__service__pb2.WatchDeliveryEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMessageTimeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/delivery.v1.DeliveryService/GetMessageTimeline',
+            delivery_dot_v1_dot_delivery__service__pb2.GetMessageTimelineRequest.SerializeToString,
+            delivery_dot_v1_dot_delivery__service__pb2.GetMessageTimelineResponse.FromString,
             options,
             channel_credentials,
             insecure,

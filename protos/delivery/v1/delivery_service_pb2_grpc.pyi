@@ -86,6 +86,21 @@ class DeliveryServiceStub:
     """Lists the messages sent to a profile, newest first, with their status."""
     UpsertProfiles: _grpc.UnaryUnaryMultiCallable[_delivery_service_pb2.UpsertProfilesRequest, _delivery_service_pb2.UpsertProfilesResponse]
     """Creates or updates profiles by profile_id."""
+    ListAlerts: _grpc.UnaryUnaryMultiCallable[_delivery_service_pb2.ListAlertsRequest, _delivery_service_pb2.ListAlertsResponse]
+    """Lists delivery alerts, newest first: one delivery's, or all."""
+    ListDeliveryEvents: _grpc.UnaryUnaryMultiCallable[_delivery_service_pb2.ListDeliveryEventsRequest, _delivery_service_pb2.ListDeliveryEventsResponse]
+    """Lists the delivery event feed after a cursor: every committed change of the
+    messages (relayed, delivered, bounced, expired, opened, clicked, complaint,
+    ignored reply), one delivery's or all, in commit order. A consumer that resumes
+    from the last cursor it got receives every later event, none twice; an event
+    never appears behind a cursor already served (docs/events.md).
+    """
+    WatchDeliveryEvents: _grpc.UnaryStreamMultiCallable[_delivery_service_pb2.WatchDeliveryEventsRequest, _delivery_service_pb2.WatchDeliveryEventsResponse]
+    """Streams the delivery event feed after a cursor, as ListDeliveryEvents pages it,
+    then each new event as it is committed, until the caller cancels.
+    """
+    GetMessageTimeline: _grpc.UnaryUnaryMultiCallable[_delivery_service_pb2.GetMessageTimelineRequest, _delivery_service_pb2.GetMessageTimelineResponse]
+    """A message's events, from the event feed, in its order."""
     CreateRecurringDelivery: _grpc.UnaryUnaryMultiCallable[_delivery_service_pb2.CreateRecurringDeliveryRequest, _delivery_service_pb2.CreateRecurringDeliveryResponse]
     """Creates a recurring delivery: an occurrence is created, prepared and,
     unless confirmation is required, sent at each interval.
@@ -165,6 +180,21 @@ class DeliveryServiceAsyncStub(DeliveryServiceStub):
     """Lists the messages sent to a profile, newest first, with their status."""
     UpsertProfiles: _aio.UnaryUnaryMultiCallable[_delivery_service_pb2.UpsertProfilesRequest, _delivery_service_pb2.UpsertProfilesResponse]  # type: ignore[assignment]
     """Creates or updates profiles by profile_id."""
+    ListAlerts: _aio.UnaryUnaryMultiCallable[_delivery_service_pb2.ListAlertsRequest, _delivery_service_pb2.ListAlertsResponse]  # type: ignore[assignment]
+    """Lists delivery alerts, newest first: one delivery's, or all."""
+    ListDeliveryEvents: _aio.UnaryUnaryMultiCallable[_delivery_service_pb2.ListDeliveryEventsRequest, _delivery_service_pb2.ListDeliveryEventsResponse]  # type: ignore[assignment]
+    """Lists the delivery event feed after a cursor: every committed change of the
+    messages (relayed, delivered, bounced, expired, opened, clicked, complaint,
+    ignored reply), one delivery's or all, in commit order. A consumer that resumes
+    from the last cursor it got receives every later event, none twice; an event
+    never appears behind a cursor already served (docs/events.md).
+    """
+    WatchDeliveryEvents: _aio.UnaryStreamMultiCallable[_delivery_service_pb2.WatchDeliveryEventsRequest, _delivery_service_pb2.WatchDeliveryEventsResponse]  # type: ignore[assignment]
+    """Streams the delivery event feed after a cursor, as ListDeliveryEvents pages it,
+    then each new event as it is committed, until the caller cancels.
+    """
+    GetMessageTimeline: _aio.UnaryUnaryMultiCallable[_delivery_service_pb2.GetMessageTimelineRequest, _delivery_service_pb2.GetMessageTimelineResponse]  # type: ignore[assignment]
+    """A message's events, from the event feed, in its order."""
     CreateRecurringDelivery: _aio.UnaryUnaryMultiCallable[_delivery_service_pb2.CreateRecurringDeliveryRequest, _delivery_service_pb2.CreateRecurringDeliveryResponse]  # type: ignore[assignment]
     """Creates a recurring delivery: an occurrence is created, prepared and,
     unless confirmation is required, sent at each interval.
@@ -319,6 +349,45 @@ class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_delivery_service_pb2.UpsertProfilesResponse, _abc.Awaitable[_delivery_service_pb2.UpsertProfilesResponse]]:
         """Creates or updates profiles by profile_id."""
+
+    @_abc_1.abstractmethod
+    def ListAlerts(
+        self,
+        request: _delivery_service_pb2.ListAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_service_pb2.ListAlertsResponse, _abc.Awaitable[_delivery_service_pb2.ListAlertsResponse]]:
+        """Lists delivery alerts, newest first: one delivery's, or all."""
+
+    @_abc_1.abstractmethod
+    def ListDeliveryEvents(
+        self,
+        request: _delivery_service_pb2.ListDeliveryEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_service_pb2.ListDeliveryEventsResponse, _abc.Awaitable[_delivery_service_pb2.ListDeliveryEventsResponse]]:
+        """Lists the delivery event feed after a cursor: every committed change of the
+        messages (relayed, delivered, bounced, expired, opened, clicked, complaint,
+        ignored reply), one delivery's or all, in commit order. A consumer that resumes
+        from the last cursor it got receives every later event, none twice; an event
+        never appears behind a cursor already served (docs/events.md).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchDeliveryEvents(
+        self,
+        request: _delivery_service_pb2.WatchDeliveryEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_delivery_service_pb2.WatchDeliveryEventsResponse], _abc.AsyncIterator[_delivery_service_pb2.WatchDeliveryEventsResponse]]:
+        """Streams the delivery event feed after a cursor, as ListDeliveryEvents pages it,
+        then each new event as it is committed, until the caller cancels.
+        """
+
+    @_abc_1.abstractmethod
+    def GetMessageTimeline(
+        self,
+        request: _delivery_service_pb2.GetMessageTimelineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_service_pb2.GetMessageTimelineResponse, _abc.Awaitable[_delivery_service_pb2.GetMessageTimelineResponse]]:
+        """A message's events, from the event feed, in its order."""
 
     @_abc_1.abstractmethod
     def CreateRecurringDelivery(

@@ -25,53 +25,55 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mta/v1/mta_service.proto\x12\x06mta.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\x07\x43ontent\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\t\x12\r\n\x05links\x18\x03 \x03(\t\"8\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\x03\x12\r\n\x05\x65mail\x18\x03 \x01(\tJ\x04\x08\x02\x10\x03J\x04\x08\x04\x10\x08\"\x1a\n\x05Hello\x12\x11\n\tclient_id\x18\x01 \x01(\t\"\xa4\x01\n\nRelayBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12!\n\x08messages\x18\x02 \x03(\x0b\x32\x0f.mta.v1.Message\x12\x13\n\x0b\x64\x65livery_id\x18\x03 \x01(\x03\x12 \n\x07\x63ontent\x18\x04 \x01(\x0b\x32\x0f.mta.v1.Content\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1a\n\x0b\x46\x65\x65\x64\x62\x61\x63kAck\x12\x0b\n\x03seq\x18\x01 \x01(\x03\"\x82\x01\n\x0f\x45xchangeRequest\x12\x1e\n\x05hello\x18\x01 \x01(\x0b\x32\r.mta.v1.HelloH\x00\x12#\n\x05relay\x18\x02 \x01(\x0b\x32\x12.mta.v1.RelayBatchH\x00\x12\"\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x13.mta.v1.FeedbackAckH\x00\x42\x06\n\x04kind\"=\n\x08RelayAck\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x03\x12\x12\n\nduplicates\x18\x03 \x01(\x03\"\xe6\x01\n\rFeedbackEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65livery_id\x18\x03 \x01(\x03\x12\x1f\n\x04kind\x18\x04 \x01(\x0e\x32\x11.mta.v1.EventKind\x12$\n\x06reason\x18\x05 \x01(\x0e\x32\x14.mta.v1.BounceReason\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x12\n\nlink_index\x18\x07 \x01(\x05\x12.\n\nevent_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\rFeedbackBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12%\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x15.mta.v1.FeedbackEvent\"l\n\x10\x45xchangeResponse\x12%\n\trelay_ack\x18\x01 \x01(\x0b\x32\x10.mta.v1.RelayAckH\x00\x12)\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x01(\x0b\x32\x15.mta.v1.FeedbackBatchH\x00\x42\x06\n\x04kind\"\xab\x01\n\x03Mix\x12\x0c\n\x04seed\x18\x01 \x01(\x03\x12\x18\n\x10hard_bounce_rate\x18\x02 \x01(\x01\x12 \n\x18soft_then_delivered_rate\x18\x03 \x01(\x01\x12\x1e\n\x16soft_until_expiry_rate\x18\x04 \x01(\x01\x12\x11\n\topen_rate\x18\x05 \x01(\x01\x12\x12\n\nclick_rate\x18\x06 \x01(\x01\x12\x13\n\x0bmax_retries\x18\x07 \x01(\x05\"k\n\x06\x46\x61ults\x12\x18\n\x10\x64uplicate_events\x18\x01 \x01(\x08\x12\x16\n\x0ereorder_window\x18\x02 \x01(\x05\x12\x19\n\x11\x64rop_stream_every\x18\x03 \x01(\x05\x12\x14\n\x0cmax_delay_ms\x18\x04 \x01(\x05\"\xc5\x01\n\x12SetScenarioRequest\x12\x18\n\x03mix\x18\x01 \x01(\x0b\x32\x0b.mta.v1.Mix\x12\x1e\n\x06\x66\x61ults\x18\x02 \x01(\x0b\x32\x0e.mta.v1.Faults\x12\x19\n\x11retry_interval_ms\x18\x03 \x01(\x05\x12\x1b\n\x13\x65ngagement_delay_ms\x18\x04 \x01(\x05\x12\x15\n\rhold_feedback\x18\x05 \x01(\x08\x12\x13\n\x0b\x64\x65livery_id\x18\x06 \x01(\x03\x12\x11\n\tclient_id\x18\x07 \x01(\t\"\x15\n\x13SetScenarioResponse\">\n\x14\x43learScenarioRequest\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x03\x12\x11\n\tclient_id\x18\x02 \x01(\t\"(\n\x15\x43learScenarioResponse\x12\x0f\n\x07\x63leared\x18\x01 \x01(\x08\"<\n\x12GetOutcomesRequest\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x03\x12\x11\n\tclient_id\x18\x02 \x01(\t\"\xde\x01\n\x13GetOutcomesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\x11\n\tdelivered\x18\x03 \x01(\x03\x12\x14\n\x0chard_bounced\x18\x04 \x01(\x03\x12\x14\n\x0csoft_bounced\x18\x05 \x01(\x03\x12\x0f\n\x07\x65xpired\x18\x06 \x01(\x03\x12\x0e\n\x06opened\x18\x07 \x01(\x03\x12\x0f\n\x07\x63licked\x18\x08 \x01(\x03\x12\x11\n\tin_flight\x18\t \x01(\x03\x12\x1d\n\x15unacknowledged_events\x18\n \x01(\x03*\xc0\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_KIND_DELIVERED\x10\x01\x12\x1a\n\x16\x45VENT_KIND_HARD_BOUNCE\x10\x02\x12\x1a\n\x16\x45VENT_KIND_SOFT_BOUNCE\x10\x03\x12\x16\n\x12\x45VENT_KIND_EXPIRED\x10\x04\x12\x15\n\x11\x45VENT_KIND_OPENED\x10\x05\x12\x16\n\x12\x45VENT_KIND_CLICKED\x10\x06*\xc9\x01\n\x0c\x42ounceReason\x12\x1d\n\x19\x42OUNCE_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x42OUNCE_REASON_USER_UNKNOWN\x10\x01\x12\x1e\n\x1a\x42OUNCE_REASON_MAILBOX_FULL\x10\x02\x12 \n\x1c\x42OUNCE_REASON_INVALID_DOMAIN\x10\x03\x12\x19\n\x15\x42OUNCE_REASON_REFUSED\x10\x04\x12\x1d\n\x19\x42OUNCE_REASON_UNREACHABLE\x10\x05\x32\xad\x02\n\nMtaService\x12\x41\n\x08\x45xchange\x12\x17.mta.v1.ExchangeRequest\x1a\x18.mta.v1.ExchangeResponse(\x01\x30\x01\x12\x46\n\x0bSetScenario\x12\x1a.mta.v1.SetScenarioRequest\x1a\x1b.mta.v1.SetScenarioResponse\x12L\n\rClearScenario\x12\x1c.mta.v1.ClearScenarioRequest\x1a\x1d.mta.v1.ClearScenarioResponse\x12\x46\n\x0bGetOutcomes\x12\x1a.mta.v1.GetOutcomesRequest\x1a\x1b.mta.v1.GetOutcomesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mta/v1/mta_service.proto\x12\x06mta.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\tSmtpReply\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x17\n\x0f\x65nhanced_status\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"7\n\x07\x43ontent\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\t\x12\r\n\x05links\x18\x03 \x03(\t\"8\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\x03\x12\r\n\x05\x65mail\x18\x03 \x01(\tJ\x04\x08\x02\x10\x03J\x04\x08\x04\x10\x08\"\x1a\n\x05Hello\x12\x11\n\tclient_id\x18\x01 \x01(\t\"\xa4\x01\n\nRelayBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12!\n\x08messages\x18\x02 \x03(\x0b\x32\x0f.mta.v1.Message\x12\x13\n\x0b\x64\x65livery_id\x18\x03 \x01(\x03\x12 \n\x07\x63ontent\x18\x04 \x01(\x0b\x32\x0f.mta.v1.Content\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1a\n\x0b\x46\x65\x65\x64\x62\x61\x63kAck\x12\x0b\n\x03seq\x18\x01 \x01(\x03\"\x82\x01\n\x0f\x45xchangeRequest\x12\x1e\n\x05hello\x18\x01 \x01(\x0b\x32\r.mta.v1.HelloH\x00\x12#\n\x05relay\x18\x02 \x01(\x0b\x32\x12.mta.v1.RelayBatchH\x00\x12\"\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x13.mta.v1.FeedbackAckH\x00\x42\x06\n\x04kind\"=\n\x08RelayAck\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x03\x12\x12\n\nduplicates\x18\x03 \x01(\x03\"\x8d\x02\n\rFeedbackEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65livery_id\x18\x03 \x01(\x03\x12\x1f\n\x04kind\x18\x04 \x01(\x0e\x32\x11.mta.v1.EventKind\x12$\n\x06reason\x18\x05 \x01(\x0e\x32\x14.mta.v1.BounceReason\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x12\n\nlink_index\x18\x07 \x01(\x05\x12.\n\nevent_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\nsmtp_reply\x18\t \x01(\x0b\x32\x11.mta.v1.SmtpReply\"C\n\rFeedbackBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12%\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x15.mta.v1.FeedbackEvent\"l\n\x10\x45xchangeResponse\x12%\n\trelay_ack\x18\x01 \x01(\x0b\x32\x10.mta.v1.RelayAckH\x00\x12)\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x01(\x0b\x32\x15.mta.v1.FeedbackBatchH\x00\x42\x06\n\x04kind\"\xab\x01\n\x03Mix\x12\x0c\n\x04seed\x18\x01 \x01(\x03\x12\x18\n\x10hard_bounce_rate\x18\x02 \x01(\x01\x12 \n\x18soft_then_delivered_rate\x18\x03 \x01(\x01\x12\x1e\n\x16soft_until_expiry_rate\x18\x04 \x01(\x01\x12\x11\n\topen_rate\x18\x05 \x01(\x01\x12\x12\n\nclick_rate\x18\x06 \x01(\x01\x12\x13\n\x0bmax_retries\x18\x07 \x01(\x05\"k\n\x06\x46\x61ults\x12\x18\n\x10\x64uplicate_events\x18\x01 \x01(\x08\x12\x16\n\x0ereorder_window\x18\x02 \x01(\x05\x12\x19\n\x11\x64rop_stream_every\x18\x03 \x01(\x05\x12\x14\n\x0cmax_delay_ms\x18\x04 \x01(\x05\"\xc5\x01\n\x12SetScenarioRequest\x12\x18\n\x03mix\x18\x01 \x01(\x0b\x32\x0b.mta.v1.Mix\x12\x1e\n\x06\x66\x61ults\x18\x02 \x01(\x0b\x32\x0e.mta.v1.Faults\x12\x19\n\x11retry_interval_ms\x18\x03 \x01(\x05\x12\x1b\n\x13\x65ngagement_delay_ms\x18\x04 \x01(\x05\x12\x15\n\rhold_feedback\x18\x05 \x01(\x08\x12\x13\n\x0b\x64\x65livery_id\x18\x06 \x01(\x03\x12\x11\n\tclient_id\x18\x07 \x01(\t\"\x15\n\x13SetScenarioResponse\">\n\x14\x43learScenarioRequest\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x03\x12\x11\n\tclient_id\x18\x02 \x01(\t\"(\n\x15\x43learScenarioResponse\x12\x0f\n\x07\x63leared\x18\x01 \x01(\x08\"<\n\x12GetOutcomesRequest\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x03\x12\x11\n\tclient_id\x18\x02 \x01(\t\"\xde\x01\n\x13GetOutcomesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\x11\n\tdelivered\x18\x03 \x01(\x03\x12\x14\n\x0chard_bounced\x18\x04 \x01(\x03\x12\x14\n\x0csoft_bounced\x18\x05 \x01(\x03\x12\x0f\n\x07\x65xpired\x18\x06 \x01(\x03\x12\x0e\n\x06opened\x18\x07 \x01(\x03\x12\x0f\n\x07\x63licked\x18\x08 \x01(\x03\x12\x11\n\tin_flight\x18\t \x01(\x03\x12\x1d\n\x15unacknowledged_events\x18\n \x01(\x03*\xf2\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_KIND_DELIVERED\x10\x01\x12\x1a\n\x16\x45VENT_KIND_HARD_BOUNCE\x10\x02\x12\x1a\n\x16\x45VENT_KIND_SOFT_BOUNCE\x10\x03\x12\x16\n\x12\x45VENT_KIND_EXPIRED\x10\x04\x12\x15\n\x11\x45VENT_KIND_OPENED\x10\x05\x12\x16\n\x12\x45VENT_KIND_CLICKED\x10\x06\x12\x18\n\x14\x45VENT_KIND_COMPLAINT\x10\x07\x12\x16\n\x12\x45VENT_KIND_IGNORED\x10\x08*\xb0\x02\n\x0c\x42ounceReason\x12\x1d\n\x19\x42OUNCE_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x42OUNCE_REASON_USER_UNKNOWN\x10\x01\x12\x1e\n\x1a\x42OUNCE_REASON_MAILBOX_FULL\x10\x02\x12 \n\x1c\x42OUNCE_REASON_INVALID_DOMAIN\x10\x03\x12\x19\n\x15\x42OUNCE_REASON_REFUSED\x10\x04\x12\x1d\n\x19\x42OUNCE_REASON_UNREACHABLE\x10\x05\x12\"\n\x1e\x42OUNCE_REASON_ACCOUNT_DISABLED\x10\x07\x12\x1d\n\x19\x42OUNCE_REASON_NOT_DEFINED\x10\x08\x12\x1c\n\x18\x42OUNCE_REASON_AUTO_REPLY\x10\t\"\x04\x08\x06\x10\x06\x32\xad\x02\n\nMtaService\x12\x41\n\x08\x45xchange\x12\x17.mta.v1.ExchangeRequest\x1a\x18.mta.v1.ExchangeResponse(\x01\x30\x01\x12\x46\n\x0bSetScenario\x12\x1a.mta.v1.SetScenarioRequest\x1a\x1b.mta.v1.SetScenarioResponse\x12L\n\rClearScenario\x12\x1c.mta.v1.ClearScenarioRequest\x1a\x1d.mta.v1.ClearScenarioResponse\x12\x46\n\x0bGetOutcomes\x12\x1a.mta.v1.GetOutcomesRequest\x1a\x1b.mta.v1.GetOutcomesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mta.v1.mta_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTKIND']._serialized_start=1915
-  _globals['_EVENTKIND']._serialized_end=2107
-  _globals['_BOUNCEREASON']._serialized_start=2110
-  _globals['_BOUNCEREASON']._serialized_end=2311
-  _globals['_CONTENT']._serialized_start=69
-  _globals['_CONTENT']._serialized_end=124
-  _globals['_MESSAGE']._serialized_start=126
-  _globals['_MESSAGE']._serialized_end=182
-  _globals['_HELLO']._serialized_start=184
-  _globals['_HELLO']._serialized_end=210
-  _globals['_RELAYBATCH']._serialized_start=213
-  _globals['_RELAYBATCH']._serialized_end=377
-  _globals['_FEEDBACKACK']._serialized_start=379
-  _globals['_FEEDBACKACK']._serialized_end=405
-  _globals['_EXCHANGEREQUEST']._serialized_start=408
-  _globals['_EXCHANGEREQUEST']._serialized_end=538
-  _globals['_RELAYACK']._serialized_start=540
-  _globals['_RELAYACK']._serialized_end=601
-  _globals['_FEEDBACKEVENT']._serialized_start=604
-  _globals['_FEEDBACKEVENT']._serialized_end=834
-  _globals['_FEEDBACKBATCH']._serialized_start=836
-  _globals['_FEEDBACKBATCH']._serialized_end=903
-  _globals['_EXCHANGERESPONSE']._serialized_start=905
-  _globals['_EXCHANGERESPONSE']._serialized_end=1013
-  _globals['_MIX']._serialized_start=1016
-  _globals['_MIX']._serialized_end=1187
-  _globals['_FAULTS']._serialized_start=1189
-  _globals['_FAULTS']._serialized_end=1296
-  _globals['_SETSCENARIOREQUEST']._serialized_start=1299
-  _globals['_SETSCENARIOREQUEST']._serialized_end=1496
-  _globals['_SETSCENARIORESPONSE']._serialized_start=1498
-  _globals['_SETSCENARIORESPONSE']._serialized_end=1519
-  _globals['_CLEARSCENARIOREQUEST']._serialized_start=1521
-  _globals['_CLEARSCENARIOREQUEST']._serialized_end=1583
-  _globals['_CLEARSCENARIORESPONSE']._serialized_start=1585
-  _globals['_CLEARSCENARIORESPONSE']._serialized_end=1625
-  _globals['_GETOUTCOMESREQUEST']._serialized_start=1627
-  _globals['_GETOUTCOMESREQUEST']._serialized_end=1687
-  _globals['_GETOUTCOMESRESPONSE']._serialized_start=1690
-  _globals['_GETOUTCOMESRESPONSE']._serialized_end=1912
-  _globals['_MTASERVICE']._serialized_start=2314
-  _globals['_MTASERVICE']._serialized_end=2615
+  _globals['_EVENTKIND']._serialized_start=2020
+  _globals['_EVENTKIND']._serialized_end=2262
+  _globals['_BOUNCEREASON']._serialized_start=2265
+  _globals['_BOUNCEREASON']._serialized_end=2569
+  _globals['_SMTPREPLY']._serialized_start=69
+  _globals['_SMTPREPLY']._serialized_end=133
+  _globals['_CONTENT']._serialized_start=135
+  _globals['_CONTENT']._serialized_end=190
+  _globals['_MESSAGE']._serialized_start=192
+  _globals['_MESSAGE']._serialized_end=248
+  _globals['_HELLO']._serialized_start=250
+  _globals['_HELLO']._serialized_end=276
+  _globals['_RELAYBATCH']._serialized_start=279
+  _globals['_RELAYBATCH']._serialized_end=443
+  _globals['_FEEDBACKACK']._serialized_start=445
+  _globals['_FEEDBACKACK']._serialized_end=471
+  _globals['_EXCHANGEREQUEST']._serialized_start=474
+  _globals['_EXCHANGEREQUEST']._serialized_end=604
+  _globals['_RELAYACK']._serialized_start=606
+  _globals['_RELAYACK']._serialized_end=667
+  _globals['_FEEDBACKEVENT']._serialized_start=670
+  _globals['_FEEDBACKEVENT']._serialized_end=939
+  _globals['_FEEDBACKBATCH']._serialized_start=941
+  _globals['_FEEDBACKBATCH']._serialized_end=1008
+  _globals['_EXCHANGERESPONSE']._serialized_start=1010
+  _globals['_EXCHANGERESPONSE']._serialized_end=1118
+  _globals['_MIX']._serialized_start=1121
+  _globals['_MIX']._serialized_end=1292
+  _globals['_FAULTS']._serialized_start=1294
+  _globals['_FAULTS']._serialized_end=1401
+  _globals['_SETSCENARIOREQUEST']._serialized_start=1404
+  _globals['_SETSCENARIOREQUEST']._serialized_end=1601
+  _globals['_SETSCENARIORESPONSE']._serialized_start=1603
+  _globals['_SETSCENARIORESPONSE']._serialized_end=1624
+  _globals['_CLEARSCENARIOREQUEST']._serialized_start=1626
+  _globals['_CLEARSCENARIOREQUEST']._serialized_end=1688
+  _globals['_CLEARSCENARIORESPONSE']._serialized_start=1690
+  _globals['_CLEARSCENARIORESPONSE']._serialized_end=1730
+  _globals['_GETOUTCOMESREQUEST']._serialized_start=1732
+  _globals['_GETOUTCOMESREQUEST']._serialized_end=1792
+  _globals['_GETOUTCOMESRESPONSE']._serialized_start=1795
+  _globals['_GETOUTCOMESRESPONSE']._serialized_end=2017
+  _globals['_MTASERVICE']._serialized_start=2572
+  _globals['_MTASERVICE']._serialized_end=2873
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,14 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """The recipient opened the message."""
     EVENT_KIND_CLICKED: _EventKind.ValueType  # 6
     """The recipient clicked a link of the message."""
+    EVENT_KIND_COMPLAINT: _EventKind.ValueType  # 7
+    """The recipient marked the delivered message as spam: its address goes on the
+    denylist; the message's status does not change.
+    """
+    EVENT_KIND_IGNORED: _EventKind.ValueType  # 8
+    """A reply the sender ignores, such as an out-of-office auto-reply (failure
+    type IGNORED): it changes neither the message nor its address.
+    """
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """The kind of a feedback event."""
@@ -58,6 +66,14 @@ EVENT_KIND_OPENED: EventKind.ValueType  # 5
 """The recipient opened the message."""
 EVENT_KIND_CLICKED: EventKind.ValueType  # 6
 """The recipient clicked a link of the message."""
+EVENT_KIND_COMPLAINT: EventKind.ValueType  # 7
+"""The recipient marked the delivered message as spam: its address goes on the
+denylist; the message's status does not change.
+"""
+EVENT_KIND_IGNORED: EventKind.ValueType  # 8
+"""A reply the sender ignores, such as an out-of-office auto-reply (failure
+type IGNORED): it changes neither the message nor its address.
+"""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 class _BounceReason:
@@ -78,6 +94,12 @@ class _BounceReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BounceRe
     """The receiving server refused the message."""
     BOUNCE_REASON_UNREACHABLE: _BounceReason.ValueType  # 5
     """The receiving server could not be reached."""
+    BOUNCE_REASON_ACCOUNT_DISABLED: _BounceReason.ValueType  # 7
+    """The mailbox exists but is disabled or inactive."""
+    BOUNCE_REASON_NOT_DEFINED: _BounceReason.ValueType  # 8
+    """A failure the MTA could not classify."""
+    BOUNCE_REASON_AUTO_REPLY: _BounceReason.ValueType  # 9
+    """An automatic reply (out of office); with EVENT_KIND_IGNORED."""
 
 class BounceReason(_BounceReason, metaclass=_BounceReasonEnumTypeWrapper):
     """Why a message bounced."""
@@ -94,7 +116,43 @@ BOUNCE_REASON_REFUSED: BounceReason.ValueType  # 4
 """The receiving server refused the message."""
 BOUNCE_REASON_UNREACHABLE: BounceReason.ValueType  # 5
 """The receiving server could not be reached."""
+BOUNCE_REASON_ACCOUNT_DISABLED: BounceReason.ValueType  # 7
+"""The mailbox exists but is disabled or inactive."""
+BOUNCE_REASON_NOT_DEFINED: BounceReason.ValueType  # 8
+"""A failure the MTA could not classify."""
+BOUNCE_REASON_AUTO_REPLY: BounceReason.ValueType  # 9
+"""An automatic reply (out of office); with EVENT_KIND_IGNORED."""
 Global___BounceReason: _TypeAlias = BounceReason  # noqa: Y015
+
+@_typing.final
+class SmtpReply(_message.Message):
+    """The receiving server's SMTP reply to a failed attempt, as the MTA saw it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    ENHANCED_STATUS_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The reply code, e.g. 550; 0 when there was no reply (unreachable)."""
+    enhanced_status: _builtins.str
+    """The enhanced status code (RFC 3463), e.g. "5.1.1"; may be empty."""
+    text: _builtins.str
+    """The reply's text, at most 512 characters (longer text is cut)."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        enhanced_status: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "enhanced_status", b"enhanced_status", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SmtpReply: _TypeAlias = SmtpReply  # noqa: Y015
 
 @_typing.final
 class Content(_message.Message):
@@ -344,6 +402,7 @@ class FeedbackEvent(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     LINK_INDEX_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
+    SMTP_REPLY_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The event's id: unique and stable, so the same event sent again carries
     the same id.
@@ -364,6 +423,10 @@ class FeedbackEvent(_message.Message):
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
 
+    @_builtins.property
+    def smtp_reply(self) -> Global___SmtpReply:
+        """For bounces and ignored replies: the receiving server's reply."""
+
     def __init__(
         self,
         *,
@@ -375,10 +438,11 @@ class FeedbackEvent(_message.Message):
         attempt: _builtins.int = ...,
         link_index: _builtins.int = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
+        smtp_reply: Global___SmtpReply | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "smtp_reply", b"smtp_reply"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "delivery_id", b"delivery_id", "event_id", b"event_id", "event_time", b"event_time", "kind", b"kind", "link_index", b"link_index", "message_id", b"message_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "delivery_id", b"delivery_id", "event_id", b"event_id", "event_time", b"event_time", "kind", b"kind", "link_index", b"link_index", "message_id", b"message_id", "reason", b"reason", "smtp_reply", b"smtp_reply"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
