@@ -167,8 +167,9 @@ _REASON_PB = {int(r): value for r, value in FAILURE_REASON_PB.items()}
 def delivery_events(into: Any, events: Iterable[FeedEvent]) -> None:
     """Adds events as the feed serves them to a response's repeated field, each with its
     position's cursor ("" for none). The feed serves tens of thousands a second: each is
-    built in place (a message made first is copied into the response), its times set
-    field by field (cheaper than a Timestamp or a dict)."""
+    built in place (a message made first is copied into the response), with the fields
+    that are mostly zero set only when they are not, and its times set field by field on
+    each timestamp taken once (cheaper than a Timestamp or a dict)."""
     add = into.add
     for e in events:
         event = add(
@@ -178,16 +179,24 @@ def delivery_events(into: Any, events: Iterable[FeedEvent]) -> None:
             profile_id=e.profile_id,
             address=e.address,
             kind=FEED_KIND_PB[e.kind],
-            attempt=e.attempt,
-            reason=_REASON_PB.get(e.reason, 0),
-            smtp_reply=smtp_reply(e.smtp_code, e.smtp_status, e.smtp_text),
-            link_index=e.link_index,
-            cursor=encode_cursor(e.position) if e.position else "",
+            cursor="" if e.xid is None else encode_cursor(e[:3]),
         )
-        event.event_time.seconds, micros = divmod(e.event_time, 1_000_000)
-        event.event_time.nanos = micros * 1000
-        event.commit_time.seconds, micros = divmod(e.write_time, 1_000_000)
-        event.commit_time.nanos = micros * 1000
+        if e.attempt:
+            event.attempt = e.attempt
+        if e.reason:
+            event.reason = _REASON_PB.get(e.reason, 0)
+        if e.link_index:
+            event.link_index = e.link_index
+        if e.smtp_code or e.smtp_status or e.smtp_text:
+            event.smtp_reply.code = e.smtp_code
+            event.smtp_reply.enhanced_status = e.smtp_status
+            event.smtp_reply.text = e.smtp_text
+        stamp = event.event_time
+        stamp.seconds, micros = divmod(e.event_time, 1_000_000)
+        stamp.nanos = micros * 1000
+        stamp = event.commit_time
+        stamp.seconds, micros = divmod(e.write_time, 1_000_000)
+        stamp.nanos = micros * 1000
 
 
 def recurring(r: RecurringDelivery) -> pb.RecurringDelivery:

@@ -15,11 +15,15 @@ _KINDS_OF_FEEDBACK = int_array(int(ev.kind_of_feedback(k)) for k in sorted(fb.Ev
 
 
 class FeedEvent(NamedTuple):
-    """One event of the feed, at its position (None for an event logged before the feed
-    existed: only a message's timeline shows those). A tuple: the feed serves tens of
-    thousands a second."""
+    """One event of the feed, at its position (xid, seq, item), as the query returns it:
+    the feed serves tens of thousands a second, so a row becomes an event with no
+    conversion (`_make`)."""
 
-    position: ev.Position | None
+    # The position's parts; None for an event logged before the feed existed (only a
+    # message's timeline shows those).
+    xid: int | None
+    seq: int | None
+    item: int | None
     # Stable and unique across deliveries (docs/events.md).
     event_id: str
     delivery_id: int
@@ -27,7 +31,8 @@ class FeedEvent(NamedTuple):
     # Empty for a recipient list's address.
     profile_id: str
     address: str
-    kind: ev.EventKind
+    # An ev.EventKind value.
+    kind: int
     # Microseconds since the epoch: when it happened (the MTA's time for feedback), and
     # when the service wrote it.
     event_time: int
@@ -38,6 +43,12 @@ class FeedEvent(NamedTuple):
     smtp_code: int
     smtp_status: str
     smtp_text: str
+
+    @property
+    def position(self) -> ev.Position | None:
+        if self.xid is None or self.seq is None or self.item is None:
+            return None
+        return ev.Position(self.xid, self.seq, self.item)
 
 
 _KIND_VALUES = {
@@ -91,12 +102,5 @@ async def timeline(conn: Conn, delivery_id: int, message_id: int) -> list[FeedEv
     return _events(rows)
 
 
-_KINDS = {int(k): k for k in ev.EventKind}
-
-
 def _events(rows: list[tuple[Any, ...]]) -> list[FeedEvent]:
-    return [
-        FeedEvent(None if xid is None else ev.Position(xid, seq, item), event_id, delivery,
-                  message, profile, address, _KINDS[kind], *rest)
-        for xid, seq, item, event_id, delivery, message, profile, address, kind, *rest in rows
-    ]  # fmt: skip
+    return list(map(FeedEvent._make, rows))

@@ -50,7 +50,7 @@ def _reached(
 def of_kinds(
     events: list[store.FeedEvent], kinds: Collection[ev.EventKind]
 ) -> list[store.FeedEvent]:
-    return [e for e in events if not kinds or e.kind in kinds]
+    return [e for e in events if e.kind in kinds] if kinds else events
 
 
 async def start(

@@ -131,7 +131,7 @@ class FeedWatches:
             while (page := await watcher.next_page()) is not None:
                 events, reached = page
                 if reached > position:
-                    yield [e for e in events if e.position and e.position > position], reached
+                    yield _after(events, position), reached
                     position = reached
         finally:
             tail.watchers.discard(watcher)
@@ -140,3 +140,11 @@ class FeedWatches:
                 tail.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await tail.task
+
+
+def _after(events: list[FeedEvent], position: ev.Position) -> list[FeedEvent]:
+    """The events past `position`: all of them but where the page began before it (the
+    events are in feed order)."""
+    if not events or events[0][:3] > position:
+        return events
+    return [e for e in events if e.xid is not None and e[:3] > position]

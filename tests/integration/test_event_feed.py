@@ -97,8 +97,8 @@ async def test_every_committed_change_is_in_the_feed_once(fresh_db_url: str) -> 
         ids = [e.event_id for e in feed]
         assert len(ids) == len(set(ids))
         assert set(ids) == await expected_ids(db, delivery_id, message_ids)
-        assert sum(e.kind is ev.EventKind.RELAYED for e in feed) == len(message_ids)
-        assert sum(e.kind is ev.EventKind.EXPIRED for e in feed) >= 100
+        assert sum(e.kind == ev.EventKind.RELAYED for e in feed) == len(message_ids)
+        assert sum(e.kind == ev.EventKind.EXPIRED for e in feed) >= 100
         # What each kind carries.
         by_id = {e.event_id: e for e in feed}
         for event in reported:

@@ -19,7 +19,7 @@ INTERVAL = 0.01
 
 
 def event(n: int) -> FeedEvent:
-    return FeedEvent(ev.Position(n, 1, 1), f"e{n}", 1, n, "", "", ev.EventKind.OPENED,
+    return FeedEvent(n, 1, 1, f"e{n}", 1, n, "", "", ev.EventKind.OPENED,
                      0, 0, 0, 0, 0, 0, "", "")  # fmt: skip
 
 
