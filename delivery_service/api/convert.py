@@ -162,6 +162,7 @@ def sending_log(s: SendingLog) -> pb.SendingLog:
 # By the stored number: an event's reason is the MTA's, which may be one the service does
 # not know (then unspecified).
 _REASON_PB = {int(r): value for r, value in FAILURE_REASON_PB.items()}
+_FEED_KIND_PB = {int(k): value for k, value in FEED_KIND_PB.items()}
 
 
 def delivery_events(into: Any, events: Iterable[FeedEvent]) -> None:
@@ -178,8 +179,8 @@ def delivery_events(into: Any, events: Iterable[FeedEvent]) -> None:
             message_id=e.message_id,
             profile_id=e.profile_id,
             address=e.address,
-            kind=FEED_KIND_PB[e.kind],
-            cursor="" if e.xid is None else encode_cursor(e[:3]),
+            kind=_FEED_KIND_PB[e.kind],
+            cursor=encode_cursor(e[:3]) if e.xid else "",
         )
         if e.attempt:
             event.attempt = e.attempt

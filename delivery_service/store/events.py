@@ -19,11 +19,11 @@ class FeedEvent(NamedTuple):
     the feed serves tens of thousands a second, so a row becomes an event with no
     conversion (`_make`)."""
 
-    # The position's parts; None for an event logged before the feed existed (only a
-    # message's timeline shows those).
-    xid: int | None
-    seq: int | None
-    item: int | None
+    # The position's parts; 0 for an event logged before the feed existed (only a
+    # message's timeline shows those): no transaction has id 0.
+    xid: int
+    seq: int
+    item: int
     # Stable and unique across deliveries (docs/events.md).
     event_id: str
     delivery_id: int
@@ -46,9 +46,7 @@ class FeedEvent(NamedTuple):
 
     @property
     def position(self) -> ev.Position | None:
-        if self.xid is None or self.seq is None or self.item is None:
-            return None
-        return ev.Position(self.xid, self.seq, self.item)
+        return ev.Position(self.xid, self.seq, self.item) if self.xid else None
 
 
 _KIND_VALUES = {

@@ -147,4 +147,4 @@ def _after(events: list[FeedEvent], position: ev.Position) -> list[FeedEvent]:
     events are in feed order)."""
     if not events or events[0][:3] > position:
         return events
-    return [e for e in events if e.xid is not None and e[:3] > position]
+    return [e for e in events if e.xid and e[:3] > position]

@@ -103,7 +103,9 @@ WITH items AS (
           AND f.source = {FeedSource.FEEDBACK} AND e.event_id = ANY (f.event_ids)
     WHERE e.delivery_id = %(delivery_id)s AND e.message_id = %(message_id)s
 )
-SELECT p.xid::text::bigint AS xid, p.seq, p.item::integer AS item,
+-- No position is (0, 0, 0): no transaction has id 0.
+SELECT coalesce(p.xid::text::bigint, 0) AS xid, coalesce(p.seq, 0) AS seq,
+       coalesce(p.item, 0)::integer AS item,
        -- The event's id (docs/events.md): unique across deliveries, stable.
        CASE WHEN p.event_id IS NOT NULL THEN 'feedback:' || s.delivery_id || ':' || p.event_id
             WHEN p.source = {FeedSource.EXPIRY} THEN 'expired:' || s.message_id
