@@ -26,7 +26,7 @@ from typing import NamedTuple
 from mta_stub import scenarios
 from mta_stub.outcomes import Outcomes
 from mta_stub.scenarios import GLOBAL, Event, Fate, Faults, Mix, Scenario, Scope, Step, Timing
-from mta_stub.spool import RUN_MAX, Scheduled, Spool, Transition
+from mta_stub.spool import RUN_MAX, Scheduled, Spool, SpoolFull, Transition
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ FIRE_LIMIT = 5000
 WINDOW_BATCHES = 64
 # Most scoped scenarios held at once (each is a few hundred bytes, in memory and spool).
 MAX_SCOPED_SCENARIOS = 10_000
+# How long the scheduler waits before firing again when the spool was full.
+FULL_RETRY_SECONDS = 0.5
 
 
 class Relayed(NamedTuple):
@@ -283,8 +285,24 @@ class Engine:
         )
 
     async def _run_scheduler(self) -> None:
+        full_since: float | None = None
         while True:
-            fired = self._spool.fire_due(time.time(), FIRE_LIMIT, self._advance)
+            try:
+                fired = self._spool.fire_due(time.time(), FIRE_LIMIT, self._advance)
+            except SpoolFull as exc:
+                # Nothing fired, nothing lost: the steps stay due and fire late, once
+                # there is room. Said once, not every retry.
+                if full_since is None:
+                    full_since = time.monotonic()
+                    log.error("%s; retrying every %.1f s", exc, FULL_RETRY_SECONDS)
+                await asyncio.sleep(FULL_RETRY_SECONDS)
+                continue
+            if full_since is not None:
+                log.warning(
+                    "the spool takes writes again: scheduled steps fire, %.1f s late at most",
+                    time.monotonic() - full_since,
+                )
+                full_since = None
             if fired:
                 self._wake_sessions()
             if fired == FIRE_LIMIT:

@@ -1,7 +1,8 @@
 """The stub's own metrics, beside the shared RPC ones (grpc_common.observability).
 
 What an operator watches on an MTA: messages coming in (new or already held),
-feedback going out and coming back acknowledged, and the streams open.
+feedback going out and coming back acknowledged, the streams open, and the relay
+batches refused when the spool cannot store them (a full disk).
 """
 
 from __future__ import annotations
@@ -29,6 +30,23 @@ FEEDBACK_ACKS = Counter(
     "mta_stub_feedback_acks_received_total", "Feedback batches the delivery service acknowledged."
 )
 OPEN_STREAMS = Gauge("mta_stub_open_streams", "Exchange streams open now.")
+RELAY_BATCHES_REFUSED = Counter(
+    "mta_stub_relay_batches_refused_total",
+    "Relay batches refused unacknowledged (the stream ended with RESOURCE_EXHAUSTED), by"
+    " reason: spool_full (the spool could not store them).",
+    ["reason"],
+)
+REFUSED_SPOOL_FULL = RELAY_BATCHES_REFUSED.labels("spool_full")
+SPOOL_FULL_ERRORS = Counter(
+    "mta_stub_spool_full_errors_total",
+    "Spool writes that failed for lack of space (SQLITE_FULL) and were rolled back, by"
+    " operation: relay batch, acknowledgement, scheduled steps, scenario, client, outbox row cut.",
+    ["operation"],
+)
+SPOOL_FULL = Gauge(
+    "mta_stub_spool_full",
+    "1 while the spool's last write failed for lack of space, 0 once a write commits again.",
+)
 
 
 def interceptor() -> ObservabilityInterceptor:

@@ -27,7 +27,7 @@ from mta_stub.scenarios import (
     Timing,
     checked_scope,
 )
-from mta_stub.spool import IN_MEMORY, Spool
+from mta_stub.spool import IN_MEMORY, Spool, SpoolFull
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,12 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
             )
             return
         log.info("stream opened by %r", client)
-        session = self._engine.open_session(client)
+        try:
+            session = self._engine.open_session(client)
+        except SpoolFull as exc:
+            # A new client's number could not be stored.
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            return
         outgoing: asyncio.Queue[_Outgoing] = asyncio.Queue(_OUTGOING_LIMIT)
         # One writer (this generator); reading and feeding run beside it.
         tasks = [
@@ -174,7 +179,7 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
             )
         except ScenarioError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except ScenarioLimitError as exc:
+        except (ScenarioLimitError, SpoolFull) as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         return mta_service_pb2.SetScenarioResponse()
 
@@ -190,7 +195,11 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
             scope = checked_scope(request.delivery_id, request.client_id)
         except ScenarioError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return mta_service_pb2.ClearScenarioResponse(cleared=self._engine.clear_scenario(scope))
+        try:
+            cleared = self._engine.clear_scenario(scope)
+        except SpoolFull as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        return mta_service_pb2.ClearScenarioResponse(cleared=cleared)
 
     async def GetOutcomes(
         self,
@@ -234,6 +243,15 @@ class MtaServicer(mta_service_pb2_grpc.MtaServiceServicer):
         except BadRequest as exc:
             log.info("stream ended on bad input: %s", exc)
             await outgoing.put(_End(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+            return
+        except SpoolFull as exc:
+            # Never acknowledge what could not be stored: the stream ends before this
+            # batch's ack (the acks of the batches before it go first), and the client
+            # relays it again later, on a new stream. Feedback flows on that one.
+            if exc.operation == "relay batch":
+                observability.REFUSED_SPOOL_FULL.inc()
+            log.warning("stream of %r ended: %s", session.client, exc)
+            await outgoing.put(_End(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)))
             return
         # The client is done sending: nothing it could acknowledge is left to send.
         await outgoing.put(_End())
@@ -281,6 +299,10 @@ async def _guarded(work: Awaitable[None], outgoing: asyncio.Queue[_Outgoing]) ->
     except grpc.aio.AbortError:
         # The call is over (the client cancelled it, or it was aborted); the handler ends too.
         log.debug("stream ended while reading")
+    except SpoolFull as exc:
+        # A row of the outbox cut for a fault could not be written: the batch is not sent.
+        log.warning("stream ended: %s", exc)
+        await outgoing.put(_End(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)))
     except Exception:
         log.exception("stream failed")
         await outgoing.put(_End(grpc.StatusCode.INTERNAL, "the MTA stub failed; see its log"))
@@ -380,6 +402,8 @@ def create_app(settings: Settings) -> App:
     engine = Engine(
         Timing(settings.retry_interval_ms / 1000, settings.engagement_delay_ms / 1000), spool
     )
+    observability.SPOOL_FULL.set_function(lambda: float(spool.full))
+    spool.on_full = lambda operation: observability.SPOOL_FULL_ERRORS.labels(operation).inc()
     server = serving.Server(
         observability.interceptor(), [SERVICE_NAME], settings, max_receive_bytes=MAX_REQUEST_BYTES
     )

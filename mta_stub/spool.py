@@ -69,6 +69,17 @@ class SpoolError(Exception):
     """The spool file cannot be used; str() says why."""
 
 
+class SpoolFull(SpoolError):
+    """A write the spool could not make for lack of space (SQLITE_FULL: the disk is full,
+    or the database at its max_page_count). Nothing of it was kept: the transaction was
+    rolled back, memory untouched. str() names the spool; operation says what the write was.
+    """
+
+    def __init__(self, path: str, operation: str, cause: sqlite3.Error) -> None:
+        super().__init__(f"the MTA stub's spool {path} is full: {operation} not written ({cause})")
+        self.operation = operation
+
+
 class Scheduled(NamedTuple):
     """A message's next step. Ordered by due, then message_id (unique in the schedule).
 
@@ -145,6 +156,10 @@ class Spool:
     def __init__(self, path: str = IN_MEMORY) -> None:
         """Opens the spool at path, creating it if need be; raises SpoolError if it cannot."""
         self.path = path
+        # Whether the last write failed for lack of space (a later one that commits clears it).
+        self.full = False
+        # Told the operation of each write refused for lack of space (the stub's metrics).
+        self.on_full: Callable[[str], None] | None = None
         try:
             # No busy timeout: a killed stub's lock is gone with it, a live one's stays.
             self._db = sqlite3.connect(path, timeout=0, isolation_level=None)
@@ -202,14 +217,27 @@ class Spool:
         self._db.close()
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+    def _transaction(self, operation: str = "write") -> Iterator[sqlite3.Connection]:
+        """One transaction; SQLITE_FULL, in any statement or the commit, is SpoolFull."""
+        db = self._db
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                # SQLite may have rolled back already (it does on some SQLITE_FULL errors).
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                self.full = True
+                if self.on_full is not None:
+                    self.on_full(operation)
+                raise SpoolFull(self.path, operation, exc) from exc
             raise
-        self._db.execute("COMMIT")
+        self.full = False
 
     # --- scenarios and clients -------------------------------------------------------------
 
@@ -225,18 +253,18 @@ class Spool:
         return self.scenarios().get(scope)
 
     def save_scenario(self, scenario: Scenario, scope: Scope = GLOBAL) -> None:
-        with self._transaction() as db:
+        with self._transaction("scenario") as db:
             db.execute(_Q["save_scenario"], (scope.key, scenario.to_json()))
 
     def delete_scenario(self, scope: Scope) -> None:
-        with self._transaction() as db:
+        with self._transaction("scenario") as db:
             db.execute(_Q["delete_scenario"], (scope.key,))
 
     def _owner(self, client: str) -> int:
         """The number of a client, given on first use."""
         owner = self._owners.get(client)
         if owner is None:
-            with self._transaction() as db:
+            with self._transaction("client") as db:
                 (owner,) = db.execute(_Q["add_client"], (client,)).fetchone()
             self._owners[client] = owner
             self._clients[owner] = client
@@ -261,7 +289,7 @@ class Spool:
         late: set[int] = set()
         accepted_in = Counter[int]()
         duplicates_in = Counter[int]()
-        with self._transaction() as db:
+        with self._transaction("relay batch") as db:
             ids = json.dumps([admission.message_id for admission in admissions])
             new = {row[0] for row in db.execute(_Q["hold_new"], (ids,))}
             accepted = len(new)
@@ -309,7 +337,7 @@ class Spool:
         events: dict[int, list[Event]] = {}
         follow_ups: list[tuple[float | int, ...]] = []
         late: set[int] = set()
-        with self._transaction() as db:
+        with self._transaction("scheduled steps") as db:
             rows = db.execute(_Q["due_steps"], (now, limit)).fetchall()
             if not rows:
                 return 0
@@ -420,7 +448,7 @@ class Spool:
     ) -> tuple[int, bytes]:
         """Splits a row in two, the first keep events and the rest; returns the first part."""
         head, tail = packed[: keep * _EVENT.size], packed[keep * _EVENT.size :]
-        with self._transaction() as db:
+        with self._transaction("outbox row cut") as db:
             db.execute(_Q["cut_run"], (keep, head, first))
             db.execute(_Q["insert_run"], (first + keep, owner, count - keep, tail))
         if line.requeued:
@@ -434,16 +462,19 @@ class Spool:
         One transaction: the events go with their count in the outcome record.
         """
         state = self._streams[stream]
-        batch = state.batches.pop(seq, None)
+        batch = state.batches.get(seq)
         if batch is None:
             return 0
         deltas = {
             (state.owner, delivery_id): Outcomes(unacknowledged_events=-n)
             for delivery_id, n in batch.per_delivery.items()
         }
-        with self._transaction() as db:
+        # Forgotten once committed: a batch whose ack could not be written stays
+        # unacknowledged (its stream's close requeues it, and it is sent again).
+        with self._transaction("acknowledgement") as db:
             db.executemany(_Q["delete_run"], [(first,) for first in batch.runs])
             self._add_outcomes(db, deltas)
+        del state.batches[seq]
         self._committed(deltas, {state.owner: -batch.size})
         self._lines[state.owner].in_streams -= batch.size
         return batch.size

@@ -189,6 +189,9 @@ class MtaLink:
     async def _serve(self, stub: mta_grpc.MtaServiceStub) -> None:
         call = stub.Exchange()
         stream = _Stream(call)
+        # What the relay batches waiting for their acks are failed with: the MTA's status
+        # when it ended the stream (RESOURCE_EXHAUSTED from an MTA whose spool is full).
+        reason = "the stream to the MTA broke"
         try:
             await stream.write(mta.ExchangeRequest(hello=mta.Hello(client_id=self.client_id)))
             self._stream = stream
@@ -205,9 +208,12 @@ class MtaLink:
                         future.set_result(response.relay_ack)
                 elif kind == "feedback":
                     await self.on_feedback(ReceivedFeedback(response.feedback, stream))
+        except grpc.aio.AioRpcError as exc:
+            reason = f"the stream to the MTA broke: {_describe(exc)}"
+            raise
         finally:
             self._connected.clear()
-            stream.fail("the stream to the MTA broke")
+            stream.fail(reason)
             if self._stream is stream:
                 self._stream = None
             call.cancel()

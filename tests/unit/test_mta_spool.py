@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
+from mta_stub import engine as engine_module
 from mta_stub import scenarios
 from mta_stub.engine import Engine, Relayed
 from mta_stub.outcomes import Outcomes
 from mta_stub.scenarios import GLOBAL, EventKind, Faults, Mix, Scenario, Scope, Step, Timing
-from mta_stub.spool import SCHEMA_VERSION, Scheduled, Spool, SpoolError, Transition
+from mta_stub.spool import SCHEMA_VERSION, Scheduled, Spool, SpoolError, SpoolFull, Transition
 
 TIMING = Timing(retry_interval=10.0, engagement_delay=2.0)
 NOW = 1_000_000.0
@@ -275,6 +276,121 @@ def test_each_clients_events_and_outcomes_survive_a_reopen_apart(spool: Spool) -
     )
     assert spool.outcomes(D).accepted == 3
     spool.close()
+
+
+def fill_up(spool: Spool) -> None:
+    """No room for another page: SQLite then fails a write that needs one with SQLITE_FULL,
+    "database or disk is full", as on a full disk (max_page_count cannot go below the
+    pages in use)."""
+    (pages,) = spool._db.execute("PRAGMA page_count").fetchone()
+    spool._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def make_room(spool: Spool) -> None:
+    spool._db.execute("PRAGMA max_page_count = 1073741823")
+
+
+def test_a_full_spool_refuses_the_relay_batch_whole_and_takes_it_once_there_is_room(
+    spool: Spool,
+) -> None:
+    refused: list[str] = []
+    spool.on_full = refused.append
+    assert spool.accept([admission(i) for i in range(1, 11)]) == (10, 0)
+    stream = spool.open_stream()
+    seq, events = spool.take_feedback(stream, 5)
+    before = spool.outcomes(D)
+    fill_up(spool)
+    batch = [admission(i, f"u{i}@example.com") for i in range(11, 3011)]
+    with pytest.raises(SpoolFull, match=r"spool .* is full: relay batch not written"):
+        spool.accept(batch)
+    assert spool.full and refused == ["relay batch"]
+    # Nothing of the batch held: the same ids are new once there is room.
+    assert spool.outcomes(D) == before
+    assert spool.pending_count() == 5
+    # What the stub holds still goes out and is acknowledged (a delete needs no new page).
+    assert spool.ack(stream, seq) == len(events) == 5
+    make_room(spool)
+    assert spool.accept(batch) == (3000, 0)
+    assert not spool.full
+    spool = reopen(spool)
+    outcomes = spool.outcomes(D)
+    assert (outcomes.accepted, outcomes.duplicates, outcomes.delivered) == (3010, 0, 3010)
+    assert outcomes.unacknowledged_events == 3010 - 5
+    spool.close()
+
+
+def test_an_acknowledgement_that_cannot_be_written_leaves_the_batch_unacknowledged(
+    spool: Spool,
+) -> None:
+    spool.accept([admission(i) for i in range(1, 4)])
+    stream = spool.open_stream()
+    seq, _events = spool.take_feedback(stream, 10)
+    real = spool._db
+    failing = _FullOnDelete(real)
+    spool._db = failing  # type: ignore[assignment]
+    with pytest.raises(SpoolFull, match="acknowledgement not written"):
+        spool.ack(stream, seq)
+    spool._db = real
+    assert spool.unacknowledged_batches(stream) == 1
+    assert spool.outcomes(D).unacknowledged_events == 3
+    # The stream's close requeues the batch: its events go out again, and are acked once.
+    assert spool.close_stream(stream) == 3
+    assert event_ids(spool) == ["1:DELIVERED:1", "2:DELIVERED:1", "3:DELIVERED:1"]
+    again = spool.open_stream()
+    seq, _events = spool.take_feedback(again, 10)
+    assert spool.ack(again, seq) == 3
+    assert spool.outcomes(D).unacknowledged_events == 0
+    spool.close()
+
+
+class _FullOnDelete:
+    """A connection whose deletes fail as on a full disk (the WAL cannot grow)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        if sql.lstrip().upper().startswith("DELETE"):
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL
+            raise error
+        return self._db.executemany(sql, rows)
+
+
+async def test_the_scheduler_waits_out_a_full_spool(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "FULL_RETRY_SECONDS", 0.01)
+    spool = Spool()
+    engine = Engine(Timing(0.01, 0.01), spool)
+    real = spool.fire_due
+    failures = 0
+
+    def fire_due(*args: Any) -> int:
+        nonlocal failures
+        if failures < 5:
+            failures += 1
+            cause = sqlite3.OperationalError("database or disk is full")
+            raise SpoolFull(spool.path, "scheduled steps", cause)
+        return real(*args)
+
+    monkeypatch.setattr(spool, "fire_due", fire_due)
+    engine.start()
+    # Two soft bounces, then delivered: the retries are steps the scheduler fires.
+    session = engine.open_session("client")
+    engine.relay([Relayed(1, D, "soft-2@example.com", time.time() + 60)], "client")
+    kinds: list[EventKind] = []
+    async with asyncio.timeout(10):
+        while EventKind.DELIVERED not in kinds:
+            batch = await session.next_batch()
+            assert batch is not None
+            kinds += [event.kind for event in batch.events]
+            session.ack(batch.seq)
+    assert failures == 5
+    assert kinds == [EventKind.SOFT_BOUNCE, EventKind.SOFT_BOUNCE, EventKind.DELIVERED]
+    engine.close_session(session)
+    await engine.close()
 
 
 async def test_a_restarted_engine_keeps_its_scoped_scenarios(path: str) -> None:
