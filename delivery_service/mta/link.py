@@ -37,6 +37,9 @@ MAX_FEEDBACK_BYTES = 4 * 1024 * 1024
 # The largest RelayBatch sent: what the MTA stub takes (10,000 messages and the largest
 # content; mta_stub.server). The relay sends 1,000 messages a batch, at most 5.3 MB.
 MAX_RELAY_BYTES = 8 * 1024 * 1024
+# A stream that lived this long before it broke was a good connection: the reconnect
+# backoff starts again from its shortest wait.
+STREAM_SETTLED_SECONDS = 1.0
 
 
 class LinkDown(Exception):
@@ -152,11 +155,11 @@ class MtaLink:
         """Keeps a stream open until stop(); reconnects with backoff."""
         delay = 0.05
         while not self._stopping:
+            opened = time.monotonic()
             try:
                 async with self._channel() as channel:
                     stub = mta_grpc.MtaServiceStub(channel)
                     await self._serve(stub)
-                    delay = 0.05
             except asyncio.CancelledError:
                 # A cancelled call surfaces as CancelledError from read(); only our own
                 # cancellation (stop) may end the loop.
@@ -171,6 +174,9 @@ class MtaLink:
             if self._stopping:
                 break
             observability.STREAM_RECONNECTS.inc()
+            # A stream ends only by an error: the backoff grows while streams fail at once.
+            if time.monotonic() - opened >= STREAM_SETTLED_SECONDS:
+                delay = 0.05
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.reconnect_max_delay)
 
