@@ -127,8 +127,7 @@ def banner(
     grpcurl -plaintext {service.address} grpc.health.v1.Health/Check
     grpcurl -plaintext {bearer} \\
         {service.address} delivery.v1.DeliveryService/ListDeliveries
-    grpcurl -plaintext {bearer} \\
-        -d '{{"delivery_id": 1}}' {service.address} delivery.v1.DeliveryService/ConfirmSend
+    (the README's API tour creates, prepares and confirms a delivery of its own)
 
   Ctrl-C stops both services.
 """

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from delivery_service.store.connection import text_array
 
 # Any text PostgreSQL can hold: no NUL.
-TEXT = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)))
+TEXT = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]))
 
 
 @settings(derandomize=True, max_examples=300, deadline=None)
