@@ -780,7 +780,7 @@ def test_make_run_banner_gives_the_admin_token() -> None:
     # Every grpcurl call of a DeliveryService RPC carries a token; health and reflection
     # are open.
     calls = re.findall(r"^\s+grpcurl (.*)$", shown.replace("\\\n", " "), re.MULTILINE)
-    assert len(calls) == 4, shown
+    assert len(calls) == 3, shown
     for call in calls:
         needs_token = "delivery.v1.DeliveryService/" in call
         assert ("authorization: Bearer $CAMPAIGN_TOKEN" in call) == needs_token, call
