@@ -4,6 +4,7 @@ the KPI table shows the failure breakdown, the domains and the alerts."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 
 import pytest
@@ -153,3 +154,25 @@ def test_the_watch_line_counts_the_alerts() -> None:
     update.kpis.alerts.append(alert(pb.ALERT_CRITERION_HARD_BOUNCE_RATIO, 0.4, 0.05))
     view.update(update)
     assert view._status.counters.endswith(" · 1 alert")
+
+
+def test_the_watch_says_when_the_figures_become_final() -> None:
+    """The countdown to the end of the validity period (when the figures become final),
+    then that it is over; the KPI table says whether they are final, and why not."""
+    line = render._StatusLine(
+        dt.datetime.now(dt.UTC) + dt.timedelta(hours=1, minutes=2, seconds=30)
+    )
+    line.counters = "delivered 3"
+    shown = rendered(line)
+    assert shown.startswith("delivered 3 · validity ends in 1:02:"), shown
+    line.end = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    assert rendered(line).strip() == "delivered 3 · validity over, finishing"
+    line.over = True
+    assert rendered(line).strip() == "delivered 3"
+
+    def final_row(k: pb.Kpis) -> str:
+        lines = [" ".join(x.split()) for x in rendered(render.kpi_table(k, "KPIs")).splitlines()]
+        return next(x for x in lines if x.startswith("Final"))
+
+    assert final_row(pb.Kpis(to_deliver=1)) == "Final no: the validity period is not over"
+    assert final_row(pb.Kpis(to_deliver=1, final=True)) == "Final yes"
