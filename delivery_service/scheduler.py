@@ -45,6 +45,7 @@ class Scheduler:
         self.tick = tick
         self.stats_interval = stats_interval
         self.finalize_grace = finalize_grace
+        self.validity_ends = figures.ValidityEnds(finalize_grace)
         self.address_rules = address_rules
         self.address_cleanup_interval = address_cleanup_interval
         self._last_cleanup = 0.0
@@ -94,7 +95,7 @@ class Scheduler:
     async def round(self) -> None:
         await recurring.start_due_occurrences(self.db)
         await self.relayer.pick_up()
-        for delivery_id in await figures.expiring(self.db, self.finalize_grace):
+        for delivery_id in await self.validity_ends.due(self.db):
             if await figures.finish(self.db, delivery_id):
                 log.info("delivery %d finished: validity period over", delivery_id)
         now = time.monotonic()

@@ -31,7 +31,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from grpc_common import observability
+from grpc_common import clock, observability
 from grpc_common.settings import ServerSettings, is_loopback
 
 log = logging.getLogger(__name__)
@@ -295,6 +295,7 @@ def run(
     A start that fails with OSError or one of `errors` is one log line and exit code 1.
     """
     observability.setup_logging(settings.log_level, settings.log_json)
+    clock.follow(settings.clock_offset_file)
     # gRPC's own debug output is about its internals, not the server's behaviour.
     logging.getLogger("grpc").setLevel(max(logging.INFO, logging.getLogger().level))
     failures: tuple[type[Exception], ...] = (OSError, *errors)

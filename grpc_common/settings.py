@@ -144,6 +144,13 @@ class ServerSettings(BaseSettings):
     port: Port
     log_level: LogLevel = setting("INFO", env="LOG_LEVEL", help="logging level")
     log_json: bool = setting(False, env="LOG_JSON", help="JSON log lines")
+    # A test's seam (grpc_common.clock): the wall clock offset by the seconds in a file.
+    clock_offset_file: str = setting(
+        "",
+        env="CLOCK_OFFSET_FILE",
+        help="for tests: a file holding seconds added to the wall clock, read again as it "
+        "changes, to step the clock of a running server; refused beyond loopback; none: off",
+    )
     metrics_port: Port
     # A plaintext port with the health service alone: it reveals nothing, and the
     # kubelet's gRPC probes speak no TLS.
@@ -179,6 +186,11 @@ class ServerSettings(BaseSettings):
                 f"{name('host')} {self.host!r} would serve plaintext beyond this machine: "
                 f"give {name('tls_cert')} and {name('tls_key')}, or {name('insecure')} "
                 "to serve plaintext anyway"
+            )
+        if self.clock_offset_file and not is_loopback(self.host):
+            raise ValueError(
+                f"{name('clock_offset_file')} steps the clock for tests: a server listening "
+                f"on {self.host!r}, beyond this machine, refuses it"
             )
         if self.max_streams > self.max_concurrent_rpcs:
             raise ValueError(f"{name('max_streams')} must not exceed {name('max_concurrent_rpcs')}")

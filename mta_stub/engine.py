@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from mta_stub import scenarios
+from mta_stub import clock, scenarios
 from mta_stub.outcomes import Outcomes
 from mta_stub.scenarios import GLOBAL, Event, Fate, Faults, Mix, Scenario, Scope, Step, Timing
 from mta_stub.spool import RUN_MAX, Scheduled, Spool, SpoolFull, Transition
@@ -42,6 +42,8 @@ WINDOW_BATCHES = 64
 MAX_SCOPED_SCENARIOS = 10_000
 # How long the scheduler waits before firing again when the spool was full.
 FULL_RETRY_SECONDS = 0.5
+# The longest the scheduler sleeps with steps scheduled, before it reads the clock again.
+CLOCK_CHECK_SECONDS = 1.0
 
 
 class Relayed(NamedTuple):
@@ -180,7 +182,7 @@ class Engine:
     def relay(self, messages: Iterable[Relayed], client: str = "") -> tuple[int, int]:
         """Holds the new messages for client and makes their first attempt; returns
         (accepted, duplicates)."""
-        now = time.time()
+        now = clock.time()
         admissions = []
         # Batches are of one delivery: the scenario is looked up once per delivery.
         scenario_of: dict[int, Scenario] = {}
@@ -288,7 +290,7 @@ class Engine:
         full_since: float | None = None
         while True:
             try:
-                fired = self._spool.fire_due(time.time(), FIRE_LIMIT, self._advance)
+                fired = self._spool.fire_due(clock.time(), FIRE_LIMIT, self._advance)
             except SpoolFull as exc:
                 # Nothing fired, nothing lost: the steps stay due and fire late, once
                 # there is room. Said once, not every retry.
@@ -310,7 +312,10 @@ class Engine:
                 continue
             self._schedule_changed.clear()
             due = self._spool.next_due()
-            delay = None if due is None else max(0.0, due - time.time())
+            # Due by the wall clock, waited for on the monotonic one: woken at least every
+            # CLOCK_CHECK_SECONDS, so that a step of the wall clock is seen (forwards: the
+            # steps now due fire; backwards: they wait for the clock to reach them).
+            delay = None if due is None else min(max(0.0, due - clock.time()), CLOCK_CHECK_SECONDS)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._schedule_changed.wait()

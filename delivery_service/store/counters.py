@@ -11,6 +11,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+from delivery_service import clock
 from delivery_service.domain import feedback as fb
 from delivery_service.domain.kpis import Counters
 from delivery_service.store.connection import (
@@ -76,7 +77,14 @@ async def recount(conn: Conn, delivery_id: int) -> tuple[int, Counters]:
         shard=0,
         **{name: getattr(truth, name) for name in fb.COUNTER_NAMES},
     )
-    await execute(conn, "set_stats", id=delivery_id, opened=truth.opened, clicked=truth.clicked)
+    await execute(
+        conn,
+        "set_stats",
+        id=delivery_id,
+        opened=truth.opened,
+        clicked=truth.clicked,
+        now=clock.now(),
+    )
     return repaired + await _recount_breakdown(conn, delivery_id), truth
 
 
@@ -131,4 +139,4 @@ def _differences(live: Mapping[Any, tuple[int, ...]], truth: Mapping[Any, tuple[
 
 async def refresh_stats(conn: Conn, interval: dt.timedelta) -> int:
     """The scheduled refresh of Open % and Click %; returns how many deliveries it did."""
-    return len(await fetch_tuples(conn, "refresh_stats", interval=interval))
+    return len(await fetch_tuples(conn, "refresh_stats", interval=interval, now=clock.now()))

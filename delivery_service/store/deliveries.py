@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
+from delivery_service import clock
 from delivery_service.domain import lifecycle
 from delivery_service.domain.requests import NewDelivery, Recipient, request_digest
 from delivery_service.store.connection import (
@@ -141,4 +142,4 @@ async def set_confirmed(conn: Conn, delivery_id: int, operator: str, now: dt.dat
 
 
 async def set_stopped(conn: Conn, delivery_id: int) -> None:
-    await execute(conn, "set_stopped", id=delivery_id)
+    await execute(conn, "set_stopped", id=delivery_id, now=clock.now())

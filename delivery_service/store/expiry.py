@@ -6,13 +6,15 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
+from delivery_service import clock
 from delivery_service.domain import feedback as fb
 from delivery_service.store.connection import Conn, execute, fetch_tuples
 
 
-async def expiring_deliveries(conn: Conn, grace: dt.timedelta) -> list[int]:
-    """Deliveries whose validity period, and the grace for late feedback, is over."""
-    return [delivery_id for (delivery_id,) in await fetch_tuples(conn, "expiring", grace=grace)]
+async def expiring_deliveries(conn: Conn) -> list[int]:
+    """Deliveries whose validity period is over, by the service's clock."""
+    rows = await fetch_tuples(conn, "expiring", now=clock.now())
+    return [delivery_id for (delivery_id,) in rows]
 
 
 async def unsettled_messages(
@@ -62,4 +64,4 @@ async def write_messages(
 
 
 async def set_finished(conn: Conn, delivery_id: int) -> None:
-    await execute(conn, "set_finished", id=delivery_id)
+    await execute(conn, "set_finished", id=delivery_id, now=clock.now())

@@ -140,6 +140,7 @@ async def apply_feedback(
         return IngestResult()
     parts = sorted(by_delivery(batch).items())
     now = clock.now()
+    latest_micros = int(clock.latest().timestamp() * 1_000_000)
     try:
         async with db.transaction() as conn, conn.pipeline():
             # Not fetched: every statement goes to the server in one round trip.
@@ -173,7 +174,9 @@ async def apply_feedback(
                             "in_batch": int_array(_in_batch(part)),
                             "shard": counters.any_shard(),
                             "now": now,
-                            "now_micros": int(now.timestamp() * 1_000_000),
+                            # Not in the future: of the latest time read, which a
+                            # backward step of the clock does not take back.
+                            "now_micros": latest_micros,
                         },
                     )
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from delivery_service import clock
 from delivery_service.store.connection import (
     AlreadyExists,
     Conflict,
@@ -39,7 +40,7 @@ async def create(
 
 async def find(conn: Conn, token_hash: bytes) -> Operator | None:
     """The live operator holding a token (not revoked, not expired), by the token's hash."""
-    return await fetch_one(conn, "find_operator", Operator, token_hash=token_hash)
+    return await fetch_one(conn, "find_operator", Operator, token_hash=token_hash, now=clock.now())
 
 
 async def get(conn: Conn, name: str) -> OperatorEntry:
@@ -66,4 +67,4 @@ async def rotate(conn: Conn, name: str, token_hash: bytes) -> None:
 
 
 async def admin_exists(conn: Conn) -> bool:
-    return await fetch_value(conn, "admin_exists") is not None
+    return await fetch_value(conn, "admin_exists", now=clock.now()) is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from delivery_service import clock
 from delivery_service.domain.recurring import RecurringState
 from delivery_service.domain.requests import NewRecurring, request_digest
 from delivery_service.store.connection import (
@@ -54,7 +55,10 @@ async def get(conn: Conn, recurring_id: int) -> RecurringDelivery:
 async def due(conn: Conn) -> list[tuple[int, bool, str | None]]:
     """The active recurring deliveries whose next occurrence is due, locked (other
     processes skip them): (id, confirm before send, creator)."""
-    return [(rid, confirm, by) for rid, confirm, by in await fetch_tuples(conn, "due_recurring")]
+    return [
+        (rid, confirm, by)
+        for rid, confirm, by in await fetch_tuples(conn, "due_recurring", now=clock.now())
+    ]
 
 
 async def lock_state(conn: Conn, recurring_id: int) -> RecurringState:

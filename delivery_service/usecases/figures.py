@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 
 from delivery_service import clock
 from delivery_service.domain import feedback as fb
@@ -58,9 +59,31 @@ async def refresh_stats(db: Database, interval: dt.timedelta) -> int:
         return await counters.refresh_stats(conn, interval)
 
 
-async def expiring(db: Database, grace: dt.timedelta) -> list[int]:
-    async with db.connection() as conn:
-        return await expiry.expiring_deliveries(conn, grace)
+class ValidityEnds:
+    """Which deliveries to finish: those whose validity period is over by the service's
+    clock, once the grace for late feedback has passed since a round of this process first
+    saw it over.
+
+    The validity end is a date, read on the wall clock (`clock.now()`), which may step; the
+    grace is a wait, measured on the monotonic clock, which does not. A forward step of the
+    wall clock past the end therefore still leaves the MTA the whole grace to report what
+    happened before the end (it fires its overdue steps at once); a backward step puts the
+    end back in the future, and the wait starts again when it is over again. A process
+    started after a validity ended waits the grace too, while the MTA sends the feedback it
+    held on the new stream.
+    """
+
+    def __init__(self, grace: dt.timedelta) -> None:
+        self.grace = grace.total_seconds()
+        self._over_since: dict[int, float] = {}  # delivery -> monotonic time first seen over
+
+    async def due(self, db: Database) -> list[int]:
+        async with db.connection() as conn:
+            over = await expiry.expiring_deliveries(conn)
+        now = time.monotonic()
+        # Only those still over are kept: a delivery back in its validity starts afresh.
+        self._over_since = since = {d: self._over_since.get(d, now) for d in over}
+        return [d for d, first in since.items() if now - first >= self.grace]
 
 
 async def finish(db: Database, delivery_id: int) -> bool:

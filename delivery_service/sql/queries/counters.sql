@@ -122,7 +122,7 @@ DELETE FROM delivery_counters WHERE delivery_id = %(delivery_id)s;
 
 -- name: set_stats
 -- Records the open and click counts of a stats computation.
-UPDATE deliveries SET stats_time = now(), opened_at_stats = %(opened)s,
+UPDATE deliveries SET stats_time = %(now)s, opened_at_stats = %(opened)s,
                       clicked_at_stats = %(clicked)s
 WHERE id = %(id)s;
 
@@ -130,12 +130,12 @@ WHERE id = %(id)s;
 -- The scheduled refresh of Open % and Click %: from the counters, for the
 -- deliveries whose figures are older than the stats interval and not final yet.
 UPDATE deliveries d
-SET stats_time = now(), opened_at_stats = c.opened, clicked_at_stats = c.clicked
+SET stats_time = %(now)s, opened_at_stats = c.opened, clicked_at_stats = c.clicked
 FROM (SELECT delivery_id, sum(opened)::bigint AS opened, sum(clicked)::bigint AS clicked
       FROM delivery_counters GROUP BY delivery_id) c
 WHERE c.delivery_id = d.id
   AND d.state IN ({State.SENDING}, {State.SENT})
-  AND (d.stats_time IS NULL OR d.stats_time <= now() - %(interval)s::interval)
+  AND (d.stats_time IS NULL OR d.stats_time <= %(now)s - %(interval)s::interval)
 RETURNING d.id;
 
 -- name: recount_domains

@@ -91,4 +91,4 @@ WHERE id = %(id)s;
 
 -- name: set_stopped
 -- Stops a delivery.
-UPDATE deliveries SET state = {State.STOPPED}, finish_time = now() WHERE id = %(id)s;
+UPDATE deliveries SET state = {State.STOPPED}, finish_time = %(now)s WHERE id = %(id)s;

@@ -2,10 +2,11 @@
 -- Each query: a `-- name: <name>` line, then a one-line description.
 
 -- name: expiring
--- Deliveries whose validity period (and the grace for late feedback) is over.
+-- Deliveries whose validity period is over by the service's clock (the grace for late
+-- feedback is waited on the monotonic clock: usecases.figures.ValidityEnds).
 SELECT id FROM deliveries
 WHERE state IN ({State.SENDING}, {State.SENT})
-  AND validity_end_time + %(grace)s::interval <= now()
+  AND validity_end_time <= %(now)s
 ORDER BY id;
 
 -- name: unsettled_messages
@@ -119,4 +120,4 @@ SET failed = k.failed + excluded.failed;
 
 -- name: set_finished
 -- The validity period is over: the figures are final.
-UPDATE deliveries SET state = {State.FINISHED}, finish_time = now() WHERE id = %(id)s;
+UPDATE deliveries SET state = {State.FINISHED}, finish_time = %(now)s WHERE id = %(id)s;

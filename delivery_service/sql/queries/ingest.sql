@@ -32,8 +32,9 @@ FOR NO KEY UPDATE;
 -- functions; a FINISHED delivery's fates no longer change, though opens and clicks
 -- still count. An event is believed only if it fits the relay record (`refusal`): its
 -- delivery is SENDING, SENT or FINISHED, its message was relayed, its time is within
--- [relay time - 5 min, now + 5 min], a click names a link the content has, and an open
--- or a click is about a delivered message (or one this batch reports delivered), and its
+-- [relay time - 5 min, now + 5 min] (now: the latest time the service's clock read,
+-- which a backward step of the clock does not take back), a click names a link the
+-- content has, and an open or a click is about a delivered message (or one this batch reports delivered), and its
 -- message has fewer than max_events events logged (counted on the sending log). A
 -- refused event is neither logged nor applied; refusals that time may mend (not
 -- relayed yet, not delivered yet) are `deferred` unless `final`. Every reference to a per-delivery table is filtered by the delivery

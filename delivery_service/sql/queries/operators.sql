@@ -10,7 +10,7 @@ VALUES (%(name)s, %(token_hash)s, %(roles)s, %(expire_time)s);
 -- The operator holding a token, by the token's hash, if neither revoked nor expired.
 SELECT name, roles FROM operators
 WHERE token_hash = %(token_hash)s AND revoke_time IS NULL
-  AND (expire_time IS NULL OR expire_time > now());
+  AND (expire_time IS NULL OR expire_time > %(now)s);
 
 -- name: get_operator
 -- One operator, by name.
@@ -37,7 +37,7 @@ WHERE name = %(name)s AND revoke_time IS NULL;
 -- Whether a live operator holds the role admin.
 SELECT 1 FROM operators
 WHERE 'admin' = ANY (roles) AND revoke_time IS NULL
-  AND (expire_time IS NULL OR expire_time > now())
+  AND (expire_time IS NULL OR expire_time > %(now)s)
 LIMIT 1;
 
 -- name: append_audit_event

@@ -29,7 +29,7 @@ FROM recurring_deliveries WHERE id = %(id)s;
 -- Active recurring deliveries whose next occurrence is due, locked; other processes skip
 -- them.
 SELECT id, confirm_before_send, created_by FROM recurring_deliveries
-WHERE state = {RecurringState.ACTIVE} AND next_occurrence_time <= now()
+WHERE state = {RecurringState.ACTIVE} AND next_occurrence_time <= %(now)s
 ORDER BY next_occurrence_time
 LIMIT 10
 FOR UPDATE SKIP LOCKED;
