@@ -52,6 +52,17 @@ FEED_LAG = Histogram(
     "watch stream: once per response, for its oldest event.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
+DB_DISK_FULL_ERRORS = Counter(
+    "delivery_db_disk_full_errors_total",
+    "Database writes refused for lack of space (SQLSTATE 53100, disk_full), by flow "
+    "(ingest, relay, scheduler): each rolled back whole and tried again later.",
+    ["flow"],
+)
+DB_DISK_FULL = Gauge(
+    "delivery_db_disk_full",
+    "1 while the feedback's writes fail for lack of space in the database (the named "
+    "health services are NOT_SERVING meanwhile), 0 once one commits.",
+)
 POOL_CONNECTIONS = Gauge(
     "delivery_db_pool_connections", "Database pool connections, by use.", ["state"]
 )

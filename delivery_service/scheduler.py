@@ -8,10 +8,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from delivery_service import observability
 from delivery_service.domain import quarantine
 from delivery_service.domain.alerts import AlertRules
 from delivery_service.mta.relay import Relayer
-from delivery_service.store.connection import Database, Unavailable
+from delivery_service.store.connection import Database, DiskFull, Unavailable
 from delivery_service.usecases import addresses, alerts, events, figures, recurring
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class Scheduler:
             try:
                 await self.round()
             except Unavailable as exc:
+                if isinstance(exc, DiskFull):
+                    observability.DB_DISK_FULL_ERRORS.labels("scheduler").inc()
                 await self._failed()
                 log.warning("scheduler round skipped: %s", exc)
             except Exception:

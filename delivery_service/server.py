@@ -47,6 +47,7 @@ class App(serving.Service):
         self.ingest = FeedbackIngest(
             functools.partial(ingest.apply_feedback, self.db, rules=rules),
             defer=settings.feedback_defer,
+            on_health=functools.partial(self._health, "database space"),
         )
         self.link = MtaLink(
             settings.mta_address, self.ingest.receive, credentials=settings.mta_credentials()
@@ -82,7 +83,7 @@ class App(serving.Service):
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # What health depends on, and whether each is well: SERVING only while all are.
-        self._healthy = {"database": True, "scheduler rounds": True}
+        self._healthy = {"database": True, "scheduler rounds": True, "database space": True}
 
     async def start(self) -> None:
         """Once the port is bound: the schema, the pool, the background work."""
@@ -107,8 +108,8 @@ class App(serving.Service):
 
     async def _health(self, part: str, healthy: bool) -> None:
         """Health follows the database and the background rounds: a service that cannot
-        reach its database, or whose rounds keep failing (no expiry, no relays started),
-        is not serving, whatever its RPCs do."""
+        reach its database, whose database has no room for feedback, or whose rounds keep
+        failing (no expiry, no relays started), is not serving, whatever its RPCs do."""
         self._healthy[part] = healthy
         await self.server.set_health(all(self._healthy.values()))
 

@@ -4,10 +4,12 @@ Batches that wait while others are applied are applied together, in one transact
 under load the database gets few large batches rather than many small ones. A batch is
 acknowledged on the stream that carried it only once committed. The database being
 unavailable is worth waiting for, so that is retried, and so is a statement it cancelled
-(a timeout: the events taken together are then applied in halves, by message); anything
-else is surfaced (logged with its traceback, counted) and the streams that carried the
-batches are broken, so that the MTA sends them again after the reconnect: nothing is
-lost or acknowledged that was not committed, and nothing loops silently.
+(a timeout: the events taken together are then applied in halves, by message) and a write
+it had no room for (a full disk: said once in a while, not at each retry; health is
+NOT_SERVING while a batch waits for room); anything else is surfaced (logged with its
+traceback, counted) and the streams that carried the batches are broken, so that the MTA
+sends them again after the reconnect: nothing is lost or acknowledged that was not
+committed, and nothing loops silently.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,7 +28,7 @@ from mta.v1 import mta_service_pb2 as mta
 from delivery_service import observability
 from delivery_service.domain import feedback as fb
 from delivery_service.mta.link import ReceivedFeedback
-from delivery_service.store.connection import Cancelled, Rejected, Unavailable
+from delivery_service.store.connection import Cancelled, DiskFull, Rejected, Unavailable
 from delivery_service.store.ingest import EventBatch, IngestResult
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ DEFER_RETRY_SECONDS = 0.2
 # The most events one batch may carry (the stub sends 500); the rest are refused.
 MAX_BATCH_EVENTS = 10_000
 REFUSED_LOG_SECONDS = 10.0
+# While the database has no room, how often the ingest says so again.
+DISK_FULL_LOG_SECONDS = 30.0
 
 
 def _shown(text: str, limit: int) -> str:
@@ -116,6 +120,7 @@ class FeedbackIngest:
         concurrency: int = 2,
         max_events: int = 10_000,
         defer: float = 30.0,
+        on_health: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         self.apply = apply
         self.defer = defer
@@ -129,6 +134,12 @@ class FeedbackIngest:
         self._idle = asyncio.Event()  # set while no feedback is being applied
         self._idle.set()
         self._refusals_said: dict[str, float] = {}  # reason -> when last logged
+        # Told False when the database has no room for feedback, True once a write commits.
+        self.on_health = on_health
+        self._held = 0  # batches held for lack of room in the database
+        self._full_since = 0.0  # since when one is
+        self._full_refused = 0  # writes refused since
+        self._full_said = -DISK_FULL_LOG_SECONDS  # when that was last logged
 
     async def receive(self, received: ReceivedFeedback) -> None:
         """Takes a batch from the link, split among the appliers; waits while they are full.
@@ -174,20 +185,31 @@ class FeedbackIngest:
 
     async def _commit(self, taken: list[_Part]) -> None:
         delay = 0.05
+        held = False  # for lack of room in the database
         while True:
             # Batches whose stream broke are sent again on the next one: none need applying.
             live = [p for p in taken if p.live]
             if not live:
-                return
+                break
             # Events that may fit the relay record soon wait, their batches unacknowledged,
             # up to `defer` seconds from the oldest batch's arrival; then they are refused.
             oldest = min(p.tracked.received.received_at for p in live)
             final = time.monotonic() - oldest >= self.defer
             try:
                 result = await self.apply_events((e for p in live for e in p.events), final=final)
+                if held:
+                    held = False
+                    await self._held_for_room(-1)
                 if not result.deferred:
                     break
                 await asyncio.sleep(DEFER_RETRY_SECONDS)
+            except DiskFull as exc:
+                if not held:
+                    held = True
+                    await self._held_for_room(+1)
+                self._no_room(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_DELAY)
             except Unavailable as exc:
                 # Too much for one statement within the database's timeouts, and likely
                 # so again as it is: in halves.
@@ -196,7 +218,8 @@ class FeedbackIngest:
                                 len(live), exc)  # fmt: skip
                     for half in halves:
                         await self._commit(half)
-                    return
+                    live = []  # acknowledged by the halves
+                    break
                 log.warning("%d feedback batches not applied yet: %s", len(live), exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_DELAY)
@@ -205,11 +228,44 @@ class FeedbackIngest:
                 observability.FEEDBACK_FAILED_BATCHES.inc(len(live))
                 for p in live:
                     p.tracked.received.abandon("feedback could not be applied")
-                return
+                live = []
+                break
+        if held:  # given up: the MTA sends the batches again
+            await self._held_for_room(-1)
         for p in live:
             p.tracked.remaining -= 1
             if not p.tracked.remaining:
                 await p.tracked.received.acknowledge()
+
+    async def _held_for_room(self, change: int) -> None:
+        """Counts the batches held for lack of room in the database: from the first to the
+        last of them, health is NOT_SERVING and delivery_db_disk_full 1. A write that still
+        fits (in room a table has left) does not end it while another batch waits."""
+        self._held += change
+        if change > 0 and self._held == 1:
+            self._full_since, self._full_refused = time.monotonic(), 0
+            observability.DB_DISK_FULL.set(1)
+            if self.on_health is not None:
+                await self.on_health(False)
+        elif change < 0 and not self._held:
+            log.info("feedback written again after %.1f s without room in the database "
+                     "(%d writes refused)", time.monotonic() - self._full_since,
+                     self._full_refused)  # fmt: skip
+            observability.DB_DISK_FULL.set(0)
+            if self.on_health is not None:
+                await self.on_health(True)
+
+    def _no_room(self, exc: DiskFull) -> None:
+        """A write of feedback refused for lack of space: counted, and said at most once
+        every DISK_FULL_LOG_SECONDS, not at each retry."""
+        observability.DB_DISK_FULL_ERRORS.labels("ingest").inc()
+        self._full_refused += 1
+        now = time.monotonic()
+        if now - self._full_said >= DISK_FULL_LOG_SECONDS:
+            self._full_said = now
+            log.error("the database has no room for feedback (%d writes refused in %.0f s); "
+                      "the batches are held unacknowledged until space is freed: %s",
+                      self._full_refused, now - self._full_since, exc)  # fmt: skip
 
     async def apply_events(
         self, events: Iterable[mta.FeedbackEvent], *, final: bool = True

@@ -19,7 +19,7 @@ from delivery_service import observability
 from delivery_service.domain import feedback as fb
 from delivery_service.mta.link import LinkDown, MtaLink
 from delivery_service.store import relay as relay_store
-from delivery_service.store.connection import Database, Unavailable
+from delivery_service.store.connection import Database, DiskFull, Unavailable
 from delivery_service.usecases import deliveries
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ class Relayer:
                     await self._relay_leased(delivery_id)
         except (LinkDown, Unavailable) as exc:
             # pick_up starts it again on its next round.
+            if isinstance(exc, DiskFull):
+                observability.DB_DISK_FULL_ERRORS.labels("relay").inc()
             log.warning("relay of delivery %d interrupted: %s", delivery_id, exc)
         except Exception:
             # Anything else is a bug or a database refusing: said loudly, and the next

@@ -66,6 +66,12 @@ class Cancelled(Unavailable):
     trying again, with less work in one transaction if it was a large one."""
 
 
+class DiskFull(Unavailable):
+    """The database had no room for a write (SQLSTATE 53100, disk_full: a table or index
+    file could not be extended): the transaction is rolled back whole; worth trying again
+    once space is freed."""
+
+
 class Rejected(StoreError):
     """The database refused the data itself: trying it again would fail again."""
 
@@ -255,6 +261,8 @@ class Database:
             raise AlreadyExists(exc.diag.constraint_name or "unique") from exc
         except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
             raise Cancelled(str(exc)) from exc
+        except psycopg.errors.DiskFull as exc:  # an OperationalError: before it
+            raise DiskFull(str(exc)) from exc
         except PoolTimeout as exc:  # its own words are about the pool, not the database
             why = "busy" if self.reachable else "unreachable"
             raise Unavailable(f"no database connection in time: the database is {why}") from exc

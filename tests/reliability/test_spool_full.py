@@ -56,9 +56,9 @@ def spool_fs(tmp_path: Path) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-def fill(mount_point: Path, headroom: int) -> Path:
+def fill(mount_point: Path, headroom: int, name: str = "filler") -> Path:
     """Fills the filesystem with a file, then gives headroom bytes back."""
-    filler = mount_point / "filler"
+    filler = mount_point / name
     chunk = b"\0" * (1 << 20)
     with filler.open("wb") as f:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -89,18 +90,34 @@ def _children(parent: int) -> list[int]:
     return children
 
 
+def _give_to_server(folder: Path) -> None:
+    """Makes `folder`, owned by the server's user (as root the server runs as its system
+    user; a tablespace's folder must be the server's own)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(embedded_pg.SYSTEM_USER)
+        os.chown(folder, entry.pw_uid, entry.pw_gid)
+
+
 @contextmanager
-def own_postgres(dbname: str) -> Iterator[tuple[Path, str]]:
+def own_postgres(dbname: str, tablespace: Path | None = None) -> Iterator[tuple[Path, str]]:
     """A server with one migrated database `dbname`: yields the server's data directory
     (for embedded_pg.stop/start/restart) and the database's URL; stopped and removed
-    afterwards."""
+    afterwards. With `tablespace` (a folder made there if need be, which the server's user
+    must be able to reach), the database is created in a tablespace there: its tables and
+    indexes live in that folder, the WAL stays in the data directory."""
     # Beside the shared server's data: pytest's own temporary folders are closed to the
     # system user the server runs as.
     data_dir = embedded_pg.DEFAULT_DATA_DIR.parent / f"pg-{dbname}-{secrets.token_hex(4)}"
     server_url = embedded_pg.start(data_dir)
     try:
         with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{dbname}"'.encode())
+            if tablespace is None:
+                conn.execute(f'CREATE DATABASE "{dbname}"'.encode())
+            else:
+                _give_to_server(tablespace)
+                conn.execute(f"CREATE TABLESPACE \"{dbname}\" LOCATION '{tablespace}'".encode())
+                conn.execute(f'CREATE DATABASE "{dbname}" TABLESPACE "{dbname}"'.encode())
         url = embedded_pg.make_url(server_url, dbname=dbname)
         admin.migrate(url)
         yield data_dir, url

@@ -12,7 +12,7 @@ from mta.v1 import mta_service_pb2 as mta
 from prometheus_client import REGISTRY
 
 from delivery_service.mta.ingest import FeedbackIngest
-from delivery_service.store.connection import Cancelled, Rejected, Unavailable
+from delivery_service.store.connection import Cancelled, DiskFull, Rejected, Unavailable
 from delivery_service.store.ingest import EventBatch, IngestResult
 
 
@@ -112,6 +112,75 @@ def test_an_unavailable_database_is_waited_for_then_the_batch_acknowledged() -> 
     received = Received(event("a", 1))
     asyncio.run(drive(FeedbackIngest(apply), received))
     assert (calls, received.acknowledged, received.abandoned) == (3, 1, [])
+
+
+def test_a_full_disk_holds_the_batch_says_so_once_and_in_health_until_a_write_commits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = 0
+    health: list[bool] = []
+    full_while_refused: list[float | None] = []
+
+    async def apply(batch: EventBatch, *, final: bool = True) -> IngestResult:
+        nonlocal calls
+        calls += 1
+        if calls < 4:
+            full_while_refused.append(REGISTRY.get_sample_value("delivery_db_disk_full"))
+            raise DiskFull('could not extend file "base/5/16400": No space left on device')
+        return IngestResult(applied=len(batch))
+
+    async def on_health(healthy: bool) -> None:
+        health.append(healthy)
+
+    def refused() -> float:
+        sample = "delivery_db_disk_full_errors_total"
+        return REGISTRY.get_sample_value(sample, {"flow": "ingest"}) or 0.0
+
+    before = refused()
+    received = Received(event("a", 1))
+    asyncio.run(drive(FeedbackIngest(apply, on_health=on_health), received))
+    # Held, unacknowledged, while refused; acknowledged once, after the write committed.
+    assert (calls, received.acknowledged, received.abandoned) == (4, 1, [])
+    assert refused() - before == 3
+    assert health == [False, True]
+    assert full_while_refused[1:] == [1.0, 1.0]
+    assert REGISTRY.get_sample_value("delivery_db_disk_full") == 0.0
+    said = [r for r in caplog.records if "no room" in r.getMessage()]
+    assert len(said) == 1 and not said[0].exc_info, "said once, without a traceback"
+
+
+def test_a_write_that_still_fits_does_not_end_the_wait_of_another_batch_for_room() -> None:
+    refusals = 0
+    health: list[tuple[bool, list[str]]] = []
+    applied: list[str] = []
+
+    async def apply(batch: EventBatch, *, final: bool = True) -> IngestResult:
+        nonlocal refusals
+        if "big" in batch.event_ids and refusals < 3:  # needs a new page; "small" fits
+            refusals += 1
+            raise DiskFull('could not extend file "base/5/16400": No space left on device')
+        applied.extend(batch.event_ids)
+        return IngestResult(applied=len(batch))
+
+    async def on_health(healthy: bool) -> None:
+        health.append((healthy, list(applied)))
+
+    async def run() -> None:
+        ingest = FeedbackIngest(apply, concurrency=2, on_health=on_health)
+        appliers = asyncio.create_task(ingest.run())
+        big, small = Received(event("big", 1)), Received(event("small", 2))
+        try:
+            await ingest.receive(big)  # type: ignore[arg-type]
+            await asyncio.sleep(0.01)  # refused once before the small one comes
+            await ingest.receive(small)  # type: ignore[arg-type]
+            for r in (big, small):
+                await asyncio.wait_for(r.settled.wait(), 5)
+        finally:
+            appliers.cancel()
+
+    asyncio.run(run())
+    # NOT_SERVING from the first refusal until the refused batch itself committed.
+    assert health == [(False, []), (True, ["small", "big"])]
 
 
 def test_any_other_error_is_surfaced_and_the_batch_left_for_the_mta_to_resend(
