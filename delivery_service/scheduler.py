@@ -98,7 +98,7 @@ class Scheduler:
     async def round(self) -> None:
         await recurring.start_due_occurrences(self.db)
         await self.relayer.pick_up()
-        for delivery_id in await self.validity_ends.due(self.db):
+        for delivery_id in await self.validity_ends.due(self.db, self.relayer.link.opened_at):
             if await figures.finish(self.db, delivery_id):
                 log.info("delivery %d finished: validity period over", delivery_id)
         now = time.monotonic()

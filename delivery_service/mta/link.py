@@ -124,6 +124,8 @@ class MtaLink:
         self._stream: _Stream | None = None
         self._connected = asyncio.Event()
         self._stopping = False
+        # The monotonic time the current stream opened; None while there is none.
+        self.opened_at: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -201,6 +203,7 @@ class MtaLink:
         try:
             await stream.write(mta.ExchangeRequest(hello=mta.Hello(client_id=self.client_id)))
             self._stream = stream
+            self.opened_at = time.monotonic()
             self._connected.set()
             log.info("connected to the MTA at %s", self.address)
             while True:
@@ -222,6 +225,7 @@ class MtaLink:
             stream.fail(reason)
             if self._stream is stream:
                 self._stream = None
+                self.opened_at = None
             call.cancel()
 
     async def stop(self) -> None:

@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 
 from delivery_service.scheduler import Scheduler
+from delivery_service.usecases.figures import ValidityEnds
 
 
 class FailingTwice(Scheduler):
@@ -58,3 +59,30 @@ def test_rounds_back_off_while_they_fail_and_keep_their_tick_otherwise() -> None
     assert scheduler.pause() == 3600.0
     scheduler.failures = 1
     assert scheduler.pause() == 3600.0
+
+
+def test_a_delivery_finishes_a_grace_after_its_end_and_after_the_mta_link_opened() -> None:
+    """The grace for late feedback runs from the later of: the round that first saw the
+    validity over, and the opening of the link's stream (the MTA sends what it held when a
+    stream opens). While the link is down nothing finishes, up to the wait limit."""
+    ends = ValidityEnds(dt.timedelta(seconds=3), mta_wait_limit=60)
+    # Link up since long before: 3 s after the end was first seen.
+    assert ends.decide([1], 100.0, 0.0) == []
+    assert ends.decide([1], 102.9, 0.0) == []
+    assert ends.decide([1], 103.0, 0.0) == [1]
+    # The link reopened at 102: 3 s after that, not before.
+    ends = ValidityEnds(dt.timedelta(seconds=3), mta_wait_limit=60)
+    assert ends.decide([2], 100.0, 102.0) == []
+    assert ends.decide([2], 104.9, 102.0) == []
+    assert ends.decide([2], 105.0, 102.0) == [2]
+    # The link down: not until the wait limit after the end was first seen.
+    ends = ValidityEnds(dt.timedelta(seconds=3), mta_wait_limit=60)
+    assert ends.decide([3], 100.0, None) == []
+    assert ends.decide([3], 159.9, None) == []
+    assert ends.decide([3], 160.0, None) == [3]
+    # A delivery back in its validity (the clock stepped back) starts afresh.
+    ends = ValidityEnds(dt.timedelta(seconds=3), mta_wait_limit=60)
+    assert ends.decide([4], 100.0, 0.0) == []
+    assert ends.decide([], 101.0, 0.0) == []
+    assert ends.decide([4], 102.0, 0.0) == []
+    assert ends.decide([4], 105.0, 0.0) == [4]
