@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # processes than cores; each test file runs whole in one of them.
 TEST_WORKERS ?= 4
 
-.PHONY: run test lint proto bench demo mutate clean db-stop
+.PHONY: run test lint proto bench soak demo mutate clean db-stop
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ demo: $(STAMP)
 ## Benchmarks (not part of make test).
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
+
+## Soak (not part of make test): deliveries back to back under the seeded mix with all the stub's faults on for SOAK_MINUTES, sampling memory, descriptors, connections, table sizes, GetKpis p99 and the ingest rate every minute; fails if a delivery is not exact.
+SOAK_MINUTES ?= 60
+soak: $(STAMP)
+	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 ## Mutation testing of the pure-Python core with the unit tests: scores and survivors, fails under 90 % (not part of make test).
 mutate: $(STAMP)

@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,15 +98,30 @@ def create_caller(url: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")]
 
 
-def start_pair(database_url: str, log_dir: Path) -> Pair:
-    """Fresh processes with their default settings, but for ports, the stub's clock and logs.
+def start_pair(
+    database_url: str,
+    log_dir: Path,
+    *,
+    retry_interval_ms: int = RETRY_INTERVAL_MS,
+    service_args: Sequence[str] = (),
+) -> Pair:
+    """Fresh processes with their default settings, but for ports, the stub's clock and logs
+    (and `service_args`, the soak's metrics port).
 
     Stop it with `pair.stop(STOP_TIMEOUT_S)`.
     """
-    stub_clock = ["--retry-interval-ms", str(RETRY_INTERVAL_MS),
+    stub_clock = ["--retry-interval-ms", str(retry_interval_ms),
                   "--engagement-delay-ms", str(ENGAGEMENT_DELAY_MS)]  # fmt: skip
     launcher = Launcher(log_dir=log_dir, startup_timeout=STARTUP_TIMEOUT_S)
-    return launcher.pair(database_url, stub_args=stub_clock)
+    return launcher.pair(database_url, stub_args=stub_clock, service_args=service_args)
+
+
+def open_fds(pid: int) -> int | None:
+    """The process's open file descriptors (entries of /proc/<pid>/fd); None if it is gone."""
+    try:
+        return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
 
 
 # --- what processes cost, from /proc ---------------------------------------------------

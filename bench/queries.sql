@@ -456,3 +456,42 @@ SELECT e.address,
        coalesce(e.after ->> 'changed_by', '')
 FROM entries e
 ORDER BY e.address;
+
+-- name: soak_connections
+-- The soak: sessions on the database but this one (the service's pool, the soak's own
+-- short-lived connections, autovacuum workers).
+SELECT count(*) AS n FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid();
+
+-- name: soak_sizes
+-- The soak: each sampled table's size with its indexes and TOAST, its indexes alone,
+-- and its dead tuples (updated sending logs leave them until vacuum).
+SELECT c.relname AS name, pg_total_relation_size(c.oid) AS total_bytes,
+       pg_indexes_size(c.oid) AS index_bytes, coalesce(s.n_dead_tup, 0) AS dead_tuples
+FROM pg_class c
+LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE c.relname = ANY(%(tables)s) AND c.relkind IN ('r', 'p') AND pg_table_is_visible(c.oid);
+
+-- name: soak_database_size
+-- The soak: the whole database on disk.
+SELECT pg_database_size(current_database()) AS bytes;
+
+-- name: soak_logs
+-- The soak's check: a delivery's sending logs, and those with a final status (3 SENT,
+-- 4 FAILED: delivery_service.domain's Status, which the benchmark may not import).
+SELECT count(*) AS total, count(*) FILTER (WHERE status IN (3, 4)) AS final
+FROM sending_logs WHERE delivery_id = %(delivery_id)s;
+
+-- name: soak_history
+-- The soak's check: a delivery's delivery reports logged (kind 1 DELIVERED), and the
+-- address history it wrote (signals: 1 delivered, 2 soft error, 3 hard error; each
+-- delivery has addresses of its own, so its addresses are those of its events).
+SELECT (SELECT count(*) FROM feedback_events
+        WHERE delivery_id = %(delivery_id)s AND kind = 1) AS delivered_events,
+       count(*) FILTER (WHERE signal = 1) AS signal_delivered,
+       count(*) FILTER (WHERE signal = 3) AS signal_hard,
+       count(DISTINCT address) FILTER (WHERE signal = 2) AS soft_addresses,
+       count(*) FILTER (WHERE signal = 2 AND after IS NOT NULL) AS soft_changed,
+       (SELECT count(*) FROM addresses
+        WHERE delivery_id = %(delivery_id)s AND status = 3) AS addresses_quarantined
+FROM address_events WHERE delivery_id = %(delivery_id)s;
