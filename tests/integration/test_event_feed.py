@@ -160,8 +160,12 @@ async def test_a_late_commit_never_lands_behind_a_served_position(fresh_db_url: 
         pages = 0
         async with db.connection() as conn:
             while True:
-                # Taken before the read: once the writers are done, an empty page is the end.
+                # Taken before the read: once the writers are done and every row is below
+                # the oldest transaction in flight (another test's may hold it back), an
+                # empty page is the end.
                 finished = writers.done()
+                if finished:
+                    await feed_settled(db)
                 page = await events.page(conn, None, position, 50)
                 served += page
                 position = (page[-1].position if page else None) or position
