@@ -33,7 +33,7 @@ from tests.conftest import Servers
 from tests.integration.test_health_port import status
 from tests.reliability import scenario
 from tests.reliability.feed_exact import assert_feed_exact
-from tests.reliability.scenario import EVENTS, count
+from tests.reliability.scenario import EVENTS, RELAYED, count
 from tests.reliability.test_faults import scrape
 from tests.reliability.test_spool_full import fill
 from tests.support import drift
@@ -136,6 +136,9 @@ def test_the_database_disk_full_during_ingest(servers: Servers) -> None:
         fill(fs, HEADROOM, "base")
         started = time.monotonic()
         delivery_id = scenario.start_delivery(url, service.address, stub.address, N, VALIDITY)
+        # The relay done first: on a slow host it was still writing when the disk filled,
+        # and its writes, not the ingest's, met the full disk.
+        wait_until(lambda: count(url, RELAYED) == N, 30, message="every message relayed")
         wait_until(lambda: count(url, EVENTS) >= EVENTS_BEFORE, 30,
                    message=f"{EVENTS_BEFORE} events applied")  # fmt: skip
         with peak_rss(service.pid) as peak:
