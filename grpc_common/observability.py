@@ -311,8 +311,10 @@ class _KeepsRequestId:
         self._sent = sent
 
     async def write(self, message: Any) -> None:
-        await self._context.write(message)
+        # Counted as handed to gRPC, as a streamed response is: a call cancelled as its
+        # write completes (a client that read the answer and left) still sent it.
         self._sent.inc()
+        await self._context.write(message)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
