@@ -103,12 +103,14 @@ class Settings(ServerSettings):
         dt.timedelta(days=7),
         env="FEED_RETENTION_BEYOND_VALIDITY_SECONDS",
         help="seconds the event feed keeps an event beyond its delivery's validity period, "
-        "counted from when it was written (asynchronous bounces come up to a week late)",
+        "counted from when it was written (asynchronous bounces come up to a week late); "
+        "a finished delivery's feedback events go once its feed rows are gone, and "
+        "feedback about it is refused from then on",
     )
     feed_cleanup_interval: PositiveDuration = setting(
         dt.timedelta(hours=1),
         env="FEED_CLEANUP_INTERVAL_SECONDS",
-        help="seconds between the event feed's retention rounds",
+        help="seconds between the retention rounds of the event feed and feedback events",
     )
     alert_interval: PositiveDuration = setting(
         dt.timedelta(minutes=10),

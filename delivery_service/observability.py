@@ -30,7 +30,8 @@ FEEDBACK_FAILED_BATCHES = Counter(
 FEEDBACK_REFUSED = Counter(
     "delivery_feedback_events_refused_total",
     "Feedback events not believed because they do not fit the relay record, by reason "
-    "(delivery_state, not_relayed, event_time, link_index, not_delivered, events_per_batch).",
+    "(delivery_state, past_retention, not_relayed, event_time, link_index, not_delivered, "
+    "events_per_batch).",
     ["reason"],
 )
 STREAM_RECONNECTS = Counter("delivery_mta_stream_reconnects_total", "Reconnects to the MTA.")

@@ -118,8 +118,12 @@ class Scheduler:
             await alerts.check(self.db, self.alert_rules)
         if now - self._last_feed_cleanup >= self.feed_cleanup_interval.total_seconds():
             pruned = await events.prune(self.db, self.feed_retention_beyond_validity)
-            # Until the feed is within its retention: a round takes a bounded batch.
-            if pruned < events.PRUNED_PER_ROUND:
+            # The feedback events of a delivery go once its rows of the feed are gone.
+            logged = await events.prune_event_log(self.db, self.feed_retention_beyond_validity)
+            # Until both are within their retention: a round takes a bounded batch.
+            if pruned < events.PRUNED_PER_ROUND and logged < events.PRUNED_PER_ROUND:
                 self._last_feed_cleanup = now
             if pruned:
                 log.info("event feed retention: %d rows pruned", pruned)
+            if logged:
+                log.info("feedback event log retention: %d events pruned", logged)

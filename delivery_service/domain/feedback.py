@@ -150,6 +150,7 @@ class Refusal(enum.StrEnum):
     """Why an event from the MTA is not believed (it does not fit the relay record)."""
 
     DELIVERY_STATE = "delivery_state"  # its delivery is not sending, sent or finished
+    PAST_RETENTION = "past_retention"  # its delivery's event log was pruned (retention)
     NOT_RELAYED = "not_relayed"  # its message was not relayed (yet)
     EVENT_TIME = "event_time"  # before its relay (minus a margin) or in the future
     LINK_INDEX = "link_index"  # a click on a link the content does not have

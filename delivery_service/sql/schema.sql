@@ -116,7 +116,10 @@ CREATE TABLE deliveries (
     stats_time            timestamptz,
     opened_at_stats       bigint NOT NULL DEFAULT 0,
     clicked_at_stats      bigint NOT NULL DEFAULT 0,
-    created_by            text
+    created_by            text,
+    -- When the retention pruned its feedback events (migration 0015): feedback about it
+    -- is refused from then on.
+    events_pruned_time    timestamptz
 );
 CREATE INDEX deliveries_state_idx ON deliveries (state) WHERE state IN ('SENDING', 'SENT');
 CREATE INDEX deliveries_recurring_idx ON deliveries (recurring_delivery_id, id)

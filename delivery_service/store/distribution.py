@@ -84,6 +84,7 @@ FAN_OUTS: dict[str, str] = {
     "feed_page": "the event feed, in transaction order: every delivery's, or one's",
     "feed_end": "where the event feed ends now: every delivery's, or one's",
     "prune_feed": "the event feed's retention: its oldest rows, in feed order",
+    "event_log_past_retention": "the retention round: finished deliveries past it",
 }
 
 

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from delivery_service.domain import events as ev
 from delivery_service.domain import feedback as fb
-from delivery_service.store.connection import Conn, fetch_tuples, fetch_value, int_array
+from delivery_service.store.connection import Conn, execute, fetch_tuples, fetch_value, int_array
 
 # The feed kind of each feedback kind, indexed by the feedback kind's value.
 _KINDS_OF_FEEDBACK = int_array(int(ev.kind_of_feedback(k)) for k in sorted(fb.EventKind))
@@ -90,6 +90,25 @@ async def prune(conn: Conn, now: dt.datetime, beyond: dt.timedelta, limit: int) 
     """Deletes the oldest rows past their retention, in feed order, at most `limit`;
     returns how many."""
     pruned: int = await fetch_value(conn, "prune_feed", now=now, beyond=beyond, limit=limit)
+    return pruned
+
+
+async def past_retention(
+    conn: Conn, now: dt.datetime, beyond: dt.timedelta, limit: int
+) -> list[int]:
+    """The finished deliveries whose feedback events are past their retention (`beyond`
+    after their validity) and out of the feed, at most `limit`."""
+    rows = await fetch_tuples(conn, "event_log_past_retention", now=now, beyond=beyond, limit=limit)
+    return [delivery_id for (delivery_id,) in rows]
+
+
+async def prune_event_log(conn: Conn, delivery_id: int, now: dt.datetime, limit: int) -> int:
+    """Refuses feedback about the delivery from now on, and deletes up to `limit` of its
+    feedback events; returns how many."""
+    await execute(conn, "mark_events_pruned", delivery_id=delivery_id, now=now)
+    pruned: int = await fetch_value(
+        conn, "prune_feedback_events", delivery_id=delivery_id, limit=limit
+    )
     return pruned
 
 

@@ -89,6 +89,22 @@ async def prune(db: Database, beyond_validity: dt.timedelta) -> int:
         return await store.prune(conn, clock.now(), beyond_validity, PRUNED_PER_ROUND)
 
 
+async def prune_event_log(db: Database, beyond_validity: dt.timedelta) -> int:
+    """The feedback event log's retention round: deletes the feedback events of finished
+    deliveries past their validity plus `beyond_validity` whose feed rows are pruned, at
+    most PRUNED_PER_ROUND, one transaction per delivery; returns how many."""
+    now = clock.now()
+    async with db.connection() as conn:
+        due = await store.past_retention(conn, now, beyond_validity, PRUNED_PER_ROUND)
+    pruned = 0
+    for delivery_id in due:
+        async with db.transaction() as conn:
+            pruned += await store.prune_event_log(conn, delivery_id, now, PRUNED_PER_ROUND - pruned)
+        if pruned >= PRUNED_PER_ROUND:
+            break
+    return pruned
+
+
 async def timeline(db: Database, delivery_id: int, message_id: int) -> list[store.FeedEvent]:
     """A message's events in feed order; NOT_FOUND for an unknown message."""
     async with db.connection() as conn:

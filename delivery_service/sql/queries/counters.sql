@@ -102,18 +102,29 @@ FROM unnest(%(delivery_ids)s::bigint[]) AS d ORDER BY d;
 SELECT pg_advisory_xact_lock(1, mod(%(delivery_id)s::bigint, 2147483647)::integer);
 
 -- name: recount
--- Every counter of a delivery, recomputed from its sending and tracking logs.
+-- Every counter of a delivery, recomputed from its sending and tracking logs; once the
+-- retention pruned its feedback events (its tracking logs), opens, clicks and
+-- complaints from the flags its sending logs kept of them.
+WITH pruned AS (
+    SELECT events_pruned_time IS NOT NULL AS pruned FROM deliveries
+    WHERE id = %(delivery_id)s
+)
 SELECT count(*) FILTER (WHERE relay_time IS NOT NULL) AS relayed,
        count(*) FILTER (WHERE outcome = {Outcome.DELIVERED}) AS delivered,
        count(*) FILTER (WHERE outcome = {Outcome.SOFT_BOUNCED}) AS soft_bounced,
        count(*) FILTER (WHERE outcome = {Outcome.HARD_BOUNCED}) AS hard_bounced,
        count(*) FILTER (WHERE outcome = {Outcome.EXPIRED}) AS expired,
-       (SELECT count(DISTINCT message_id) FROM tracking_logs
-        WHERE delivery_id = %(delivery_id)s) AS opened,
-       (SELECT count(DISTINCT message_id) FROM tracking_logs
-        WHERE delivery_id = %(delivery_id)s AND kind = {EventKind.CLICKED}) AS clicked,
-       (SELECT count(DISTINCT message_id) FROM feedback_events
-        WHERE delivery_id = %(delivery_id)s AND kind = {EventKind.COMPLAINT}) AS complained
+       CASE WHEN (SELECT pruned FROM pruned) THEN count(*) FILTER (WHERE opened)
+            ELSE (SELECT count(DISTINCT message_id) FROM tracking_logs
+                  WHERE delivery_id = %(delivery_id)s) END AS opened,
+       CASE WHEN (SELECT pruned FROM pruned) THEN count(*) FILTER (WHERE clicked)
+            ELSE (SELECT count(DISTINCT message_id) FROM tracking_logs
+                  WHERE delivery_id = %(delivery_id)s AND kind = {EventKind.CLICKED}) END
+           AS clicked,
+       CASE WHEN (SELECT pruned FROM pruned) THEN count(*) FILTER (WHERE complained)
+            ELSE (SELECT count(DISTINCT message_id) FROM feedback_events
+                  WHERE delivery_id = %(delivery_id)s AND kind = {EventKind.COMPLAINT}) END
+           AS complained
 FROM sending_logs WHERE delivery_id = %(delivery_id)s;
 
 -- name: clear_counters
@@ -140,15 +151,24 @@ RETURNING d.id;
 
 -- name: recount_domains
 -- The counters of each domain rank of a delivery, recomputed from its sending and
--- tracking logs, as rows of (rank, to deliver, then as `recount`).
+-- tracking logs (as `recount`, from the sending logs' flags once the tracking logs are
+-- pruned), as rows of (rank, to deliver, then as `recount`).
+WITH pruned AS (
+    SELECT events_pruned_time IS NOT NULL AS pruned FROM deliveries
+    WHERE id = %(delivery_id)s
+)
 SELECT s.domain_rank::bigint, count(*)::bigint,
        count(*) FILTER (WHERE s.relay_time IS NOT NULL),
        count(*) FILTER (WHERE s.outcome = {Outcome.DELIVERED}),
        count(*) FILTER (WHERE s.outcome = {Outcome.SOFT_BOUNCED}),
        count(*) FILTER (WHERE s.outcome = {Outcome.HARD_BOUNCED}),
        count(*) FILTER (WHERE s.outcome = {Outcome.EXPIRED}),
-       count(*) FILTER (WHERE t.opened), count(*) FILTER (WHERE t.clicked),
-       count(*) FILTER (WHERE t.complained)
+       count(*) FILTER (WHERE CASE WHEN (SELECT pruned FROM pruned) THEN s.opened
+                                   ELSE t.opened END),
+       count(*) FILTER (WHERE CASE WHEN (SELECT pruned FROM pruned) THEN s.clicked
+                                   ELSE t.clicked END),
+       count(*) FILTER (WHERE CASE WHEN (SELECT pruned FROM pruned) THEN s.complained
+                                   ELSE t.complained END)
 FROM sending_logs s
 LEFT JOIN (
     SELECT message_id, bool_or(kind IN ({EventKind.OPENED}, {EventKind.CLICKED})) AS opened,

@@ -163,3 +163,37 @@ horizon AS (
                                          items = excluded.items
 )
 SELECT count(*) FROM prefix;
+
+-- name: event_log_past_retention
+-- The retention of the feedback event log: the finished or stopped deliveries past
+-- their retention (`beyond` after the end of their validity) whose rows of the event
+-- feed are all pruned, and which still have feedback events; at most `limit`.
+SELECT d.id
+FROM deliveries d
+WHERE d.state IN ({State.FINISHED}, {State.STOPPED})
+  AND greatest(d.validity_end_time, d.finish_time) < %(now)s - %(beyond)s::interval
+  AND NOT EXISTS (SELECT FROM delivery_feed f WHERE f.delivery_id = d.id)
+  AND EXISTS (SELECT FROM feedback_events e WHERE e.delivery_id = d.id)
+ORDER BY d.id
+LIMIT %(limit)s;
+
+-- name: mark_events_pruned
+-- From now on feedback about the delivery is refused (past_retention); the first time
+-- only: the time says when its event log began to go.
+UPDATE deliveries SET events_pruned_time = %(now)s
+WHERE id = %(delivery_id)s AND events_pruned_time IS NULL;
+
+-- name: prune_feedback_events
+-- Deletes up to `limit` of a delivery's feedback events; returns how many.
+WITH doomed AS (
+    SELECT event_id FROM feedback_events
+    WHERE delivery_id = %(delivery_id)s
+    LIMIT %(limit)s
+),
+gone AS (
+    DELETE FROM feedback_events f
+    USING doomed d
+    WHERE f.delivery_id = %(delivery_id)s AND f.event_id = d.event_id
+    RETURNING 1
+)
+SELECT count(*) FROM gone;

@@ -31,7 +31,8 @@ FOR NO KEY UPDATE;
 -- reason of each (mode, outcome) come from tables store.py builds from the domain
 -- functions; a FINISHED delivery's fates no longer change, though opens and clicks
 -- still count. An event is believed only if it fits the relay record (`refusal`): its
--- delivery is SENDING, SENT or FINISHED, its message was relayed, its time is within
+-- delivery is SENDING, SENT or FINISHED and its event log not pruned by the retention
+-- (the ids that recognise a duplicate are gone), its message was relayed, its time is within
 -- [relay time - 5 min, now + 5 min] (now: the latest time the service's clock read,
 -- which a backward step of the clock does not take back), a click names a link the
 -- content has, and an open or a click is about a delivered message (or one this batch reports delivered), and its
@@ -45,6 +46,7 @@ WITH checked AS (
            CASE
                WHEN d.state NOT IN ({State.SENDING}, {State.SENT}, {State.FINISHED})
                    THEN 'delivery_state'
+               WHEN d.events_pruned_time IS NOT NULL THEN 'past_retention'
                WHEN s.relay_time IS NULL THEN 'not_relayed'
                WHEN e.event_micros < %(relay_margin)s
                                      + (extract(epoch FROM s.relay_time) * 1000000)::bigint

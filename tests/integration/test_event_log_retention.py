@@ -1,0 +1,108 @@
+"""The feedback event log's retention (docs/events.md), on a real database: a finished
+delivery past its validity plus the retention loses its feedback events once its rows of
+the event feed are gone, and nothing else: its figures recount the same, and feedback
+about it is refused from then on, so that nothing is counted twice without the event ids
+that recognised duplicates."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+import time
+
+import pytest
+
+from delivery_service.domain import feedback as fb
+from delivery_service.domain.kpis import Kpis
+from delivery_service.store import ingest
+from delivery_service.store.connection import Database
+from delivery_service.usecases import events, figures
+from grpc_common import clock
+from tests.integration.test_event_feed import feed_settled
+from tests.integration.test_store_feedback import (
+    Event,
+    batch_of,
+    relayed_delivery,
+    timeline,
+    until_settled,
+)
+
+K = fb.EventKind
+# The deliveries' validity is one hour (relayed_delivery): past it plus this, three
+# hours later.
+BEYOND = dt.timedelta(hours=1)
+
+
+def figures_of(kpis: Kpis) -> Kpis:
+    """The KPIs but the time of their computation."""
+    return dataclasses.replace(kpis, stats_time=None)
+
+
+async def logged(db: Database, delivery_id: int) -> int:
+    async with db.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM feedback_events WHERE delivery_id = %s", (delivery_id,)
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def test_a_finished_delivery_past_its_retention_keeps_its_figures_not_its_events(
+    fresh_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = Database(fresh_db_url, max_size=4)
+    await db.open()
+    try:
+        old_id, old_messages = await relayed_delivery(db, fb.FeedbackMode.EFS)
+        live_id, live_messages = await relayed_delivery(db, fb.FeedbackMode.EFS)
+        old_events = [e for m in old_messages for e in timeline(m, old_id, random.Random(m))]
+        live_events = [e for m in live_messages for e in timeline(m, live_id, random.Random(m))]
+        await until_settled(db, [old_events, live_events])
+        assert await figures.finish(db, old_id)
+        final, repaired = await figures.compute_stats(db, old_id)
+        assert repaired == 0
+        assert final.opened and final.clicked and final.complaints, "the mix engages"
+        old_logged, live_logged = await logged(db, old_id), await logged(db, live_id)
+        assert old_logged > len(old_messages)
+
+        # Within its retention, nothing goes.
+        assert await events.prune_event_log(db, BEYOND) == 0
+        real = time.time
+        monkeypatch.setattr(clock, "time", lambda: real() + 3 * 3600)
+        # Past it, but its rows of the feed are still there: nothing goes yet.
+        assert await events.prune_event_log(db, BEYOND) == 0
+        assert await logged(db, old_id) == old_logged
+        await feed_settled(db)
+        while await events.prune(db, BEYOND):
+            pass
+        # The feed is gone (both deliveries' rows are past theirs); the old delivery's
+        # event log goes, the live one's, not finished, stays.
+        pruned = 0
+        while step := await events.prune_event_log(db, BEYOND):
+            pruned += step
+        assert pruned == old_logged
+        assert await logged(db, old_id) == 0
+        assert await logged(db, live_id) == live_logged
+
+        # Its figures recount the same from the sending logs alone.
+        again, repaired = await figures.compute_stats(db, old_id)
+        assert repaired == 0
+        assert figures_of(again) == figures_of(final)
+
+        # Feedback about it from now on, new or a duplicate of an event it had, is refused
+        # and changes nothing; the live delivery's goes on as before.
+        late = [
+            Event(f"late-{m}", m, old_id, K.CLICKED, 0, 0) for m in old_messages[:20]
+        ] + old_events[:30]
+        result = await ingest.apply_feedback(db, batch_of(late))
+        assert result.applied == 0
+        assert result.refused == {fb.Refusal.PAST_RETENTION: len(late)}
+        assert await logged(db, old_id) == 0
+        again, repaired = await figures.compute_stats(db, old_id)
+        assert (figures_of(again), repaired) == (figures_of(final), 0)
+        result = await ingest.apply_feedback(db, batch_of(live_events[:30]))
+        assert (result.applied, result.duplicates, sum(result.refused.values())) == (0, 30, 0)
+    finally:
+        await db.close()
