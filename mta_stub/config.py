@@ -45,6 +45,14 @@ class Settings(ServerSettings):
         "unacknowledged events, outcomes, scenario) across restarts and kill -9; created "
         "if missing; none: in memory",
     )
+    retention_seconds: Seconds = setting(
+        604800.0,
+        env="MTA_RETENTION_SECONDS",
+        help="seconds a message's id (for deduplication) and address are kept after its "
+        "expiry, once its timeline is over; then forgotten, and a relay of it accepted as "
+        "new. A week: asynchronous bounces come up to a week after the send, and the "
+        "delivery service never relays a message again after its delivery's validity",
+    )
     metrics_port: Port = setting(
         0, env="MTA_METRICS_PORT", help="Prometheus metrics HTTP port; 0: off"
     )

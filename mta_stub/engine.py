@@ -11,16 +11,21 @@ one before it had sent unacknowledged (its client may have died silently, and gR
 take hours to notice); the older stream stays open on standby: it may still relay, and
 it feeds again if the newer ones close. Several processes of one client (one delivery
 service on one database) each keep a stream without taking turns to replace each other.
+
+With a retention, the held ids of messages expired longer ago than it, whose timeline is
+over, are forgotten (Spool.forget) by a task of their own, every minute (every retention,
+if shorter), in short transactions between which relays go on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from mta_stub import clock, scenarios
@@ -44,6 +49,12 @@ MAX_SCOPED_SCENARIOS = 10_000
 FULL_RETRY_SECONDS = 0.5
 # The longest the scheduler sleeps with steps scheduled, before it reads the clock again.
 CLOCK_CHECK_SECONDS = 1.0
+# How often expired messages are forgotten, at most (a shorter retention: every retention).
+RETENTION_ROUND_SECONDS = 60.0
+# The shortest time between two such rounds, whatever the retention.
+RETENTION_ROUND_MIN_SECONDS = 1.0
+# Most messages forgotten in one transaction: relays wait for it, so it stays short.
+FORGET_LIMIT = 5000
 
 
 class Relayed(NamedTuple):
@@ -73,11 +84,20 @@ class ScenarioLimitError(Exception):
 
 
 class Engine:
-    """The stub's behaviour over a Spool; start() before use, close() after."""
+    """The stub's behaviour over a Spool; start() before use, close() after.
 
-    def __init__(self, timing: Timing, spool: Spool | None = None) -> None:
+    retention: seconds a held message is remembered after its expiry (once its timeline is
+    over); None: for good.
+    """
+
+    def __init__(
+        self, timing: Timing, spool: Spool | None = None, retention: float | None = None
+    ) -> None:
         self._spool = spool if spool is not None else Spool()
         self._timing = timing
+        self._retention = retention
+        # Told how many messages each retention transaction forgot (the stub's metrics).
+        self.on_forgotten: Callable[[int], None] | None = None
         # A spool that outlived a stub keeps its last SetScenarios; the flags apply otherwise.
         saved = self._spool.scenarios()
         global_ = saved.pop(GLOBAL, None)
@@ -92,6 +112,7 @@ class Engine:
         self._by_client: dict[str, list[Session]] = {}
         self._schedule_changed = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
+        self._retainer: asyncio.Task[None] | None = None
         self._rng = random.Random()
         self._ending = False
 
@@ -199,7 +220,9 @@ class Engine:
                 later = Scheduled(
                     step.due, message_id, delivery_id, expire_at, fate, step.kind, step.attempt
                 )
-                admissions.append(Transition(message_id, delivery_id, None, later, address))
+                admissions.append(
+                    Transition(message_id, delivery_id, None, later, address, expire_at=expire_at)
+                )
                 continue
             admissions.append(
                 _transition(
@@ -253,9 +276,10 @@ class Engine:
         self._wake_sessions()
 
     def start(self) -> None:
-        self._scheduler = asyncio.get_running_loop().create_task(
-            self._run_scheduler(), name="mta-scheduler"
-        )
+        loop = asyncio.get_running_loop()
+        self._scheduler = loop.create_task(self._run_scheduler(), name="mta-scheduler")
+        if self._retention is not None:
+            self._retainer = loop.create_task(self._run_retention(), name="mta-retention")
 
     def end_streams(self) -> None:
         """Ends every feedback stream, which would otherwise outlive any shutdown grace."""
@@ -263,13 +287,40 @@ class Engine:
         self._wake_sessions()
 
     async def close(self) -> None:
-        """Stops the scheduler and closes the spool."""
-        if self._scheduler is not None:
-            self._scheduler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._scheduler
-            self._scheduler = None
+        """Stops the scheduler and the retention, and closes the spool."""
+        for task in (self._scheduler, self._retainer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._scheduler = self._retainer = None
         self._spool.close()
+
+    async def forget_expired(self) -> int:
+        """Forgets the held messages expired more than the retention ago whose timeline
+        is over, in transactions of FORGET_LIMIT; returns how many. Raises SpoolFull (what
+        was forgotten before stays forgotten)."""
+        assert self._retention is not None
+        cutoff = clock.time() - self._retention
+        total = 0
+        while True:
+            forgotten = self._spool.forget(cutoff, FORGET_LIMIT)
+            total += forgotten
+            if forgotten and self.on_forgotten is not None:
+                self.on_forgotten(forgotten)
+            if forgotten < FORGET_LIMIT:
+                break
+            # Relays and acks go on between two transactions.
+            await asyncio.sleep(0)
+        if total:
+            log.info(
+                "forgot %d messages expired before %s (retention %g s): relayed again, they"
+                " would be accepted as new",
+                total,
+                _utc(cutoff),
+                self._retention,
+            )
+        return total
 
     def _wake_sessions(self) -> None:
         for session in self._sessions:
@@ -285,6 +336,28 @@ class Engine:
             step,
             self.fate_scenario(scheduled.delivery_id, scheduled.client).timing,
         )
+
+    async def _run_retention(self) -> None:
+        assert self._retention is not None
+        interval = max(RETENTION_ROUND_MIN_SECONDS, min(RETENTION_ROUND_SECONDS, self._retention))
+        full = False
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.forget_expired()
+            except SpoolFull as exc:
+                # Nothing of that transaction forgotten: the next round tries again.
+                if not full:
+                    log.error("%s; retrying every %g s", exc, interval)
+                full = True
+                continue
+            except Exception:
+                # Not worth the stub: said, and tried again next round.
+                log.exception("retention round failed; retrying in %g s", interval)
+                continue
+            if full:
+                log.warning("the spool takes writes again: retention goes on")
+                full = False
 
     async def _run_scheduler(self) -> None:
         full_since: float | None = None
@@ -321,6 +394,10 @@ class Engine:
                     await self._schedule_changed.wait()
 
 
+def _utc(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="seconds")
+
+
 def _transition(
     message_id: int,
     delivery_id: int,
@@ -334,7 +411,7 @@ def _transition(
     following = scenarios.next_step(fate, step, expire_at, timing)
     late_bounce = scenarios.awaits_late_bounce(fate)
     if following is None:
-        return Transition(message_id, delivery_id, event, None, address, late_bounce)
+        return Transition(message_id, delivery_id, event, None, address, late_bounce, expire_at)
     follow_up = Scheduled(
         following.due,
         message_id,
@@ -344,7 +421,7 @@ def _transition(
         following.kind,
         following.attempt,
     )
-    return Transition(message_id, delivery_id, event, follow_up, address, late_bounce)
+    return Transition(message_id, delivery_id, event, follow_up, address, late_bounce, expire_at)
 
 
 class Session:

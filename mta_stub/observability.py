@@ -1,8 +1,9 @@
 """The stub's own metrics, beside the shared RPC ones (grpc_common.observability).
 
 What an operator watches on an MTA: messages coming in (new or already held),
-feedback going out and coming back acknowledged, the streams open, and the relay
-batches refused when the spool cannot store them (a full disk).
+feedback going out and coming back acknowledged, the streams open, the relay
+batches refused when the spool cannot store them (a full disk), and the messages
+forgotten by retention.
 """
 
 from __future__ import annotations
@@ -40,8 +41,14 @@ REFUSED_SPOOL_FULL = RELAY_BATCHES_REFUSED.labels("spool_full")
 SPOOL_FULL_ERRORS = Counter(
     "mta_stub_spool_full_errors_total",
     "Spool writes that failed for lack of space (SQLITE_FULL) and were rolled back, by"
-    " operation: relay batch, acknowledgement, scheduled steps, scenario, client, outbox row cut.",
+    " operation: relay batch, acknowledgement, scheduled steps, scenario, client, outbox row"
+    " cut, retention.",
     ["operation"],
+)
+MESSAGES_FORGOTTEN = Counter(
+    "mta_stub_messages_forgotten_total",
+    "Held messages forgotten by retention (--retention-seconds after their expiry, their"
+    " timeline over): relayed again, they would be accepted as new.",
 )
 SPOOL_FULL = Gauge(
     "mta_stub_spool_full",

@@ -400,8 +400,11 @@ def create_app(settings: Settings) -> App:
             held.unacknowledged_events,
         )
     engine = Engine(
-        Timing(settings.retry_interval_ms / 1000, settings.engagement_delay_ms / 1000), spool
+        Timing(settings.retry_interval_ms / 1000, settings.engagement_delay_ms / 1000),
+        spool,
+        settings.retention_seconds,
     )
+    engine.on_forgotten = observability.MESSAGES_FORGOTTEN.inc
     observability.SPOOL_FULL.set_function(lambda: float(spool.full))
     spool.on_full = lambda operation: observability.SPOOL_FULL_ERRORS.labels(operation).inc()
     server = serving.Server(

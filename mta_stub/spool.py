@@ -16,6 +16,13 @@ replies name live in SQLite only. Memory keeps the outcome record (a row per del
 client, so that GetOutcomes runs no query; mta_stub.outcomes says what counts for what),
 the clients' numbers and, per open stream, which outbox rows its unacknowledged batches
 were made of.
+
+So does the disk, once retention applies: the schedule empties as timelines end and the
+outbox as feedback is acknowledged, and forget() removes the held ids (and their addresses)
+of messages whose timeline is over and whose expiry, as relayed, is older than a cutoff;
+the engine runs it with the cutoff its retention gives (--retention-seconds). A forgotten
+id relayed again is accepted as new. What stays for good is a row per delivery and client
+(the outcome record), and the ids held before schema version 5 whose expiry was not kept.
 """
 
 from __future__ import annotations
@@ -51,7 +58,8 @@ IN_MEMORY = ":memory:"
 # 3: events, steps and outcomes have an owner (a client); scenarios have a scope.
 # 4: steps have a soft reason and an event after the delivery; the addresses replies name;
 #    outcomes count complaints, late bounces and ignored replies. A spool of 3 is migrated.
-SCHEMA_VERSION = 4
+# 5: held messages keep their expiry, for retention (forget). A spool of 3 or 4 is migrated.
+SCHEMA_VERSION = 5
 # Enough page cache for the hot ends of the tables (the newest ids, the earliest steps).
 _CACHE_KIB = 64 * 1024
 # Most events in an outbox row: a full feedback batch (engine.BATCH_MAX) is one row, so
@@ -102,7 +110,8 @@ class Transition(NamedTuple):
 
     address is kept, at acceptance, for a message whose events carry SMTP replies (which
     name it); late_bounce marks a message whose fate a late hard bounce decides
-    (mta_stub.outcomes).
+    (mta_stub.outcomes). expire_at, the message's expiry as relayed, is kept at acceptance
+    for retention (Spool.forget); None: unknown, the message is kept for good.
     """
 
     message_id: int
@@ -111,6 +120,7 @@ class Transition(NamedTuple):
     follow_up: Scheduled | None
     address: str = ""
     late_bounce: bool = False
+    expire_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -201,10 +211,12 @@ class Spool:
         db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
         with self._transaction():
             version = db.execute("PRAGMA user_version").fetchone()[0]
+            # The new columns first: the schema's new tables and indexes come next.
             if version == 3:
-                # The new columns first: the schema's new tables and indexes come next.
                 _run_script(db, _Q["migrate_3_to_4"])
-            if version in (0, 3):
+            if version in (3, 4):
+                _run_script(db, _Q["migrate_4_to_5"])
+            if version in (0, 3, 4):
                 _run_script(db, _Q["schema"])
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
@@ -289,11 +301,20 @@ class Spool:
         late: set[int] = set()
         accepted_in = Counter[int]()
         duplicates_in = Counter[int]()
+        # A relay batch's messages share an expiry: usually one statement.
+        by_expiry: dict[float | None, list[int]] = {}
+        for admission in admissions:
+            ids_of = by_expiry.get(admission.expire_at)
+            if ids_of is None:
+                ids_of = by_expiry[admission.expire_at] = []
+            ids_of.append(admission.message_id)
         with self._transaction("relay batch") as db:
-            ids = json.dumps([admission.message_id for admission in admissions])
-            new = {row[0] for row in db.execute(_Q["hold_new"], (ids,))}
+            new: set[int] = set()
+            for expire_at, ids_of in by_expiry.items():
+                rows = db.execute(_Q["hold_new"], (json.dumps(ids_of), expire_at))
+                new.update(row[0] for row in rows)
             accepted = len(new)
-            for message_id, delivery_id, event, follow_up, address, late_bounce in admissions:
+            for message_id, delivery_id, event, follow_up, address, late_bounce, _ in admissions:
                 if message_id not in new:
                     duplicates_in[delivery_id] += 1
                     continue
@@ -344,7 +365,7 @@ class Spool:
             for row in rows:
                 owner = row[3]
                 scheduled = _scheduled(row, self._clients[owner])
-                message_id, _delivery_id, event, follow_up, _address, late_bounce = advance(
+                message_id, _delivery_id, event, follow_up, _address, late_bounce, _ = advance(
                     scheduled
                 )
                 if late_bounce:
@@ -367,6 +388,20 @@ class Spool:
             self._add_outcomes(db, deltas)
         self._committed(deltas, {owner: len(owned) for owner, owned in events.items()})
         return len(rows)
+
+    def forget(self, before: float, limit: int) -> int:
+        """Forgets up to limit held messages whose expiry is before `before` and whose
+        timeline is over (no step left), the earliest expired first, with their addresses;
+        returns how many.
+
+        One transaction. A forgotten message relayed again is accepted as new; one held
+        before schema version 5 (its expiry unknown) is never forgotten.
+        """
+        with self._transaction("retention") as db:
+            forgotten = [row[0] for row in db.execute(_Q["forget_held"], (before, limit))]
+            if forgotten:
+                db.execute(_Q["forget_addresses"], (json.dumps(forgotten),))
+        return len(forgotten)
 
     def addresses(self, message_ids: Iterable[int]) -> dict[int, str]:
         """The addresses kept (Transition.address) of these messages, by message id."""

@@ -11,9 +11,14 @@ CREATE TABLE IF NOT EXISTS clients (
     client_id TEXT NOT NULL UNIQUE
 );
 CREATE TABLE IF NOT EXISTS held (
-    -- Every message ever accepted, kept for deduplication after its timeline is over.
-    message_id INTEGER PRIMARY KEY
+    -- Every message accepted, kept for deduplication after its timeline is over, until
+    -- the retention after its expiry (forget_held).
+    message_id INTEGER PRIMARY KEY,
+    -- The message's expiry, as relayed; NULL for messages held before schema version 5,
+    -- whose expiry was not kept: those are kept for good.
+    expire_at REAL
 );
+CREATE INDEX IF NOT EXISTS held_by_expiry ON held (expire_at);
 CREATE TABLE IF NOT EXISTS schedule (
     -- A message's next step, while its timeline goes on; at most one per message.
     due REAL NOT NULL,
@@ -68,7 +73,8 @@ CREATE TABLE IF NOT EXISTS outcomes (
 );
 CREATE TABLE IF NOT EXISTS addresses (
     -- The address of each message whose feedback carries SMTP replies (bounces, ignored
-    -- auto-replies), which name it; kept, as held is, after the message's timeline is over.
+    -- auto-replies), which name it; kept, as held is, after the message's timeline is
+    -- over, and forgotten with it.
     message_id INTEGER PRIMARY KEY,
     email TEXT NOT NULL
 );
@@ -88,6 +94,13 @@ ALTER TABLE outcomes ADD COLUMN complained INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE outcomes ADD COLUMN late_bounced INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE outcomes ADD COLUMN ignored INTEGER NOT NULL DEFAULT 0;
 
+-- name: migrate_4_to_5
+-- The column a spool of schema version 4 lacks (schema then adds its index): the expiry of
+-- each message held. Unknown for those held before, but for those with a step left.
+ALTER TABLE held ADD COLUMN expire_at REAL;
+UPDATE held SET expire_at = schedule.expire_at
+FROM schedule WHERE schedule.message_id = held.message_id;
+
 -- name: all_clients
 -- Every client known, with its number.
 SELECT owner, client_id FROM clients;
@@ -97,10 +110,28 @@ SELECT owner, client_id FROM clients;
 INSERT INTO clients (client_id) VALUES (?) RETURNING owner;
 
 -- name: hold_new
--- Holds the messages of a JSON array of ids; returns those not held before.
-INSERT OR IGNORE INTO held (message_id)
-SELECT value FROM json_each(?)
+-- Holds the messages of a JSON array of ids, which expire at one time; returns those not
+-- held before.
+INSERT OR IGNORE INTO held (message_id, expire_at)
+SELECT value, ?2 FROM json_each(?1)
 RETURNING message_id;
+
+-- name: forget_held
+-- Forgets up to so many held messages that expired before a time and have no step left,
+-- the earliest expired first; returns their ids. (A message's steps carry its expiry: only
+-- the steps of messages expired before the time are read.)
+DELETE FROM held WHERE message_id IN (
+    SELECT message_id FROM held
+    WHERE expire_at < ?1
+      AND message_id NOT IN (SELECT message_id FROM schedule WHERE expire_at < ?1)
+    ORDER BY expire_at
+    LIMIT ?2
+)
+RETURNING message_id;
+
+-- name: forget_addresses
+-- Forgets the addresses kept of a JSON array of message ids.
+DELETE FROM addresses WHERE message_id IN (SELECT value FROM json_each(?));
 
 -- name: insert_step
 -- Schedules a message's next step.

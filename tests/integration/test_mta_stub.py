@@ -9,6 +9,7 @@ import functools
 import os
 import re
 import signal
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -929,3 +930,51 @@ async def test_a_stub_started_with_mix_extras_adds_complaints_and_late_bounces_t
         assert outcomes.hard_bounced == kinds["HARD_BOUNCE"]
         await feed.close()
         assert await stop(running) == 0, running.log()
+
+
+async def logged(stub: Stub, text: str) -> None:
+    """Polls the stub's log until it has the text."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            if text in stub.log():
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_a_stub_forgets_messages_a_retention_after_their_expiry(tmp_path: Path) -> None:
+    d = 114
+    spool = str(tmp_path / "spool.sqlite3")
+    # Over at acceptance, expired 0.2 s later: forgotten a retention (1 s) after that, at
+    # the stub's next round (every second with so short a retention). The bounce's
+    # address, kept for its SMTP reply, goes with it.
+    short = [
+        message(11_401, d, "plain@example.com", 0.2),
+        message(11_402, d, "hard@example.com", 0.2),
+    ]
+    kept = [message(11_403, d, "plain@example.com")]
+    args = ("--spool", spool, "--retention-seconds", "1")
+    async with (
+        running_stub(tmp_path / "first.log", *args) as first,
+        grpc.aio.insecure_channel(first.address) as channel,
+    ):
+        feed = await Feed.open(async_stub(channel))
+        assert (await feed.relay([*short, *kept])).accepted == 3
+        await logged(first, "forgot 2 messages expired before")
+        await feed.close()
+        assert await stop(first) == 0, first.log()
+    with contextlib.closing(sqlite3.connect(spool)) as db:
+        assert db.execute("SELECT message_id FROM held").fetchall() == [(11_403,)]
+        assert db.execute("SELECT message_id FROM addresses").fetchall() == []
+    async with (
+        running_stub(tmp_path / "second.log", *args) as second,
+        grpc.aio.insecure_channel(second.address) as channel,
+    ):
+        mta = async_stub(channel)
+        feed = await Feed.open(mta)
+        # Relayed again: the forgotten ones are new, the kept one a duplicate.
+        ack = await feed.relay([*short, *kept])
+        assert (ack.accepted, ack.duplicates) == (2, 1)
+        outcomes = await mta.GetOutcomes(pb.GetOutcomesRequest(delivery_id=d), timeout=5)
+        assert (outcomes.accepted, outcomes.duplicates) == (5, 1)
+        await feed.close()
+        assert await stop(second) == 0, second.log()

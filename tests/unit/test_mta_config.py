@@ -89,3 +89,10 @@ def test_bad_mix_extras_are_refused_naming_the_flag_and_the_field(
     assert "--mix-extras '{\"complaint_rate\": 2}' (env MTA_MIX_EXTRAS): " in err
     assert "mix.complaint_rate: must be between 0 and 1" in err
     assert len(err.splitlines()) == 1
+
+
+def test_retention_is_a_week_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings.parse([]).retention_seconds == 7 * 24 * 3600
+    assert Settings.parse(["--retention-seconds", "1"]).retention_seconds == 1
+    monkeypatch.setenv("MTA_RETENTION_SECONDS", "3600")
+    assert Settings.parse([]).retention_seconds == 3600

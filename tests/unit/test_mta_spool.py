@@ -53,8 +53,8 @@ def admission(
     first = Scheduled(step.due, message_id, delivery_id, expire_at, fate, step.kind, step.attempt)
     address = email if scenarios.has_replies(fate) else ""
     if step.due > NOW:
-        return Transition(message_id, delivery_id, None, first, address)
-    return transition(first)._replace(address=address)
+        return Transition(message_id, delivery_id, None, first, address, expire_at=expire_at)
+    return transition(first)._replace(address=address, expire_at=expire_at)
 
 
 def transition(s: Scheduled) -> Transition:
@@ -66,7 +66,7 @@ def transition(s: Scheduled) -> Transition:
     if following is not None:
         follow_up = s._replace(due=following.due, kind=following.kind, attempt=following.attempt)
     late = scenarios.awaits_late_bounce(s.fate)
-    return Transition(s.message_id, s.delivery_id, event, follow_up, "", late)
+    return Transition(s.message_id, s.delivery_id, event, follow_up, "", late, s.expire_at)
 
 
 def event_ids(spool: Spool, limit: int = 100) -> list[str]:
@@ -353,11 +353,19 @@ class _FullOnDelete:
         return getattr(self._db, name)
 
     def executemany(self, sql: str, rows: Any) -> Any:
+        self._refuse(sql)
+        return self._db.executemany(sql, rows)
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self._refuse(sql)
+        return self._db.execute(sql, *args)
+
+    @staticmethod
+    def _refuse(sql: str) -> None:
         if sql.lstrip().upper().startswith("DELETE"):
             error = sqlite3.OperationalError("database or disk is full")
             error.sqlite_errorcode = sqlite3.SQLITE_FULL
             raise error
-        return self._db.executemany(sql, rows)
 
 
 async def test_the_scheduler_waits_out_a_full_spool(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -506,15 +514,31 @@ _V4_COLUMNS = {
 
 
 def _columns(path: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Each table's columns, and each index's."""
     with contextlib.closing(sqlite3.connect(path)) as db:
-        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return {t: db.execute(f"PRAGMA table_info({t})").fetchall() for t in sorted(tables)}
+        names = db.execute(
+            "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'index')"
+        ).fetchall()
+        return {
+            f"{kind} {name}": db.execute(f"PRAGMA {kind}_info({name})").fetchall()
+            for kind, name in sorted(names)
+        }
+
+
+def _to_version_4(path: str) -> None:
+    """Version 5 without what it added is version 4."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("DROP INDEX held_by_expiry")
+        db.execute("ALTER TABLE held DROP COLUMN expire_at")
+        db.execute("PRAGMA user_version = 4")
+        db.commit()
 
 
 def test_a_spool_of_schema_version_3_is_migrated(path: str, tmp_path: Path) -> None:
     spool = Spool(path)
     spool.accept([admission(1, "soft-2@example.com"), admission(2, "open@example.com")])
     spool.close()
+    _to_version_4(path)
     # Version 4 without what it added is version 3.
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute("DROP TABLE addresses")
@@ -546,6 +570,170 @@ def test_a_spool_of_schema_version_3_is_migrated(path: str, tmp_path: Path) -> N
     fresh = str(tmp_path / "fresh.sqlite3")
     Spool(fresh).close()
     assert _columns(path) == _columns(fresh)
+
+
+def test_a_spool_of_schema_version_4_is_migrated_and_keeps_its_messages(
+    path: str, tmp_path: Path
+) -> None:
+    spool = Spool(path)
+    spool.accept(
+        [
+            admission(1, expire_at=NOW + 10),
+            admission(2, "hard-refused@example.com", expire_at=NOW + 10),
+            # A step left: its expiry comes from the step.
+            admission(3, "late-hard-5000@example.com", expire_at=NOW + 10),
+        ]
+    )
+    spool.close()
+    _to_version_4(path)
+    spool = Spool(path)
+    assert spool.outcomes(D) == Outcomes(
+        accepted=3, delivered=1, hard_bounced=1, in_flight=1, unacknowledged_events=3
+    )
+    assert spool.accept([admission(i) for i in (1, 2, 3)]) == (0, 3)
+    assert spool.addresses([2, 3]) == {
+        2: "hard-refused@example.com",
+        3: "late-hard-5000@example.com",
+    }
+    assert spool.fire_due(FAR, 100, transition) == 1
+    # The expiry of 1 and 2 was not kept: they are kept for good. 3's came from its step.
+    assert spool.forget(FAR, 100) == 1
+    assert spool.accept([admission(i) for i in (1, 2, 3)]) == (1, 2)
+    assert spool.addresses([2, 3]) == {2: "hard-refused@example.com"}
+    spool.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    fresh = str(tmp_path / "fresh.sqlite3")
+    Spool(fresh).close()
+    assert _columns(path) == _columns(fresh)
+
+
+def _held(spool: Spool) -> list[int]:
+    return [row[0] for row in spool._db.execute("SELECT message_id FROM held ORDER BY 1")]
+
+
+def test_forget_removes_only_expired_messages_whose_timeline_is_over(spool: Spool) -> None:
+    soon = NOW + 10
+    spool.accept(
+        [
+            admission(1, expire_at=soon),
+            admission(2, "hard-refused@example.com", expire_at=soon),
+            # Delivered, its late bounce due after the expiry: a step left.
+            admission(3, "late-hard-20000@example.com", expire_at=soon),
+            # A delivery report still to come.
+            admission(4, "delay-4000@example.com", expire_at=soon),
+            admission(5, "hard-refused@example.com", expire_at=FAR),
+        ]
+    )
+    # Of an unknown expiry (as before schema version 5): kept for good.
+    spool.accept([admission(6)._replace(expire_at=None)])
+    # Not expired before the time given: nothing.
+    assert spool.forget(soon, 100) == 0
+    assert spool.forget(soon + 1, 100) == 2
+    assert _held(spool) == [3, 4, 5, 6]
+    assert spool.addresses(range(1, 7)) == {
+        3: "late-hard-20000@example.com",
+        5: "hard-refused@example.com",
+    }
+    # Once their steps have fired (4 delivered, 3 bounced), they go too.
+    assert spool.fire_due(NOW + 5, 100, transition) == 1
+    assert spool.forget(soon + 1, 100) == 1
+    assert spool.fire_due(NOW + 20, 100, transition) == 1
+    assert spool.next_due() is None
+    spool = reopen(spool)
+    assert spool.forget(soon + 1, 100) == 1
+    assert _held(spool) == [5, 6]
+    assert spool.addresses(range(1, 7)) == {5: "hard-refused@example.com"}
+    # The feedback and the record are untouched: forget is about deduplication only.
+    assert spool.outcomes(D) == Outcomes(
+        accepted=6, delivered=3, hard_bounced=3, late_bounced=1, unacknowledged_events=7
+    )
+    spool.close()
+
+
+def test_a_forgotten_message_relayed_again_is_new_and_a_kept_one_a_duplicate(
+    spool: Spool,
+) -> None:
+    spool.accept([admission(1, expire_at=NOW + 10), admission(2, expire_at=NOW + 100)])
+    assert spool.forget(NOW + 50, 100) == 1
+    spool = reopen(spool)
+    assert spool.accept([admission(1, expire_at=NOW + 10), admission(2)]) == (1, 1)
+    assert event_ids(spool) == ["1:DELIVERED:1", "2:DELIVERED:1", "1:DELIVERED:1"]
+    assert (spool.outcomes(D).accepted, spool.outcomes(D).duplicates) == (3, 1)
+    spool.close()
+
+
+def test_forget_takes_at_most_its_limit_the_earliest_expired_first(spool: Spool) -> None:
+    # Two relay batches of different expiries, the later one first.
+    spool.accept([admission(i, expire_at=NOW + 20) for i in range(1, 6)])
+    spool.accept([admission(i, expire_at=NOW + 10) for i in range(6, 11)])
+    assert spool.forget(FAR, 3) == 3
+    assert _held(spool) == [1, 2, 3, 4, 5, 9, 10]
+    assert spool.forget(FAR, 3) == 3
+    assert _held(spool) == [2, 3, 4, 5]
+    assert spool.forget(FAR, 3) == 3
+    assert spool.forget(FAR, 3) == 1
+    assert spool.forget(FAR, 3) == 0
+    assert _held(spool) == []
+
+
+def test_a_retention_round_that_cannot_be_written_forgets_nothing(spool: Spool) -> None:
+    refused: list[str] = []
+    spool.on_full = refused.append
+    spool.accept([admission(1, "hard-refused@example.com", expire_at=NOW + 10)])
+    real = spool._db
+    spool._db = _FullOnDelete(real)  # type: ignore[assignment]
+    with pytest.raises(SpoolFull, match="retention not written"):
+        spool.forget(FAR, 100)
+    spool._db = real
+    assert spool.full and refused == ["retention"]
+    assert _held(spool) == [1]
+    assert spool.addresses([1]) == {1: "hard-refused@example.com"}
+    assert spool.forget(FAR, 100) == 1
+    assert not spool.full
+    spool.close()
+
+
+async def test_the_engine_forgets_in_batches_with_its_retention(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(engine_module, "FORGET_LIMIT", 4)
+    spool = Spool()
+    engine = Engine(TIMING, spool, retention=100.0)
+    batches: list[int] = []
+    engine.on_forgotten = batches.append
+    now = time.time()
+    # Expired long enough ago, just now, and not yet.
+    engine.relay([Relayed(i, D, "a@example.com", now - 200) for i in range(1, 11)])
+    engine.relay([Relayed(i, D, "a@example.com", now - 50) for i in range(11, 14)])
+    engine.relay([Relayed(i, D, "a@example.com", now + 3600) for i in range(14, 16)])
+    with caplog.at_level("INFO", logger=engine_module.__name__):
+        assert await engine.forget_expired() == 10
+    assert batches == [4, 4, 2]
+    assert "forgot 10 messages expired before" in caplog.text
+    assert _held(spool) == list(range(11, 16))
+    assert engine.relay([Relayed(i, D, "a@example.com", now - 200) for i in (1, 11, 14)]) == (
+        1,
+        2,
+    )
+    await engine.close()
+
+
+async def test_the_engine_forgets_periodically(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "RETENTION_ROUND_MIN_SECONDS", 0.01)
+    spool = Spool()
+    # Rounds every retention, when shorter than a minute.
+    engine = Engine(TIMING, spool, retention=0.05)
+    forgotten = asyncio.Event()
+    engine.on_forgotten = lambda n: forgotten.set()
+    engine.start()
+    try:
+        engine.relay([Relayed(1, D, "a@example.com", time.time())])
+        async with asyncio.timeout(5):
+            await forgotten.wait()
+        assert _held(spool) == []
+    finally:
+        await engine.close()
 
 
 def test_a_spool_in_use_is_refused(spool: Spool) -> None:
