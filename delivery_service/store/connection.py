@@ -10,12 +10,17 @@ load time, by the SQL literal of that enum member ('SENDING', 1).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
+import os
 import re
+import socket
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -146,6 +151,14 @@ CHECK_TIMEOUT = 0.5
 # How long a caller waits for a connection once the probe found the database gone: a
 # connection that is ready is still handed out, but nobody waits long for a new one.
 DOWN_POOL_TIMEOUT = 0.5
+# A short read (Database.read_one) takes a connection given back whole this recently,
+# while the probe finds the database answering, without the pool's check: the check is
+# a round trip, as long as the read itself (GetKpis' statement).
+CHECKED_BY_USE_SECONDS = 1.0
+# How long a short read waits for its answer: it is bounded itself instead of its check.
+SHORT_READ_TIMEOUT = POOL_TIMEOUT
+# Set while a short read takes its connection: the pool's check may be skipped.
+_short_read: ContextVar[bool] = ContextVar("short_read", default=False)
 
 
 class Database:
@@ -167,6 +180,8 @@ class Database:
         # A test hook: awaited inside each transaction just before its commit, to hold
         # transactions open (the event feed's commit-order tests).
         self.before_commit: Callable[[], Awaitable[None]] | None = None
+        # When each connection was last given back whole (monotonic seconds).
+        self._used: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
         self.pool = AsyncConnectionPool(
             conninfo,
             connection_class=psycopg.AsyncConnection[Any],
@@ -175,11 +190,47 @@ class Database:
             open=False,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
             # A connection broken by a database restart is replaced, not handed out.
-            check=AsyncConnectionPool.check_connection,
+            check=self._check,
             name="delivery",
             timeout=timeout,
             reconnect_timeout=RECONNECT_TIMEOUT,
         )
+
+    async def _check(self, conn: Conn) -> None:
+        """The pool's check of a connection before it is handed out; a short read skips
+        it on a connection used whole within CHECKED_BY_USE_SECONDS while the database
+        answers the probe."""
+        if _short_read.get() and self.reachable and not conn.broken:
+            since = time.monotonic() - self._used.get(conn, -CHECKED_BY_USE_SECONDS)
+            if since < CHECKED_BY_USE_SECONDS:
+                return
+        await AsyncConnectionPool.check_connection(conn)
+
+    async def read_one(self, name: str, /, record: type[T], **params: Any) -> T | None:
+        """One short read-only statement (GetKpis', the watches'), maybe on a connection
+        the pool did not check (see _check): bounded by SHORT_READ_TIMEOUT instead, so
+        that a database that stopped answering since is UNAVAILABLE in time; one that
+        broke the connection (a restart) is asked again on a checked one."""
+        token = _short_read.set(True)
+        try:
+            async with self.connection() as conn:
+                # A timer, not a task per read: it hangs the connection up if it fires.
+                timer = asyncio.get_running_loop().call_later(SHORT_READ_TIMEOUT, _hang_up, conn)
+                try:
+                    return await fetch_one(conn, name, record, **params)
+                except psycopg.OperationalError:
+                    if timer.when() <= asyncio.get_running_loop().time():
+                        raise Unavailable(
+                            f"the database is unreachable: no answer in {SHORT_READ_TIMEOUT:g} s"
+                        ) from None
+                    if not conn.broken:
+                        raise
+                finally:
+                    timer.cancel()
+        finally:
+            _short_read.reset(token)
+        async with self.connection() as conn:
+            return await fetch_one(conn, name, record, **params)
 
     async def open(self, timeout: float = 30.0) -> None:
         try:
@@ -255,6 +306,7 @@ class Database:
             try:
                 async with conn:  # the pool's own way: rolled back on an error, not closed
                     yield conn
+                self._used[conn] = time.monotonic()
             finally:
                 await self.pool.putconn(conn)
         except psycopg.errors.UniqueViolation as exc:
@@ -313,6 +365,15 @@ class Database:
             yield conn
             if self.before_commit is not None:
                 await self.before_commit()
+
+
+def _hang_up(conn: Conn) -> None:
+    """Ends a connection's statement that gets no answer: its socket is shut down, so
+    that the statement fails at once and the connection is discarded when it is given
+    back. Not closed: the statement still waits on the descriptor, which a new
+    connection could take over."""
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.pgconn.socket)) as s:
+        s.shutdown(socket.SHUT_RDWR)
 
 
 def _closing(conn: Conn) -> Callable[[object], Awaitable[None]]:

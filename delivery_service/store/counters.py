@@ -16,6 +16,7 @@ from delivery_service.domain import feedback as fb
 from delivery_service.domain.kpis import Counters
 from delivery_service.store.connection import (
     Conn,
+    Database,
     NotFound,
     execute,
     execute_many,
@@ -34,7 +35,19 @@ def any_shard() -> int:
 
 async def figures(conn: Conn, delivery_id: int) -> DeliveryFigures:
     """What the delivery's KPIs are computed from, in one statement."""
-    row = await fetch_one(conn, "delivery_figures", DeliveryFigures, id=delivery_id)
+    return _found(
+        delivery_id, await fetch_one(conn, "delivery_figures", DeliveryFigures, id=delivery_id)
+    )
+
+
+async def read_figures(db: Database, delivery_id: int) -> DeliveryFigures:
+    """The same, as a short read outside any transaction (GetKpis, the watches)."""
+    return _found(
+        delivery_id, await db.read_one("delivery_figures", DeliveryFigures, id=delivery_id)
+    )
+
+
+def _found(delivery_id: int, row: DeliveryFigures | None) -> DeliveryFigures:
     if row is None:
         raise NotFound(f"delivery {delivery_id} does not exist")
     return row

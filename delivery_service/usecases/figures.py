@@ -37,8 +37,7 @@ def kpis_of(figures: DeliveryFigures) -> kpis.Kpis:
 
 async def current(db: Database, delivery_id: int) -> DeliveryFigures:
     """The delivery's state and counters, in one statement: O(1) in its size."""
-    async with db.connection() as conn:
-        return await counters.figures(conn, delivery_id)
+    return await counters.read_figures(db, delivery_id)
 
 
 async def compute_stats(db: Database, delivery_id: int) -> tuple[kpis.Kpis, int]:
