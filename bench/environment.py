@@ -104,16 +104,19 @@ def start_pair(
     *,
     retry_interval_ms: int = RETRY_INTERVAL_MS,
     service_args: Sequence[str] = (),
+    stub_args: Sequence[str] = (),
 ) -> Pair:
     """Fresh processes with their default settings, but for ports, the stub's clock and logs
-    (and `service_args`, the soak's metrics port).
+    (and `service_args` and `stub_args`, the soak's metrics port and retention).
 
     Stop it with `pair.stop(STOP_TIMEOUT_S)`.
     """
     stub_clock = ["--retry-interval-ms", str(retry_interval_ms),
                   "--engagement-delay-ms", str(ENGAGEMENT_DELAY_MS)]  # fmt: skip
     launcher = Launcher(log_dir=log_dir, startup_timeout=STARTUP_TIMEOUT_S)
-    return launcher.pair(database_url, stub_args=stub_clock, service_args=service_args)
+    return launcher.pair(
+        database_url, stub_args=[*stub_clock, *stub_args], service_args=service_args
+    )
 
 
 def open_fds(pid: int) -> int | None:

@@ -65,6 +65,10 @@ FAULTS = mta.Faults(
 # is 1,200 events a message in a 60 s validity. At 1 s, 60.
 RETRY_INTERVAL_MS = 1000
 VALIDITY_S = 60
+# What the event feed, the feedback event log and the stub's records keep beyond a
+# delivery's validity: short, so that their retention applies within the hour (a week
+# by default) and the tables it prunes are seen to stop growing.
+RETENTION_S = 300
 # The service's default grace for late feedback after the validity (--finalize-grace).
 FINALIZE_GRACE_S = 10
 # Beyond validity + grace, a delivery that is not FINISHED has stalled.
@@ -83,6 +87,7 @@ class Options:
     validity_seconds: int
     body_bytes: int
     keep_database: bool
+    retention_seconds: int = RETENTION_S
 
 
 def _free_port() -> int:
@@ -182,8 +187,13 @@ class Soak:
             self.url,
             self.o.output.parent,
             retry_interval_ms=RETRY_INTERVAL_MS,
-            service_args=("--metrics-port", str(self.metrics_port)),
-        )
+            service_args=(
+                "--metrics-port", str(self.metrics_port),
+                "--feed-retention-beyond-validity", str(self.o.retention_seconds),
+                "--feed-cleanup-interval", str(min(60, self.o.retention_seconds)),
+            ),
+            stub_args=("--retention-seconds", str(self.o.retention_seconds)),
+        )  # fmt: skip
         service = grpc.insecure_channel(self.pair.service.address)
         stub = grpc.insecure_channel(self.pair.stub.address)
         self.channels = [service, stub]
@@ -365,6 +375,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help=f"each delivery's validity (default {VALIDITY_S})")  # fmt: skip
     p.add_argument("--body-bytes", type=_positive, default=4096, help="HTML body of each message")
     p.add_argument("--keep-database", action="store_true", help="do not drop the soak's database")
+    p.add_argument("--retention-seconds", type=_positive, default=RETENTION_S,
+                   help="what the feed, the feedback event log and the stub's records keep "
+                   f"beyond a delivery's validity (default {RETENTION_S})")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -411,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         validity_seconds=args.validity_seconds,
         body_bytes=args.body_bytes,
         keep_database=args.keep_database,
+        retention_seconds=args.retention_seconds,
     )
     server, where = environment.server_url()
     machine = environment.machine_info(server, where)
