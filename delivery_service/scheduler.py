@@ -118,12 +118,20 @@ class Scheduler:
             await alerts.check(self.db, self.alert_rules)
         if now - self._last_feed_cleanup >= self.feed_cleanup_interval.total_seconds():
             pruned = await events.prune(self.db, self.feed_retention_beyond_validity)
-            # The feedback events of a delivery go once its rows of the feed are gone.
+            # The feedback events of a delivery go once its rows of the feed are gone,
+            # and the address histories' events once no feedback can come before them.
             logged = await events.prune_event_log(self.db, self.feed_retention_beyond_validity)
-            # Until both are within their retention: a round takes a bounded batch.
-            if pruned < events.PRUNED_PER_ROUND and logged < events.PRUNED_PER_ROUND:
+            history = await addresses.prune_history(self.db)
+            # Until all are within their retention: a round takes a bounded batch.
+            if (
+                pruned < events.PRUNED_PER_ROUND
+                and logged < events.PRUNED_PER_ROUND
+                and history < addresses.HISTORY_PRUNED_PER_ROUND
+            ):
                 self._last_feed_cleanup = now
             if pruned:
                 log.info("event feed retention: %d rows pruned", pruned)
             if logged:
                 log.info("feedback event log retention: %d events pruned", logged)
+            if history:
+                log.info("address history retention: %d events pruned", history)

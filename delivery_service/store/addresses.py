@@ -10,17 +10,20 @@ table is the same whatever order the events arrived in.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from delivery_service.domain import feedback as fb
 from delivery_service.domain import quarantine as q
 from delivery_service.store.connection import (
     QUERIES,
     Conn,
     execute,
     fetch_tuples,
+    fetch_value,
     int_array,
     optional_int_array,
     text_array,
@@ -162,6 +165,20 @@ async def _states(conn: Conn, addresses: list[str]) -> dict[str, tuple[q.Address
         address, state = _entry(row)
         current[address] = (state, None if row[14] is None else (row[14], row[15], row[16]))
     return current
+
+
+async def prune_history(conn: Conn, now: dt.datetime, limit: int) -> int:
+    """The retention of the address histories: the events no late feedback can come
+    before any more, but each address's last one that changed its entry (where a fold
+    starts again), at most `limit`; returns how many went."""
+    pruned: int = await fetch_value(
+        conn,
+        "prune_address_events",
+        now=now,
+        margin=dt.timedelta(seconds=fb.EVENT_TIME_MARGIN_SECONDS),
+        limit=limit,
+    )
+    return pruned
 
 
 async def release_due(conn: Conn, rules: q.Rules, now: int) -> int:

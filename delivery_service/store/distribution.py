@@ -85,6 +85,7 @@ FAN_OUTS: dict[str, str] = {
     "feed_end": "where the event feed ends now: every delivery's, or one's",
     "prune_feed": "the event feed's retention: its oldest rows, in feed order",
     "event_log_past_retention": "the retention round: finished deliveries past it",
+    "prune_address_events": "the retention round: every address history's oldest events",
 }
 
 

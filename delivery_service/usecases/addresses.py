@@ -13,6 +13,8 @@ from delivery_service.store.connection import Database
 
 # Timed releases done in one transaction; a round with more due goes on at the next.
 RELEASES_PER_ROUND = addresses.RELEASES_PER_CALL
+# Address events the retention deletes in one transaction.
+HISTORY_PRUNED_PER_ROUND = 10_000
 
 
 def now_micros() -> int:
@@ -24,6 +26,14 @@ async def release_due(db: Database, rules: q.Rules) -> int:
     Returns how many (at most RELEASES_PER_ROUND)."""
     async with db.transaction() as conn:
         return await addresses.release_due(conn, rules, now_micros())
+
+
+async def prune_history(db: Database) -> int:
+    """The address histories' retention round (with the event feed's): their events
+    older than any feedback still taken, but the last that changed each entry; at most
+    HISTORY_PRUNED_PER_ROUND. Returns how many went."""
+    async with db.transaction() as conn:
+        return await addresses.prune_history(conn, clock.now(), HISTORY_PRUNED_PER_ROUND)
 
 
 async def set_status(

@@ -13,11 +13,12 @@ import time
 
 import pytest
 
+from delivery_service.clock import now as clock_now
 from delivery_service.domain import feedback as fb
 from delivery_service.domain.kpis import Kpis
 from delivery_service.store import ingest
 from delivery_service.store.connection import Database
-from delivery_service.usecases import events, figures
+from delivery_service.usecases import addresses, events, figures
 from grpc_common import clock
 from tests.integration.test_event_feed import feed_settled
 from tests.integration.test_store_feedback import (
@@ -104,5 +105,42 @@ async def test_a_finished_delivery_past_its_retention_keeps_its_figures_not_its_
         assert (figures_of(again), repaired) == (figures_of(final), 0)
         result = await ingest.apply_feedback(db, batch_of(live_events[:30]))
         assert (result.applied, result.duplicates, sum(result.refused.values())) == (0, 30, 0)
+
+        # The address histories: while the live delivery may still bring feedback from
+        # its start on, nothing goes; once the earliest delivery still taking feedback
+        # is later than every event, each address keeps the last event that changed its
+        # entry (where a fold starts again) and loses those before it.
+        entries = await table(db, "SELECT * FROM addresses ORDER BY address")
+        assert await addresses.prune_history(db) == 0
+        history = await table(db, HISTORY)
+        # Each address's last event that changed its entry, by its place in fold order.
+        baselines = {address: i for i, (address, _, changed) in enumerate(history) if changed}
+        async with db.connection() as conn:
+            await conn.execute(
+                "UPDATE deliveries SET confirm_time = %s WHERE id = %s",
+                (clock_now(), live_id),
+            )
+        expected = [
+            event
+            for i, event in enumerate(history)
+            if event[0] not in baselines or i >= baselines[event[0]]
+        ]
+        assert len(expected) < len(history)
+        assert await addresses.prune_history(db) == len(history) - len(expected)
+        assert await table(db, HISTORY) == expected
+        assert await addresses.prune_history(db) == 0
+        assert await table(db, "SELECT * FROM addresses ORDER BY address") == entries
     finally:
         await db.close()
+
+
+HISTORY = (
+    "SELECT address, (event_time, delivery_id, event_id)::text, after IS NOT NULL"
+    " FROM address_events ORDER BY address, event_time, delivery_id, event_id"
+)
+
+
+async def table(db: Database, query: str) -> list[tuple[object, ...]]:
+    async with db.connection() as conn:
+        cur = await conn.execute(query)
+        return list(await cur.fetchall())

@@ -181,3 +181,37 @@ WHERE update_time IS NOT NULL
              %(after_address)s::text))
 ORDER BY update_time DESC, address DESC
 LIMIT %(limit)s;
+
+-- name: prune_address_events
+-- The retention of the address histories: of the events older than any feedback still
+-- taken can be (the earliest confirmation of a delivery whose event log is kept, less
+-- the margin an event's time may precede its relay), each address keeps its last one
+-- that changed its entry, where a fold starts again, and loses those before it; at most
+-- `limit` events a round. Returns how many it deleted.
+WITH horizon AS (
+    SELECT coalesce(min(confirm_time), %(now)s) - %(margin)s::interval AS cutoff
+    FROM deliveries
+    WHERE events_pruned_time IS NULL AND confirm_time IS NOT NULL
+),
+baseline AS (
+    SELECT DISTINCT ON (e.address) e.address, e.event_time, e.delivery_id, e.event_id
+    FROM address_events e
+    WHERE e.event_time < (SELECT cutoff FROM horizon) AND e.after IS NOT NULL
+    ORDER BY e.address, e.event_time DESC, e.delivery_id DESC, e.event_id DESC
+),
+doomed AS (
+    SELECT e.address, e.event_time, e.delivery_id, e.event_id
+    FROM baseline b
+    JOIN address_events e ON e.address = b.address
+     AND (e.event_time, e.delivery_id, e.event_id) < (b.event_time, b.delivery_id, b.event_id)
+    ORDER BY e.address
+    LIMIT %(limit)s
+),
+gone AS (
+    DELETE FROM address_events e
+    USING doomed d
+    WHERE e.address = d.address AND e.event_time = d.event_time
+      AND e.delivery_id = d.delivery_id AND e.event_id = d.event_id
+    RETURNING 1
+)
+SELECT count(*) FROM gone;

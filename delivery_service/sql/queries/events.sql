@@ -167,13 +167,15 @@ SELECT count(*) FROM prefix;
 -- name: event_log_past_retention
 -- The retention of the feedback event log: the finished or stopped deliveries past
 -- their retention (`beyond` after the end of their validity) whose rows of the event
--- feed are all pruned, and which still have feedback events; at most `limit`.
+-- feed are all pruned, and which are not marked pruned yet or still have feedback
+-- events; at most `limit`.
 SELECT d.id
 FROM deliveries d
 WHERE d.state IN ({State.FINISHED}, {State.STOPPED})
   AND greatest(d.validity_end_time, d.finish_time) < %(now)s - %(beyond)s::interval
   AND NOT EXISTS (SELECT FROM delivery_feed f WHERE f.delivery_id = d.id)
-  AND EXISTS (SELECT FROM feedback_events e WHERE e.delivery_id = d.id)
+  AND (d.events_pruned_time IS NULL
+       OR EXISTS (SELECT FROM feedback_events e WHERE e.delivery_id = d.id))
 ORDER BY d.id
 LIMIT %(limit)s;
 
