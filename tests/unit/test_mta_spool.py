@@ -565,11 +565,7 @@ def test_a_spool_of_schema_version_3_is_migrated(path: str, tmp_path: Path) -> N
     spool.accept([admission(3, "late-hard@example.com")])
     assert spool.addresses([3]) == {3: "late-hard@example.com"}
     spool.close()
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
-    fresh = str(tmp_path / "fresh.sqlite3")
-    Spool(fresh).close()
-    assert _columns(path) == _columns(fresh)
+    _assert_current_schema(path, tmp_path)
 
 
 def test_a_spool_of_schema_version_4_is_migrated_and_keeps_its_messages(
@@ -601,6 +597,11 @@ def test_a_spool_of_schema_version_4_is_migrated_and_keeps_its_messages(
     assert spool.accept([admission(i) for i in (1, 2, 3)]) == (1, 2)
     assert spool.addresses([2, 3]) == {2: "hard-refused@example.com"}
     spool.close()
+    _assert_current_schema(path, tmp_path)
+
+
+def _assert_current_schema(path: str, tmp_path: Path) -> None:
+    """The spool at path has this stub's schema version, and a new spool's columns."""
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     fresh = str(tmp_path / "fresh.sqlite3")
