@@ -185,9 +185,10 @@ LIMIT %(limit)s;
 -- name: prune_address_events
 -- The retention of the address histories: of the events older than any feedback still
 -- taken can be (the earliest confirmation of a delivery whose event log is kept, less
--- the margin an event's time may precede its relay), each address keeps its last one
--- that changed its entry, where a fold starts again, and loses those before it; at most
--- `limit` events a round. Returns how many it deleted.
+-- the margin an event's time may precede its relay), each address keeps only its last
+-- one that changed its entry, where a fold starts again (the others changed nothing
+-- from there, or came before it; no later event can come before them); at most `limit`
+-- a round. Returns how many it deleted.
 WITH horizon AS (
     SELECT coalesce(min(confirm_time), %(now)s) - %(margin)s::interval AS cutoff
     FROM deliveries
@@ -201,10 +202,12 @@ baseline AS (
 ),
 doomed AS (
     SELECT e.address, e.event_time, e.delivery_id, e.event_id
-    FROM baseline b
-    JOIN address_events e ON e.address = b.address
-     AND (e.event_time, e.delivery_id, e.event_id) < (b.event_time, b.delivery_id, b.event_id)
-    ORDER BY e.address
+    FROM address_events e
+    LEFT JOIN baseline b ON b.address = e.address
+    WHERE e.event_time < (SELECT cutoff FROM horizon)
+      AND (b.address IS NULL
+           OR (e.event_time, e.delivery_id, e.event_id)
+              <> (b.event_time, b.delivery_id, b.event_id))
     LIMIT %(limit)s
 ),
 gone AS (
