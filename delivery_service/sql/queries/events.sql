@@ -1,5 +1,26 @@
 -- The delivery event feed (docs/events.md): pages of events after a position.
--- Each query: a `-- name: <name>` line, then a one-line description.
+-- Each query: a `-- name: <name>` line, then a one-line description; a `-- part: <name>`
+-- is SQL that queries share (`{part:<name>}`).
+
+-- part: feed_event
+-- An event of the feed as store.events.FeedEvent has it, after its position: from an
+-- item `p` (its row's source and write time, its event id if it is feedback), its
+-- message's sending log `s` and its feedback event `e` (null if none).
+-- The event's id (docs/events.md): unique across deliveries, stable.
+CASE WHEN p.event_id IS NOT NULL THEN 'feedback:' || s.delivery_id || ':' || p.event_id
+     WHEN p.source = {FeedSource.EXPIRY} THEN 'expired:' || s.message_id
+     ELSE 'relayed:' || s.message_id END AS event_id,
+s.delivery_id, s.message_id, coalesce(s.profile_id, '') AS profile_id, s.email,
+CASE WHEN p.event_id IS NOT NULL THEN (%(kinds_of_feedback)s::smallint[])[e.kind]
+     WHEN p.source = {FeedSource.EXPIRY} THEN %(expired)s
+     ELSE %(relayed)s END AS kind,
+(extract(epoch FROM CASE WHEN p.event_id IS NOT NULL THEN e.event_time
+                         WHEN p.source = {FeedSource.EXPIRY} THEN p.write_time
+                         ELSE s.relay_time END) * 1000000)::bigint AS event_micros,
+(extract(epoch FROM p.write_time) * 1000000)::bigint AS write_micros,
+coalesce(e.attempt, 0) AS attempt, coalesce(e.reason, 0) AS reason,
+coalesce(e.link_index, 0) AS link_index, coalesce(e.smtp_code, 0) AS smtp_code,
+coalesce(e.smtp_status, '') AS smtp_status, coalesce(e.smtp_text, '') AS smtp_text
 
 -- name: feed_page
 -- The next items of the feed after a position (xid, seq, item), up to `limit`, one
@@ -50,21 +71,7 @@ page AS (
          WITH ORDINALITY AS u (event_id, n)
 )
 SELECT p.xid::text::bigint AS xid, p.seq, p.item::integer AS item,
-       -- The event's id (docs/events.md): unique across deliveries, stable.
-       CASE WHEN p.event_id IS NOT NULL THEN 'feedback:' || s.delivery_id || ':' || p.event_id
-            WHEN p.source = {FeedSource.EXPIRY} THEN 'expired:' || s.message_id
-            ELSE 'relayed:' || s.message_id END AS event_id,
-       s.delivery_id, s.message_id, coalesce(s.profile_id, '') AS profile_id, s.email,
-       CASE WHEN p.event_id IS NOT NULL THEN (%(kinds_of_feedback)s::smallint[])[e.kind]
-            WHEN p.source = {FeedSource.EXPIRY} THEN %(expired)s
-            ELSE %(relayed)s END AS kind,
-       (extract(epoch FROM CASE WHEN p.event_id IS NOT NULL THEN e.event_time
-                                WHEN p.source = {FeedSource.EXPIRY} THEN p.write_time
-                                ELSE s.relay_time END) * 1000000)::bigint AS event_micros,
-       (extract(epoch FROM p.write_time) * 1000000)::bigint AS write_micros,
-       coalesce(e.attempt, 0) AS attempt, coalesce(e.reason, 0) AS reason,
-       coalesce(e.link_index, 0) AS link_index, coalesce(e.smtp_code, 0) AS smtp_code,
-       coalesce(e.smtp_status, '') AS smtp_status, coalesce(e.smtp_text, '') AS smtp_text
+       {part:feed_event}
 FROM page p
 LEFT JOIN feedback_events e ON e.delivery_id = p.delivery_id AND e.event_id = p.event_id
 JOIN sending_logs s
@@ -106,21 +113,7 @@ WITH items AS (
 -- No position is (0, 0, 0): no transaction has id 0.
 SELECT coalesce(p.xid::text::bigint, 0) AS xid, coalesce(p.seq, 0) AS seq,
        coalesce(p.item, 0)::integer AS item,
-       -- The event's id (docs/events.md): unique across deliveries, stable.
-       CASE WHEN p.event_id IS NOT NULL THEN 'feedback:' || s.delivery_id || ':' || p.event_id
-            WHEN p.source = {FeedSource.EXPIRY} THEN 'expired:' || s.message_id
-            ELSE 'relayed:' || s.message_id END AS event_id,
-       s.delivery_id, s.message_id, coalesce(s.profile_id, '') AS profile_id, s.email,
-       CASE WHEN p.event_id IS NOT NULL THEN (%(kinds_of_feedback)s::smallint[])[e.kind]
-            WHEN p.source = {FeedSource.EXPIRY} THEN %(expired)s
-            ELSE %(relayed)s END AS kind,
-       (extract(epoch FROM CASE WHEN p.event_id IS NOT NULL THEN e.event_time
-                                WHEN p.source = {FeedSource.EXPIRY} THEN p.write_time
-                                ELSE s.relay_time END) * 1000000)::bigint AS event_micros,
-       (extract(epoch FROM p.write_time) * 1000000)::bigint AS write_micros,
-       coalesce(e.attempt, 0) AS attempt, coalesce(e.reason, 0) AS reason,
-       coalesce(e.link_index, 0) AS link_index, coalesce(e.smtp_code, 0) AS smtp_code,
-       coalesce(e.smtp_status, '') AS smtp_status, coalesce(e.smtp_text, '') AS smtp_text
+       {part:feed_event}
 FROM items p
 JOIN sending_logs s ON s.delivery_id = %(delivery_id)s AND s.message_id = %(message_id)s
 LEFT JOIN feedback_events e ON e.delivery_id = %(delivery_id)s AND e.event_id = p.event_id
