@@ -34,6 +34,7 @@ import psycopg.conninfo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT / ".data" / "pg"
+AS_USER = Path(__file__).with_name("as_user.py")
 
 # When run as root, PostgreSQL refuses to start; pgserver's convention is a system user
 # of this name, so a data directory made by pgserver itself keeps working.
@@ -277,18 +278,36 @@ def _cannot_run(program: str, data_dir: Path, exc: OSError) -> str:
 def _run_as_server_user(
     command: list[str], data_dir: Path, out: IO[str]
 ) -> subprocess.CompletedProcess[str]:
-    """`command` as the server's user when root, its output to `out`."""
+    """`command` as the server's user when root, its output to `out`; OSError if it could
+    not be started."""
+    if not _as_root():
+        return _spawn(command, data_dir, out)
+    # PostgreSQL refuses to run as root. Its group too, and root's others dropped: with
+    # root's group, a 0700 root directory on the path (`mktemp -d`) would be denied.
+    user = _ensure_system_user()
+    read_end, write_end = os.pipe()
+    with open(read_end, "rb") as exec_error:
+        try:
+            launcher = [sys.executable, str(AS_USER), str(user.pw_uid), str(user.pw_gid)]
+            result = _spawn([*launcher, str(write_end), *command], data_dir, out, write_end)
+        finally:
+            os.close(write_end)
+        errno = exec_error.read()
+    if errno:
+        raise OSError(int(errno), os.strerror(int(errno)), command[0])
+    return result
+
+
+def _spawn(
+    command: list[str], data_dir: Path, out: IO[str], *pass_fds: int
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         command,
         stdin=subprocess.DEVNULL,
         stdout=out,
         stderr=subprocess.STDOUT,
         text=True,
-        # PostgreSQL refuses to run as root. Its group too, and root's others dropped: with
-        # root's group, a 0700 root directory on the path (`mktemp -d`) would be denied.
-        user=SYSTEM_USER if _as_root() else None,
-        group=_ensure_system_user().pw_gid if _as_root() else None,
-        extra_groups=[] if _as_root() else None,
+        pass_fds=pass_fds,
         # The server's user may not be allowed into the caller's working directory.
         cwd=data_dir,
         # Own session: a Ctrl-C in the terminal of `make run` must not reach the server.
