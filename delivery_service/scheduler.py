@@ -56,6 +56,8 @@ class Scheduler:
         self.feed_retention_beyond_validity = feed_retention_beyond_validity
         self.feed_cleanup_interval = feed_cleanup_interval
         self._last_feed_cleanup = 0.0
+        # Where the address histories' retention goes on, in address order.
+        self._history_after = ""
         # Told False when rounds keep failing, True when one succeeds again.
         self.on_health = on_health
         self._last_stats = 0.0
@@ -121,17 +123,22 @@ class Scheduler:
             # The feedback events of a delivery go once its rows of the feed are gone,
             # and the address histories' events once no feedback can come before them.
             logged = await events.prune_event_log(self.db, self.feed_retention_beyond_validity)
-            history = await addresses.prune_history(self.db)
+            history = await addresses.prune_history(self.db, self._history_after)
+            self._history_after = history.after or ""
             # Until all are within their retention: a round takes a bounded batch.
             if (
                 pruned < events.PRUNED_PER_ROUND
                 and logged < events.PRUNED_PER_ROUND
-                and history < addresses.HISTORY_PRUNED_PER_ROUND
+                and history.after is None
             ):
                 self._last_feed_cleanup = now
             if pruned:
                 log.info("event feed retention: %d rows pruned", pruned)
             if logged:
                 log.info("feedback event log retention: %d events pruned", logged)
-            if history:
-                log.info("address history retention: %d events pruned", history)
+            if history.events or history.entries:
+                log.info(
+                    "address history retention: %d events and %d entries the same as none pruned",
+                    history.events,
+                    history.entries,
+                )

@@ -167,18 +167,40 @@ async def _states(conn: Conn, addresses: list[str]) -> dict[str, tuple[q.Address
     return current
 
 
-async def prune_history(conn: Conn, now: dt.datetime, limit: int) -> int:
-    """The retention of the address histories: the events no late feedback can come
-    before any more, but each address's last one that changed its entry (where a fold
-    starts again), at most `limit`; returns how many went."""
-    pruned: int = await fetch_value(
+async def history_horizon(conn: Conn, now: dt.datetime) -> dt.datetime:
+    """The time no feedback can come from before any more: the address histories'
+    events older than it are past their retention."""
+    horizon: dt.datetime = await fetch_value(
         conn,
-        "prune_address_events",
+        "address_history_horizon",
         now=now,
         margin=dt.timedelta(seconds=fb.EVENT_TIME_MARGIN_SECONDS),
-        limit=limit,
     )
-    return pruned
+    return horizon
+
+
+async def history_work(
+    conn: Conn, horizon: dt.datetime, after: str, limit: int
+) -> tuple[list[str], str | None]:
+    """Of the next `limit` entries after `after`, those whose history or entry the
+    retention changes, and the last address examined (None: the table's end)."""
+    rows = await fetch_tuples(
+        conn, "address_history_work", horizon=horizon, after=after, limit=limit
+    )
+    due = [address for address, is_due in rows if is_due]
+    return due, rows[-1][0] if len(rows) == limit else None
+
+
+async def prune_history(conn: Conn, horizon: dt.datetime, addresses: list[str]) -> tuple[int, int]:
+    """The retention of these addresses' histories, their entries locked first: the
+    events before `horizon` but the last that changed each entry go, and an entry the
+    same as none goes with its history when no later event needs it. Returns how many
+    events and entries went."""
+    locked = text_array(sorted(addresses))
+    await execute(conn, "lock_addresses", addresses=locked, address_lists=[])
+    rows = await fetch_tuples(conn, "prune_address_history", horizon=horizon, addresses=locked)
+    events, entries = rows[0]
+    return int(events), int(entries)
 
 
 async def release_due(conn: Conn, rules: q.Rules, now: int) -> int:

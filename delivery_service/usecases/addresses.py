@@ -13,8 +13,20 @@ from delivery_service.store.connection import Database
 
 # Timed releases done in one transaction; a round with more due goes on at the next.
 RELEASES_PER_ROUND = addresses.RELEASES_PER_CALL
-# Address events the retention deletes in one transaction.
-HISTORY_PRUNED_PER_ROUND = 10_000
+# The address histories' retention walks the entries in address order: so many in one
+# transaction (their entries locked while it deletes), so many in one scheduler round.
+HISTORY_ENTRIES_PER_CHUNK = 5_000
+HISTORY_ENTRIES_PER_ROUND = 100_000
+
+
+@dataclasses.dataclass
+class HistoryPruned:
+    """What a round of the address histories' retention did, and where the walk goes
+    on (None: it reached the end of the table)."""
+
+    events: int = 0
+    entries: int = 0
+    after: str | None = None
 
 
 def now_micros() -> int:
@@ -28,12 +40,27 @@ async def release_due(db: Database, rules: q.Rules) -> int:
         return await addresses.release_due(conn, rules, now_micros())
 
 
-async def prune_history(db: Database) -> int:
-    """The address histories' retention round (with the event feed's): their events
-    older than any feedback still taken, but the last that changed each entry; at most
-    HISTORY_PRUNED_PER_ROUND. Returns how many went."""
-    async with db.transaction() as conn:
-        return await addresses.prune_history(conn, clock.now(), HISTORY_PRUNED_PER_ROUND)
+async def prune_history(db: Database, after: str = "") -> HistoryPruned:
+    """A round of the address histories' retention (with the event feed's), from the
+    entry after `after` on, at most HISTORY_ENTRIES_PER_ROUND: each history keeps only
+    its events no feedback can come before and the last that changed the entry; an
+    entry the same as none (VALID, SPEC.md) goes once no kept event needs it."""
+    async with db.connection() as conn:
+        horizon = await addresses.history_horizon(conn, clock.now())
+    done = HistoryPruned()
+    for _ in range(HISTORY_ENTRIES_PER_ROUND // HISTORY_ENTRIES_PER_CHUNK):
+        async with db.transaction() as conn:
+            due, done.after = await addresses.history_work(
+                conn, horizon, after, HISTORY_ENTRIES_PER_CHUNK
+            )
+            if due:
+                events, entries = await addresses.prune_history(conn, horizon, due)
+                done.events += events
+                done.entries += entries
+        if done.after is None:
+            break
+        after = done.after
+    return done
 
 
 async def set_status(

@@ -182,39 +182,81 @@ WHERE update_time IS NOT NULL
 ORDER BY update_time DESC, address DESC
 LIMIT %(limit)s;
 
--- name: prune_address_events
--- The retention of the address histories: of the events older than any feedback still
--- taken can be (the earliest confirmation of a delivery whose event log is kept, less
--- the margin an event's time may precede its relay), each address keeps only its last
--- one that changed its entry, where a fold starts again (the others changed nothing
--- from there, or came before it; no later event can come before them); at most `limit`
--- a round. Returns how many it deleted.
-WITH horizon AS (
-    SELECT coalesce(min(confirm_time), %(now)s) - %(margin)s::interval AS cutoff
-    FROM deliveries
-    WHERE events_pruned_time IS NULL AND confirm_time IS NOT NULL
+-- name: address_history_horizon
+-- The retention of the address histories: no feedback can come any more from before the
+-- earliest confirmation of a delivery whose event log is kept, less the margin an
+-- event's time may precede its relay. Their events older than it are past retention.
+SELECT coalesce(min(confirm_time), %(now)s) - %(margin)s::interval
+FROM deliveries
+WHERE events_pruned_time IS NULL AND confirm_time IS NOT NULL;
+
+-- name: address_history_work
+-- The next `limit` entries after `after`, in address order, each with whether the
+-- retention has something to do there: events before the horizon but the last that
+-- changed the entry (where a fold starts again), or an entry the same as none (VALID,
+-- unchanged since the horizon, SPEC.md: "no entry, or released") with no later event.
+SELECT a.address,
+       count(e.address) FILTER (WHERE e.event_time < %(horizon)s) > 1
+       OR count(e.address) FILTER (WHERE e.event_time < %(horizon)s) = 1
+          AND count(e.address) FILTER (WHERE e.event_time < %(horizon)s
+                                       AND e.after IS NOT NULL) = 0
+       OR a.status = {AddressStatus.VALID}
+          AND coalesce(a.update_time < %(horizon)s, true)
+          AND count(e.address) FILTER (WHERE e.event_time >= %(horizon)s) = 0 AS due
+FROM (SELECT address, status, update_time FROM addresses
+      WHERE address > %(after)s
+      ORDER BY address
+      LIMIT %(limit)s) a
+LEFT JOIN address_events e ON e.address = a.address
+GROUP BY a.address, a.status, a.update_time
+ORDER BY a.address;
+
+-- name: prune_address_history
+-- Applies the retention to some addresses' entries and histories, locked
+-- (lock_addresses): each history loses its events before the horizon but the last that
+-- changed the entry; an entry the same as none goes, with all its history, when no
+-- event after the horizon needs it. Returns how many events and entries went.
+WITH history AS (
+    SELECT address, event_time, delivery_id, event_id, after IS NOT NULL AS changed,
+           event_time < %(horizon)s AS past
+    FROM address_events
+    WHERE address = ANY (%(addresses)s::text[])
 ),
 baseline AS (
-    SELECT DISTINCT ON (e.address) e.address, e.event_time, e.delivery_id, e.event_id
-    FROM address_events e
-    WHERE e.event_time < (SELECT cutoff FROM horizon) AND e.after IS NOT NULL
-    ORDER BY e.address, e.event_time DESC, e.delivery_id DESC, e.event_id DESC
+    SELECT DISTINCT ON (address) address, event_time, delivery_id, event_id
+    FROM history
+    WHERE past AND changed
+    ORDER BY address, event_time DESC, delivery_id DESC, event_id DESC
+),
+forgotten AS (
+    SELECT a.address
+    FROM addresses a
+    LEFT JOIN history h ON h.address = a.address AND NOT h.past
+    WHERE a.address = ANY (%(addresses)s::text[]) AND a.status = {AddressStatus.VALID}
+      AND coalesce(a.update_time < %(horizon)s, true) AND h.address IS NULL
 ),
 doomed AS (
-    SELECT e.address, e.event_time, e.delivery_id, e.event_id
-    FROM address_events e
-    LEFT JOIN baseline b ON b.address = e.address
-    WHERE e.event_time < (SELECT cutoff FROM horizon)
-      AND (b.address IS NULL
-           OR (e.event_time, e.delivery_id, e.event_id)
+    SELECT h.address, h.event_time, h.delivery_id, h.event_id
+    FROM history h
+    LEFT JOIN baseline b ON b.address = h.address
+    LEFT JOIN forgotten f ON f.address = h.address
+    WHERE h.past
+      AND (f.address IS NOT NULL OR b.address IS NULL
+           OR (h.event_time, h.delivery_id, h.event_id)
               <> (b.event_time, b.delivery_id, b.event_id))
-    LIMIT %(limit)s
 ),
-gone AS (
+events_gone AS (
     DELETE FROM address_events e
     USING doomed d
-    WHERE e.address = d.address AND e.event_time = d.event_time
-      AND e.delivery_id = d.delivery_id AND e.event_id = d.event_id
+    WHERE e.address = d.address AND e.address = ANY (%(addresses)s::text[])
+      AND e.event_time = d.event_time AND e.delivery_id = d.delivery_id
+      AND e.event_id = d.event_id
+    RETURNING 1
+),
+entries_gone AS (
+    DELETE FROM addresses a
+    USING forgotten f
+    WHERE a.address = f.address AND a.address = ANY (%(addresses)s::text[])
     RETURNING 1
 )
-SELECT count(*) FROM gone;
+SELECT (SELECT count(*) FROM events_gone), (SELECT count(*) FROM entries_gone);
