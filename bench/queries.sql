@@ -472,6 +472,11 @@ FROM pg_class c
 LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
 WHERE c.relname = ANY(%(tables)s) AND c.relkind IN ('r', 'p') AND pg_table_is_visible(c.oid);
 
+-- name: soak_forget_profiles
+-- The soak: a checked delivery's audience leaves (each delivery has profiles of its
+-- own), so that what grows in the database is the service's own.
+DELETE FROM profiles WHERE segments @> ARRAY[%(segment)s::text];
+
 -- name: soak_database_size
 -- The soak: the whole database on disk.
 SELECT pg_database_size(current_database()) AS bytes;

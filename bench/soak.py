@@ -190,6 +190,7 @@ class Soak:
             service_args=(
                 "--metrics-port", str(self.metrics_port),
                 "--feed-retention-beyond-validity", str(self.o.retention_seconds),
+                "--sending-log-retention-beyond-validity", str(self.o.retention_seconds),
                 "--feed-cleanup-interval", str(min(60, self.o.retention_seconds)),
             ),
             stub_args=("--retention-seconds", str(self.o.retention_seconds)),
@@ -234,6 +235,8 @@ class Soak:
         self.live = delivery_id
         self._wait_finished(delivery_id, k)
         check = self._check(delivery_id)
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(q("soak_forget_profiles"), {"segment": segment})
         return dataclasses.replace(check, seconds=round(time.monotonic() - started, 1))
 
     def _wait_finished(self, delivery_id: int, k: int) -> None:

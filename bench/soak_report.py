@@ -14,7 +14,14 @@ from typing import Any
 
 # The tables whose size is sampled (pg_total_relation_size, pg_indexes_size): what grows
 # with every delivery and every feedback event.
-TABLES = ("sending_logs", "feedback_events", "delivery_feed", "addresses", "address_events")
+TABLES = (
+    "sending_logs",
+    "feedback_events",
+    "delivery_feed",
+    "addresses",
+    "address_events",
+    "profiles",
+)
 
 # The series whose trend must be flat in a long run: their slope per hour is reported.
 TREND_SERIES: tuple[str, ...] = (

@@ -107,10 +107,18 @@ class Settings(ServerSettings):
         "a finished delivery's feedback events go once its feed rows are gone, and "
         "feedback about it is refused from then on",
     )
+    sending_log_retention_beyond_validity: Duration = setting(
+        dt.timedelta(days=180),
+        env="SENDING_LOG_RETENTION_BEYOND_VALIDITY_SECONDS",
+        help="seconds a finished delivery keeps its sending logs and dropped recipients "
+        "beyond its validity period (Adobe's delivery logs: six months), and never less "
+        "than its feedback events; its KPIs stay, final",
+    )
     feed_cleanup_interval: PositiveDuration = setting(
         dt.timedelta(hours=1),
         env="FEED_CLEANUP_INTERVAL_SECONDS",
-        help="seconds between the retention rounds of the event feed and feedback events",
+        help="seconds between the retention rounds of the event feed, feedback events, "
+        "sending logs and address histories",
     )
     alert_interval: PositiveDuration = setting(
         dt.timedelta(minutes=10),

@@ -13,7 +13,7 @@ from delivery_service.domain import quarantine
 from delivery_service.domain.alerts import AlertRules
 from delivery_service.mta.relay import Relayer
 from delivery_service.store.connection import Database, DiskFull, Unavailable
-from delivery_service.usecases import addresses, alerts, events, figures, recurring
+from delivery_service.usecases import addresses, alerts, deliveries, events, figures, recurring
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class Scheduler:
         alert_rules: AlertRules | None = None,
         alert_interval: dt.timedelta = dt.timedelta(minutes=10),
         feed_retention_beyond_validity: dt.timedelta = dt.timedelta(days=7),
+        sending_log_retention_beyond_validity: dt.timedelta = dt.timedelta(days=180),
         feed_cleanup_interval: dt.timedelta = dt.timedelta(hours=1),
         on_health: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
@@ -54,6 +55,7 @@ class Scheduler:
         self.alert_interval = alert_interval
         self._last_alerts = 0.0
         self.feed_retention_beyond_validity = feed_retention_beyond_validity
+        self.sending_log_retention_beyond_validity = sending_log_retention_beyond_validity
         self.feed_cleanup_interval = feed_cleanup_interval
         self._last_feed_cleanup = 0.0
         # Where the address histories' retention goes on, in address order.
@@ -123,12 +125,16 @@ class Scheduler:
             # The feedback events of a delivery go once its rows of the feed are gone,
             # and the address histories' events once no feedback can come before them.
             logged = await events.prune_event_log(self.db, self.feed_retention_beyond_validity)
+            sending_logs = await deliveries.prune_sending_logs(
+                self.db, self.sending_log_retention_beyond_validity
+            )
             history = await addresses.prune_history(self.db, self._history_after)
             self._history_after = history.after or ""
             # Until all are within their retention: a round takes a bounded batch.
             if (
                 pruned < events.PRUNED_PER_ROUND
                 and logged < events.PRUNED_PER_ROUND
+                and sending_logs < deliveries.LOGS_PRUNED_PER_ROUND
                 and history.after is None
             ):
                 self._last_feed_cleanup = now
@@ -136,6 +142,8 @@ class Scheduler:
                 log.info("event feed retention: %d rows pruned", pruned)
             if logged:
                 log.info("feedback event log retention: %d events pruned", logged)
+            if sending_logs:
+                log.info("sending log retention: %d rows pruned", sending_logs)
             if history.events or history.entries:
                 log.info(
                     "address history retention: %d events and %d entries the same as none pruned",

@@ -64,6 +64,7 @@ class App(serving.Service):
             alert_rules=settings.alert_rules(),
             alert_interval=settings.alert_interval,
             feed_retention_beyond_validity=settings.feed_retention_beyond_validity,
+            sending_log_retention_beyond_validity=settings.sending_log_retention_beyond_validity,
             feed_cleanup_interval=settings.feed_cleanup_interval,
             on_health=functools.partial(self._health, "scheduler rounds"),
         )

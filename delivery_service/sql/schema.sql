@@ -119,7 +119,10 @@ CREATE TABLE deliveries (
     created_by            text,
     -- When the retention pruned its feedback events (migration 0015): feedback about it
     -- is refused from then on.
-    events_pruned_time    timestamptz
+    events_pruned_time    timestamptz,
+    -- When the retention pruned its sending logs and dropped recipients (migration
+    -- 0016): its figures are final, and its logs are no longer listed.
+    logs_pruned_time      timestamptz
 );
 CREATE INDEX deliveries_state_idx ON deliveries (state) WHERE state IN ('SENDING', 'SENT');
 CREATE INDEX deliveries_recurring_idx ON deliveries (recurring_delivery_id, id)

@@ -85,6 +85,7 @@ FAN_OUTS: dict[str, str] = {
     "feed_end": "where the event feed ends now: every delivery's, or one's",
     "prune_feed": "the event feed's retention: its oldest rows, in feed order",
     "event_log_past_retention": "the retention round: finished deliveries past it",
+    "sending_logs_past_retention": "the retention round: finished deliveries past it",
     "address_history_horizon": "the retention round: the deliveries still taking feedback",
     "address_history_work": "the retention round: the next entries in address order",
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from delivery_service.domain import lifecycle
 from delivery_service.domain import quarantine as q
 from delivery_service.domain.requests import NewDelivery, ProfileUpdate, request_digest
 from delivery_service.store import addresses as store_addresses
-from delivery_service.store import deliveries, logs, preparation, profiles
+from delivery_service.store import counters, deliveries, logs, preparation, profiles
 from delivery_service.store.connection import Conflict, Conn, Database
 from delivery_service.store.records import Delivery, SendingLog
 from delivery_service.usecases.idempotency import create_once
@@ -132,6 +133,29 @@ async def sending_logs(
 ) -> list[SendingLog]:
     async with db.transaction() as conn:
         return await logs.page(conn, delivery_id, status, after, limit)
+
+
+# Sending logs and dropped recipients the retention deletes in one transaction.
+LOGS_PRUNED_PER_ROUND = 10_000
+
+
+async def prune_sending_logs(db: Database, beyond_validity: dt.timedelta) -> int:
+    """The sending logs' retention round: deletes the sending logs and dropped recipients
+    of finished deliveries past their validity plus `beyond_validity` whose feedback
+    events are pruned, at most LOGS_PRUNED_PER_ROUND, one transaction per delivery;
+    returns how many."""
+    now = clock.now()
+    async with db.connection() as conn:
+        due = await logs.past_retention(conn, now, beyond_validity, LOGS_PRUNED_PER_ROUND)
+    pruned = 0
+    for delivery_id in due:
+        async with db.transaction() as conn:
+            # The counters' lock: ComputeStats, which recounts from the logs, waits.
+            await counters.lock_exclusive(conn, delivery_id)
+            pruned += await logs.prune(conn, delivery_id, now, LOGS_PRUNED_PER_ROUND - pruned)
+        if pruned >= LOGS_PRUNED_PER_ROUND:
+            break
+    return pruned
 
 
 async def history(

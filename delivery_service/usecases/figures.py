@@ -10,7 +10,7 @@ import time
 from delivery_service import clock
 from delivery_service.domain import feedback as fb
 from delivery_service.domain import kpis, lifecycle
-from delivery_service.store import counters, deliveries, expiry
+from delivery_service.store import counters, deliveries, expiry, logs
 from delivery_service.store.connection import Database
 from delivery_service.store.records import DeliveryFigures
 
@@ -42,10 +42,15 @@ async def current(db: Database, delivery_id: int) -> DeliveryFigures:
 
 async def compute_stats(db: Database, delivery_id: int) -> tuple[kpis.Kpis, int]:
     """Recounts a delivery from its logs, repairs its counters and refreshes its stats.
-    Returns the KPIs and how many counters had drifted."""
+    Returns the KPIs and how many counters had drifted. Once the retention pruned its
+    sending logs, its figures are final: the KPIs as they are, none repaired."""
     async with db.transaction() as conn:
         await deliveries.get(conn, delivery_id)  # NOT_FOUND first
-        repaired, _ = await counters.recount(conn, delivery_id)
+        await counters.lock_exclusive(conn, delivery_id)
+        if await logs.pruned_time(conn, delivery_id) is None:
+            repaired, _ = await counters.recount(conn, delivery_id)
+        else:
+            repaired = 0
         figures = await counters.figures(conn, delivery_id)
     if repaired:
         log.warning("delivery %d: %d counters had drifted, repaired", delivery_id, repaired)

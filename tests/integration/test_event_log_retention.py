@@ -12,14 +12,15 @@ import random
 import time
 
 import pytest
+from psycopg import sql
 
 from delivery_service.clock import now as clock_now
 from delivery_service.domain import feedback as fb
 from delivery_service.domain import quarantine as q
 from delivery_service.domain.kpis import Kpis
 from delivery_service.store import ingest
-from delivery_service.store.connection import Database
-from delivery_service.usecases import addresses, events, figures
+from delivery_service.store.connection import Conflict, Database
+from delivery_service.usecases import addresses, deliveries, events, figures
 from grpc_common import clock
 from tests.integration.test_event_feed import feed_settled
 from tests.integration.test_store_feedback import (
@@ -143,6 +144,38 @@ async def test_a_finished_delivery_past_its_retention_keeps_its_figures_not_its_
         kept = [entry for entry in entries if entry[0] not in forgettable]
         assert await prune_history(db) == (0, 0, rounds(len(kept)))
         assert await table(db, "SELECT * FROM addresses ORDER BY address") == kept
+
+        # The sending logs and dropped recipients: kept within their retention (a day
+        # beyond the validity here); past it, the old delivery's go, a few at a time,
+        # its figures final from then on; the live delivery's stay.
+        assert await deliveries.prune_sending_logs(db, dt.timedelta(days=1)) == 0
+        async with db.connection() as conn:  # as a preparation that dropped some would
+            await conn.execute(
+                "INSERT INTO dropped_recipients (delivery_id, position, profile_id, email,"
+                " reason) SELECT %s, p, 'gone-' || p, '', 'DUPLICATE'"
+                " FROM generate_series(1, 10) AS p",
+                (old_id,),
+            )
+        old_rows = await count(db, old_id, "sending_logs") + await count(
+            db, old_id, "dropped_recipients"
+        )
+        assert old_rows == len(old_messages) + 10
+        live_logs = await deliveries.sending_logs(db, live_id, None, 0, 1000)
+        monkeypatch.setattr(deliveries, "LOGS_PRUNED_PER_ROUND", 7)
+        pruned = 0
+        while step := await deliveries.prune_sending_logs(db, BEYOND):
+            assert step <= 7
+            pruned += step
+        assert pruned == old_rows
+        assert await count(db, old_id, "sending_logs") == 0
+        assert await count(db, old_id, "dropped_recipients") == 0
+        with pytest.raises(Conflict, match="past their retention"):
+            await deliveries.sending_logs(db, old_id, None, 0, 10)
+        with pytest.raises(Conflict, match="past their retention"):
+            await events.timeline(db, old_id, old_messages[0])
+        again, repaired = await figures.compute_stats(db, old_id)
+        assert (figures_of(again), repaired) == (figures_of(final), 0)
+        assert await deliveries.sending_logs(db, live_id, None, 0, 1000) == live_logs
     finally:
         await db.close()
 
@@ -171,6 +204,18 @@ HISTORY = (
     "SELECT address, (event_time, delivery_id, event_id)::text, after IS NOT NULL"
     " FROM address_events ORDER BY address, event_time, delivery_id, event_id"
 )
+
+
+async def count(db: Database, delivery_id: int, table: str) -> int:
+    """How many rows of a per-delivery table are the delivery's."""
+    async with db.connection() as conn:
+        cur = await conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE delivery_id = %s").format(sql.Identifier(table)),
+            (delivery_id,),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
 
 
 async def table(db: Database, query: str) -> list[tuple[object, ...]]:
