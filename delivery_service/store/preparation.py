@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from delivery_service.domain import kpis, lifecycle
-from delivery_service.domain.addresses import ADDRESS_PATTERN
+from delivery_service.domain.addresses import ADDRESS_PATTERN, LONG_LABEL_PATTERN
 from delivery_service.domain.preparation import DropReason
 from delivery_service.store.connection import Conn, execute, fetch_all, fetch_tuples
 from delivery_service.store.records import DroppedRecipient
@@ -25,7 +25,15 @@ class Analysis:
 async def analyse(conn: Conn, delivery_id: int, target_id: int) -> Analysis:
     """Queues a message per recipient kept and records the others with their reason.
     Runs inside the caller's transaction, with the delivery locked."""
-    await execute(conn, "analyse_target", target_id=target_id, address_pattern=ADDRESS_PATTERN)
+    await execute(conn, "preparation_memory")
+    await execute(
+        conn,
+        "analyse_target",
+        target_id=target_id,
+        address_pattern=ADDRESS_PATTERN,
+        long_label_pattern=LONG_LABEL_PATTERN,
+    )
+    await execute(conn, "analysis_statistics")
     await execute(conn, "rank_domains", largest=kpis.LARGEST_DOMAINS)
     await execute(conn, "queue_messages", delivery_id=delivery_id)
     await execute(conn, "record_domains", delivery_id=delivery_id)

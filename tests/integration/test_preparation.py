@@ -1,13 +1,15 @@
 """Preparation's analysis through the API: each drop reason counted, under the enum-keyed
 field and the deprecated string-keyed one alike; the watch's figure of relayed messages
-under its new name (sent) and its old one."""
+under its new name (sent) and its old one; the addresses it calls invalid."""
 
 from __future__ import annotations
 
 from delivery.v1 import delivery_service_pb2 as pb
 
+from delivery_service.domain import addresses
 from tests.integration import flows
 from tests.integration.conftest import Pair
+from tests.unit.test_addresses_and_lifecycle import DELIVERABLE, UNDELIVERABLE
 
 
 async def test_every_drop_reason_is_counted_under_both_fields(pair: Pair) -> None:
@@ -63,3 +65,20 @@ async def test_the_watch_says_sent_under_both_names(pair: Pair) -> None:
         if update.sent == 1:
             assert update.percent == 100.0
             break
+
+
+async def test_preparation_drops_as_invalid_what_the_domain_calls_undeliverable(
+    pair: Pair,
+) -> None:
+    """The SQL of preparation and delivery_service.domain.addresses agree, address by
+    address: one rule in two regex dialects."""
+    emails = DELIVERABLE + UNDELIVERABLE
+    created = await pair.api.CreateDelivery(flows.request(emails), timeout=30)
+    prepared = await pair.api.PrepareDelivery(
+        pb.PrepareDeliveryRequest(delivery_id=created.delivery.id), timeout=60
+    )
+    invalid = {
+        d.recipient.email for d in prepared.dropped if d.reason == pb.DROP_REASON_INVALID_ADDRESS
+    }
+    assert invalid == {e for e in emails if not addresses.is_deliverable(e)}
+    assert invalid == set(UNDELIVERABLE)

@@ -5,8 +5,26 @@ import pytest
 from delivery_service.domain import addresses, lifecycle
 from delivery_service.domain.lifecycle import ApprovalStep, State
 
-DELIVERABLE = ["a@example.com", "first.last+tag@sub.example.org", "o'hara@example.co.uk"]
-UNDELIVERABLE = ["a@b", "a..b@example.com", ".a@example.com", "a@-x.com", "a@example.c", "a@@b.com"]
+DELIVERABLE = [
+    "a@example.com",
+    "first.last+tag@sub.example.org",
+    "o'hara@example.co.uk",
+    "x" * 70 + "@" + "b" * 63 + ".com",  # the local part's length is not the domain's
+    "a@x." + "c" * 63,
+    "a@a-b.co",
+]
+UNDELIVERABLE = [
+    "a@b",
+    "a..b@example.com",
+    ".a@example.com",
+    "a@-x.com",
+    "a@x-.com",
+    "a@example.c",
+    "a@@b.com",
+    "a@" + "b" * 64 + ".com",  # a label of 64
+    "a@x." + "c" * 64,  # a top-level domain of 64
+    "a@b.c0m",
+]
 MALFORMED = [
     "",
     "no-at-sign",
