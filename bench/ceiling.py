@@ -32,6 +32,8 @@ from typing import Any
 import psycopg
 
 from bench.sql import q
+from delivery_service.domain.addresses import ADDRESS_PATTERN, LONG_LABEL_PATTERN
+from delivery_service.domain.kpis import LARGEST_DOMAINS
 
 # The aggregates and hash joins over a million rows fit in memory instead of spilling.
 WORK_MEM = "256MB"
@@ -158,3 +160,54 @@ def measure(url: str, delivery_id: int, parts: int = PARTS) -> Ceiling:
         reset_seconds=reset_seconds,
         parts=parts,
     )
+
+
+@dataclass(frozen=True)
+class PreparationCeiling:
+    """A segment's preparation as one plain statement (bench/queries.sql,
+    `prepare_ceiling`) into a copy of a DRAFT delivery, and what it wrote."""
+
+    messages: int
+    seconds: float
+    fingerprint: tuple[Any, ...]
+
+    def info(self, same_rows: bool) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "seconds": round(self.seconds, 3),
+            "same_rows_as_service": same_rows,
+        }
+
+
+def measure_preparation(url: str, delivery_id: int, segment: str) -> PreparationCeiling:
+    """Prepares a copy of the DRAFT delivery in plain SQL, timed, before PrepareDelivery
+    prepares the delivery itself: both start from the same tables. Its rows go once
+    their fingerprint is taken, and VACUUM makes their room reusable, as it was."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        copy = conn.execute(q("prepare_ceiling_delivery"), {"delivery_id": delivery_id}).fetchone()
+        assert copy is not None
+        ceiling_id = int(copy[0])
+        params = {
+            "delivery_id": ceiling_id,
+            "segment": segment,
+            "address_pattern": ADDRESS_PATTERN,
+            "long_label_pattern": LONG_LABEL_PATTERN,
+            "largest": LARGEST_DOMAINS,
+        }
+        started = time.perf_counter()
+        with conn.transaction():
+            conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'".encode())
+            row = conn.execute(q("prepare_ceiling"), params).fetchone()
+        seconds = time.perf_counter() - started
+        assert row is not None
+        fingerprint = preparation_fingerprint(conn, ceiling_id)
+        conn.execute(q("forget_preparation_ceiling"), {"delivery_id": ceiling_id})
+        conn.execute(q("vacuum_sending_logs"))
+    return PreparationCeiling(messages=int(row[0]), seconds=seconds, fingerprint=fingerprint)
+
+
+def preparation_fingerprint(conn: psycopg.Connection[Any], delivery_id: int) -> tuple[Any, ...]:
+    """What a preparation wrote: its rows in target order, as digests."""
+    row = conn.execute(q("fingerprint_preparation"), {"delivery_id": delivery_id}).fetchone()
+    assert row is not None
+    return tuple(row)

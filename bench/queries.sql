@@ -500,3 +500,105 @@ SELECT (SELECT count(*) FROM feedback_events
        (SELECT count(*) FROM addresses
         WHERE delivery_id = %(delivery_id)s AND status = 3) AS addresses_quarantined
 FROM address_events WHERE delivery_id = %(delivery_id)s;
+
+-- name: prepare_ceiling_delivery
+-- The preparation ceiling: a DRAFT copy of a prepared delivery, to prepare again.
+INSERT INTO deliveries (label, subject, body, links, target_id, feedback_mode,
+                        validity_period, required_approvals, state)
+SELECT label || ' (ceiling)', subject, body, links, target_id, feedback_mode,
+       validity_period, required_approvals, 'DRAFT'
+FROM deliveries WHERE id = %(delivery_id)s
+RETURNING id;
+
+-- name: prepare_ceiling
+-- The preparation ceiling: a segment's analysis into the same rows as PrepareDelivery
+-- (sending logs in target order with their domain's rank, the largest domains and
+-- their messages, the dropped recipients with their reason, the delivery's counts), in
+-- one plain statement: each recipient classified once (address rules, quarantined or
+-- denylisted, duplicates), the kept ones inserted straight from it, no temporary table.
+-- Statuses: 1 QUEUED; addresses 3 QUARANTINED, 4 DENYLISTED (delivery_service.domain).
+WITH classified AS MATERIALIZED (
+    SELECT c.position, c.profile_id, c.email, lower(split_part(c.email, '@', 2)) AS domain,
+           CASE
+               WHEN c.email IS NULL OR c.email = '' THEN 'NO_ADDRESS'
+               WHEN c.email !~ %(address_pattern)s
+                    OR length(c.email) > 64
+                       AND split_part(c.email, '@', 2) ~ %(long_label_pattern)s
+                   THEN 'INVALID_ADDRESS'
+               WHEN x.status = 3 THEN 'QUARANTINED'
+               WHEN x.status = 4 THEN 'DENYLISTED'
+               WHEN row_number() OVER (PARTITION BY lower(c.email) ORDER BY c.position) > 1
+                   THEN 'DUPLICATE'
+           END AS reason
+    FROM (SELECT (row_number() OVER (ORDER BY p.profile_id))::integer - 1 AS position,
+                 p.profile_id, p.email
+          FROM profiles p
+          WHERE p.segments @> ARRAY[%(segment)s::text]) c
+    LEFT JOIN addresses x ON x.address = lower(c.email) AND x.status IN (3, 4)
+),
+ranked AS MATERIALIZED (
+    SELECT domain, (row_number() OVER (ORDER BY count(*) DESC, domain))::smallint AS domain_rank
+    FROM classified
+    WHERE reason IS NULL
+    GROUP BY domain
+    ORDER BY domain_rank
+    LIMIT %(largest)s
+),
+queued AS (
+    INSERT INTO sending_logs (delivery_id, profile_id, email, status, domain_rank)
+    SELECT %(delivery_id)s, c.profile_id, c.email, 1, coalesce(r.domain_rank, 0)
+    FROM classified c
+    LEFT JOIN ranked r ON r.domain = c.domain
+    WHERE c.reason IS NULL
+    ORDER BY c.position
+    RETURNING domain_rank
+),
+domains AS (
+    INSERT INTO delivery_domains (delivery_id, domain_rank, domain)
+    SELECT %(delivery_id)s, domain_rank, domain FROM ranked
+),
+counted AS (
+    INSERT INTO delivery_domain_counters (delivery_id, domain_rank, shard, to_deliver)
+    SELECT %(delivery_id)s, domain_rank, 0, count(*) FROM queued GROUP BY domain_rank
+),
+dropped AS (
+    INSERT INTO dropped_recipients (delivery_id, position, profile_id, email, reason)
+    SELECT %(delivery_id)s, position, profile_id, email, reason
+    FROM classified
+    WHERE reason IS NOT NULL
+),
+summary AS (
+    SELECT count(*) AS targeted, count(*) FILTER (WHERE reason IS NULL) AS to_deliver
+    FROM classified
+)
+UPDATE deliveries d
+SET state = 'APPROVED', targeted = s.targeted, to_deliver = s.to_deliver,
+    dropped = s.targeted - s.to_deliver
+FROM summary s
+WHERE d.id = %(delivery_id)s
+RETURNING d.to_deliver;
+
+-- name: fingerprint_preparation
+-- The preparation ceiling's check: what a preparation wrote, in target order.
+SELECT (SELECT count(*) || ':' || md5(string_agg(concat_ws('|', profile_id, email, status,
+                                                           domain_rank), ','
+                                                 ORDER BY message_id))
+        FROM sending_logs WHERE delivery_id = %(delivery_id)s),
+       (SELECT string_agg(domain_rank || ':' || domain, ',' ORDER BY domain_rank)
+        FROM delivery_domains WHERE delivery_id = %(delivery_id)s),
+       (SELECT string_agg(domain_rank || ':' || total, ',' ORDER BY domain_rank)
+        FROM (SELECT domain_rank, sum(to_deliver) AS total FROM delivery_domain_counters
+              WHERE delivery_id = %(delivery_id)s GROUP BY domain_rank) t),
+       (SELECT count(*) || ':' || coalesce(md5(string_agg(concat_ws('|', position,
+                                                                    profile_id, email,
+                                                                    reason), ','
+                                                          ORDER BY position)), '')
+        FROM dropped_recipients WHERE delivery_id = %(delivery_id)s),
+       (SELECT concat_ws('|', state, targeted, to_deliver, dropped)
+        FROM deliveries WHERE id = %(delivery_id)s);
+
+-- name: forget_preparation_ceiling
+-- The preparation ceiling's rows go once checked (the delivery's others with it, by
+-- their foreign keys): the workloads after it see only the benchmark's deliveries.
+WITH logs AS (DELETE FROM sending_logs WHERE delivery_id = %(delivery_id)s)
+DELETE FROM deliveries WHERE id = %(delivery_id)s;

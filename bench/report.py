@@ -53,6 +53,30 @@ def figures(messages: int, small: int) -> list[Figure]:
         f"x {abuse.LIST_BODY_BYTES >> 20} MiB"
     )
     return [
+        Figure(
+            "prepare_segment_s",
+            "prepare",
+            f"PrepareDelivery, segment of {big}",
+            "s",
+            5,
+            at_least=False,
+            decimals=2,
+        ),
+        Figure(
+            "prepare_ceiling_s",
+            "prepare",
+            "Preparation ceiling: plain SQL, same rows",
+            "s",
+            decimals=2,
+        ),
+        Figure(
+            "prepare_ceiling_ratio",
+            "prepare",
+            "Preparation ceiling ÷ PrepareDelivery (time)",
+            "",
+            0.5,
+            decimals=2,
+        ),
         Figure("relay_messages_per_s", "relay", f"Relay of {big}", "msg/s", 30_000),
         Figure(
             "relay_peak_rss_mb",

@@ -1,6 +1,9 @@
 """One run of the benchmark: a fresh database, fresh processes, then the workloads in order.
 
     set-up      profiles (COPY), a segment delivery of N and one of 10,000, both prepared
+    prepare     PrepareDelivery of the segment of N (in the set-up), then its ceiling: a
+                copy of the delivery prepared by one plain statement, checked for the
+                same rows, then deleted
     relay       ConfirmSend of the big delivery -> every message acknowledged by the stub
     ingest      the stub releases the feedback it held -> every event committed
     kpis        GetKpis x 10,000 on each delivery
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 from delivery.v1 import delivery_service_pb2 as pb
 from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from google.protobuf import duration_pb2
@@ -42,7 +46,7 @@ from bench.profiling import Profiler
 from mta_stub import presets
 from tools.pair import Pair
 
-STAGES = ("relay", "ingest", "kpis", "stats", "abuse", "ceiling")
+STAGES = ("prepare", "relay", "ingest", "kpis", "stats", "abuse", "ceiling")
 
 # The seeded mix made a realistic newsletter's: fewer hard and soft bounces, a quarter of
 # delivered messages opened (under a third of those clicked, as in the seeded mix), its
@@ -259,8 +263,14 @@ class Run:
         self.api = pb_grpc.DeliveryServiceStub(service_channel)
         self.mta = mta_grpc.MtaServiceStub(stub_channel)
         with self.console.status(f"set-up: preparing a delivery of {c.messages:,}..."):
-            self.big, prepare_s = self._prepared_delivery(BIG_SEGMENT, c.messages)
-            self.small, _ = self._prepared_delivery(SMALL_SEGMENT, c.small_messages)
+            self.big = self._created_delivery(BIG_SEGMENT)
+            # Its ceiling first, on the same empty tables the service's preparation has.
+            reference = self._prepare_ceiling(self.big) if "prepare" in c.stages else None
+            prepare_s = self._prepared(self.big, c.messages)
+            if reference is not None:
+                self._compare_preparations(reference, prepare_s)
+            self.small = self._created_delivery(SMALL_SEGMENT)
+            self._prepared(self.small, c.small_messages)
             environment.vacuum(self.url, "vacuum_sending_logs")
         info["prepare_s"] = round(prepare_s, 2)
         info["body_bytes"] = len(content(c.body_bytes).body)
@@ -269,7 +279,25 @@ class Run:
             f"{info['profiles_load_s']} s; PrepareDelivery of {c.messages:,} took {prepare_s:.1f} s"
         )
 
-    def _prepared_delivery(self, segment: str, expected: int) -> tuple[int, float]:
+    def _prepare_ceiling(self, delivery_id: int) -> ceiling.PreparationCeiling:
+        with self.console.status("prepare: its ceiling in plain SQL..."):
+            return ceiling.measure_preparation(self.url, delivery_id, BIG_SEGMENT)
+
+    def _compare_preparations(self, got: ceiling.PreparationCeiling, prepare_s: float) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            same_rows = ceiling.preparation_fingerprint(conn, self.big) == got.fingerprint
+        self.result.info["prepare_ceiling"] = got.info(same_rows)
+        self.result.figures["prepare_segment_s"] = prepare_s
+        self.result.figures["prepare_ceiling_s"] = got.seconds
+        self.result.figures["prepare_ceiling_ratio"] = got.seconds / prepare_s
+        self.console.log(
+            f"prepare: PrepareDelivery of {got.messages:,} in {prepare_s:.2f} s, plain SQL in "
+            f"{got.seconds:.2f} s; same rows as the service: {same_rows}"
+        )
+        if not same_rows:
+            raise RuntimeError("the preparation ceiling wrote other rows than the service")
+
+    def _created_delivery(self, segment: str) -> int:
         created = self.api.CreateDelivery(
             pb.CreateDeliveryRequest(
                 label=f"bench {segment}",
@@ -282,6 +310,10 @@ class Run:
             timeout=60,
         )
         delivery_id: int = created.delivery.id
+        return delivery_id
+
+    def _prepared(self, delivery_id: int, expected: int) -> float:
+        """PrepareDelivery of a DRAFT delivery, checked; how long it took."""
         started = time.perf_counter()
         prepared = self.api.PrepareDelivery(
             pb.PrepareDeliveryRequest(delivery_id=delivery_id),
@@ -294,7 +326,7 @@ class Run:
                 f"delivery {delivery_id} prepared to {prepared.to_deliver} messages in state "
                 f"{pb.State.Name(prepared.delivery.state)}, expected {expected} and APPROVED"
             )
-        return delivery_id, elapsed
+        return elapsed
 
     def _confirm(self, delivery_id: int) -> None:
         self.api.ConfirmSend(
