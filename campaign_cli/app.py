@@ -27,6 +27,8 @@ from campaign_cli.render import Format
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 # The most profiles one UpsertProfiles call may carry is 10,000; half keeps calls short.
 IMPORT_CHUNK = 5_000
+# The most recipients the service takes in one request (delivery_service/validation.py).
+RECIPIENTS_PER_CALL = 100_000
 
 
 class _Group(TyperGroup):
@@ -386,7 +388,8 @@ def create_delivery(
         str, typer.Option(help="An idempotency key: a repeat returns the same delivery.")
     ] = "",
 ) -> None:
-    """Create a delivery (DRAFT) for a list of addresses or a segment."""
+    """Create a delivery (DRAFT) for a list of addresses or a segment; a list longer
+    than a request takes (100,000) is added to it 100,000 at a time."""
     if (body is None) == (body_file is None):
         raise typer.BadParameter("give exactly one of --body and --body-file", param_hint="body")
     listed = bool(recipient) or recipients_file is not None
@@ -396,11 +399,12 @@ def create_delivery(
             param_hint="target",
         )
     period = parse_duration(validity, "'--validity'")
+    listed_recipients = _recipients(recipient or [], recipients_file) if listed else []
     target = (
         pb.Target(segment=segment)
         if segment is not None
         else pb.Target(
-            recipients=pb.RecipientList(recipients=_recipients(recipient or [], recipients_file))
+            recipients=pb.RecipientList(recipients=listed_recipients[:RECIPIENTS_PER_CALL])
         )
     )
     request = pb.CreateDeliveryRequest(
@@ -416,7 +420,16 @@ def create_delivery(
         required_approvals=[_step(s) for s in dict.fromkeys(approval or [])],
         request_id=request_id,
     )
-    response = _client(ctx).create_delivery(request)
+    client = _client(ctx)
+    response = client.create_delivery(request)
+    # A longer list: the rest a call at a time, each at its position, so that running
+    # the command again (with --request-id) repeats calls the service recognises.
+    for position in range(RECIPIENTS_PER_CALL, len(listed_recipients), RECIPIENTS_PER_CALL):
+        client.add_recipients(
+            response.delivery.id,
+            position,
+            listed_recipients[position : position + RECIPIENTS_PER_CALL],
+        )
     _show(ctx, response, render.delivery_table(response.delivery))
 
 

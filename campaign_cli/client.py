@@ -115,6 +115,19 @@ class Client:
         response: pb.CreateDeliveryResponse = self._call(self._stub.CreateDelivery, request)
         return response
 
+    def add_recipients(
+        self, delivery_id: int, position: int, recipients: list[pb.Recipient]
+    ) -> pb.AddRecipientsResponse:
+        response: pb.AddRecipientsResponse = self._call(
+            self._stub.AddRecipients,
+            pb.AddRecipientsRequest(
+                delivery_id=delivery_id,
+                position=position,
+                recipients=pb.RecipientList(recipients=recipients),
+            ),
+        )
+        return response
+
     def prepare(self, delivery_id: int) -> pb.PrepareDeliveryResponse:
         response: pb.PrepareDeliveryResponse = self._call(
             self._stub.PrepareDelivery, pb.PrepareDeliveryRequest(delivery_id=delivery_id)

@@ -27,7 +27,13 @@ from mta.v1 import mta_service_pb2 as mta
 from rich.console import Console
 
 from campaign_cli import operators, render
-from campaign_cli.app import DEFAULT_ADDRESS, make_console, parse_duration, show_deployment
+from campaign_cli.app import (
+    DEFAULT_ADDRESS,
+    RECIPIENTS_PER_CALL,
+    make_console,
+    parse_duration,
+    show_deployment,
+)
 from campaign_cli.client import Client, set_mta_scenario
 from campaign_cli.errors import CliError, reported
 from delivery_service import admin
@@ -39,9 +45,8 @@ MIX = presets.SEEDED_MIX
 # Recipients preparation drops, to show its analysis: repeats and undeliverable addresses.
 DUPLICATES = 10
 INVALID = 5
-# The most recipients the service takes in one request (delivery_service/validation.py),
-# less those the demo adds.
-MAX_RECIPIENTS = 100_000 - DUPLICATES - INVALID
+# The most recipients the service takes in one request, less those the demo adds.
+MAX_RECIPIENTS = RECIPIENTS_PER_CALL - DUPLICATES - INVALID
 
 demo = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

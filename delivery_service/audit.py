@@ -29,6 +29,7 @@ AUDITED = frozenset(
             _D + name
             for name in (
                 "CreateDelivery",
+                "AddRecipients",
                 "PrepareDelivery",
                 "ApproveDelivery",
                 "ConfirmSend",

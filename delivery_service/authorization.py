@@ -29,6 +29,7 @@ _AD = "/delivery.v1.AddressService/"
 # The delivery service's process serves DeliveryService, AdminService and AddressService.
 DELIVERY_SERVICE: dict[str, Role | str] = {
     _D + "CreateDelivery": Role.CREATE_DELIVERIES,
+    _D + "AddRecipients": Role.CREATE_DELIVERIES,
     _D + "PrepareDelivery": Role.CREATE_DELIVERIES,
     _D + "ApproveDelivery": Role.APPROVE_DELIVERIES,
     _D + "ConfirmSend": Role.START_DELIVERIES,

@@ -40,6 +40,8 @@ MAX_BODY = 1 << 20
 MAX_LINKS = 100
 MAX_LINK = 2048
 MAX_RECIPIENTS = 100_000
+# A recipient list built by AddRecipients, 100,000 at a time.
+MAX_LIST_LENGTH = 10_000_000
 MAX_PROFILES = 10_000
 MAX_ID = 200
 MAX_SEGMENTS = 20
@@ -325,6 +327,28 @@ def recipient(field: str, value: pb.Recipient) -> Recipient:
     raise Invalid(field, "required: profile_id or email")
 
 
+def recipient_list(field: str, value: pb.RecipientList) -> list[Recipient]:
+    """1 to MAX_RECIPIENTS recipients, each a profile id or an address."""
+    items = value.recipients
+    if not items:
+        raise Invalid(field, "must name at least one recipient")
+    if len(items) > MAX_RECIPIENTS:
+        raise Invalid(field, f"must have at most {MAX_RECIPIENTS} recipients")
+    name = f"{field}.recipients"
+    with Checks() as check:
+        recipients = [check(recipient, f"{name}[{i}]", r) for i, r in enumerate(items)]
+    return recipients
+
+
+def list_position(field: str, value: int, added: int) -> int:
+    """Where `added` recipients go in a list: from 0, the list at most MAX_LIST_LENGTH."""
+    if value < 0:
+        raise Invalid(field, "must be 0 or more")
+    if value + added > MAX_LIST_LENGTH:
+        raise Invalid(field, f"would make the list longer than {MAX_LIST_LENGTH:,} recipients")
+    return value
+
+
 def target(field: str, value: pb.Target | None) -> tuple[str | None, list[Recipient]]:
     if value is None:
         raise Invalid(field, "required")
@@ -333,15 +357,7 @@ def target(field: str, value: pb.Target | None) -> tuple[str | None, list[Recipi
         raise Invalid(field, "required: recipients or segment")
     if kind == "segment":
         return text(f"{field}.segment", value.segment, MAX_SEGMENT), []
-    items = value.recipients.recipients
-    if not items:
-        raise Invalid(f"{field}.recipients", "must name at least one recipient")
-    if len(items) > MAX_RECIPIENTS:
-        raise Invalid(f"{field}.recipients", f"must have at most {MAX_RECIPIENTS} recipients")
-    name = f"{field}.recipients.recipients"
-    with Checks() as check:
-        recipients = [check(recipient, f"{name}[{i}]", r) for i, r in enumerate(items)]
-    return None, recipients
+    return None, recipient_list(f"{field}.recipients", value.recipients)
 
 
 def approval_steps(field: str, values: list[int]) -> list[lifecycle.ApprovalStep]:

@@ -57,6 +57,19 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         return pb.CreateDeliveryResponse(delivery=convert.delivery(created))
 
     @errors.unary
+    async def AddRecipients(
+        self, request: pb.AddRecipientsRequest, context: Context
+    ) -> pb.AddRecipientsResponse:
+        with validation.Checks() as check:
+            delivery_id = check(validation.positive_id, "delivery_id", request.delivery_id)
+            recipients = check(validation.recipient_list, "recipients", request.recipients)
+            position = check(
+                validation.list_position, "position", request.position, len(recipients or ())
+            )
+        length = await deliveries.add_recipients(self.db, delivery_id, position, recipients)
+        return pb.AddRecipientsResponse(length=length)
+
+    @errors.unary
     async def PrepareDelivery(
         self, request: pb.PrepareDeliveryRequest, context: Context
     ) -> pb.PrepareDeliveryResponse:

@@ -29,12 +29,32 @@ async def insert_target(conn: Conn, segment: str | None, recipients: Sequence[Re
     """A target: a segment, or a list of recipients loaded by COPY, in order."""
     target_id: int = await fetch_value(conn, "insert_target", segment=segment)
     if segment is None:
-        await copy_rows(
-            conn,
-            "copy_target_recipients",
-            ((target_id, position, r.profile_id, r.email) for position, r in enumerate(recipients)),
-        )
+        await add_recipients(conn, target_id, 0, recipients)
     return target_id
+
+
+async def add_recipients(
+    conn: Conn, target_id: int, first: int, recipients: Sequence[Recipient]
+) -> None:
+    """Recipients into a target's list by COPY, in order, from position `first`."""
+    await copy_rows(
+        conn,
+        "copy_target_recipients",
+        ((target_id, first + i, r.profile_id, r.email) for i, r in enumerate(recipients)),
+    )
+
+
+async def target_list(conn: Conn, target_id: int) -> tuple[str | None, int]:
+    """A target's segment (None for a recipient list) and its list's length."""
+    rows = await fetch_tuples(conn, "target_list", target_id=target_id)
+    segment, length = rows[0]
+    return segment, int(length)
+
+
+async def recipients_at(conn: Conn, target_id: int, first: int, end: int) -> list[Recipient]:
+    """A recipient list's recipients at positions [first, end)."""
+    rows = await fetch_tuples(conn, "recipients_at", target_id=target_id, first=first, end=end)
+    return [Recipient(profile_id, email) for profile_id, email in rows]
 
 
 def template_params(new: NewDelivery, target_id: int) -> dict[str, object]:

@@ -12,10 +12,10 @@ from delivery_service import clock
 from delivery_service.domain import feedback as fb
 from delivery_service.domain import lifecycle
 from delivery_service.domain import quarantine as q
-from delivery_service.domain.requests import NewDelivery, ProfileUpdate, request_digest
+from delivery_service.domain.requests import NewDelivery, ProfileUpdate, Recipient, request_digest
 from delivery_service.store import addresses as store_addresses
 from delivery_service.store import counters, deliveries, logs, preparation, profiles
-from delivery_service.store.connection import Conflict, Conn, Database
+from delivery_service.store.connection import AlreadyExists, Conflict, Conn, Database
 from delivery_service.store.records import Delivery, SendingLog
 from delivery_service.usecases.idempotency import create_once
 
@@ -51,6 +51,45 @@ async def create(db: Database, new: NewDelivery, operator: str) -> Delivery:
         insert=lambda conn: deliveries.insert(conn, new, operator),
         read=deliveries.get,
     )
+
+
+async def add_recipients(
+    db: Database, delivery_id: int, position: int, recipients: list[Recipient]
+) -> int:
+    """Adds recipients at `position` to a DRAFT delivery's recipient list (an occurrence
+    of a recurring delivery, whose list its occurrences share, is never DRAFT: it is
+    prepared as it is created); a repeat of an earlier call (same position, same
+    recipients) changes nothing. Returns the list's length."""
+    async with db.transaction() as conn:
+        delivery = await deliveries.lock(conn, delivery_id)
+        if delivery.state is not lifecycle.State.DRAFT:
+            raise Conflict(
+                f"delivery {delivery_id} is {delivery.state}: recipients are added to a "
+                "DRAFT delivery only"
+            )
+        segment, length = await deliveries.target_list(conn, delivery.target_id)
+        if segment is not None:
+            raise Conflict(
+                f"delivery {delivery_id} targets the segment {segment!r}: recipients are "
+                "added to a recipient list only"
+            )
+        end = position + len(recipients)
+        if position > length:
+            raise Conflict(
+                f"position {position} is past the end of the list ({length} recipients): "
+                "add the recipients before it first"
+            )
+        if position < length:
+            if await deliveries.recipients_at(conn, delivery.target_id, position, end) == (
+                recipients
+            ):
+                return length  # a repeat: already there
+            raise AlreadyExists(
+                f"the list already has other recipients at positions {position} to "
+                f"{min(end, length) - 1}; the next call's position is {length}"
+            )
+        await deliveries.add_recipients(conn, delivery.target_id, position, recipients)
+        return end
 
 
 async def prepare_locked(conn: Conn, delivery: Delivery) -> Prepared:

@@ -945,3 +945,22 @@ def test_demo_checks_before_it_changes_the_stub_and_restores_it(cli_pair: CliPai
     assert interrupted.returncode != 0, out + err
     assert live_demo_operators(cli_pair.database_url) == []
     delivers_everything(cli_pair)
+
+
+def test_a_list_longer_than_a_request_takes_is_added_call_by_call(
+    cli_pair: CliPair, tmp_path: Path
+) -> None:
+    """250,001 addresses: one CreateDelivery of 100,000, then AddRecipients of 100,000 and
+    of 50,001, each at its position; running the command again with its request id
+    repeats them, and the list stays as it was."""
+    recipients = tmp_path / "recipients.txt"
+    recipients.write_text("".join(f"u{i}@example.com\n" for i in range(250_001)), encoding="utf-8")
+    create = (
+        "deliveries create --label Big --subject Hi --body Hi "
+        f"--recipients-file {shlex.quote(str(recipients))} --request-id big-list"
+    )
+    first = run_json(*cli_pair.args(f"--json {create}"))
+    again = run_json(*cli_pair.args(f"--json {create}"))
+    assert first["delivery"]["id"] == again["delivery"]["id"]
+    prepared = run_json(*cli_pair.args(f"--json deliveries prepare {first['delivery']['id']}"))
+    assert (prepared["targeted"], prepared["to_deliver"]) == (250_001, 250_001)

@@ -52,6 +52,8 @@ ONE_ROLE = {
     "AddressService/SetAddressStatus": "manage_profiles",
     "AddressService/ReleaseAddresses": "manage_profiles",
     "DeliveryService/ListAlerts": "read_deliveries",
+    # Who a delivery sends to is decided with the delivery.
+    "DeliveryService/AddRecipients": "create_deliveries",
     # The event feed carries every recipient's address and what happened to the message.
     "DeliveryService/ListDeliveryEvents": "read_deliveries",
     "DeliveryService/WatchDeliveryEvents": "read_deliveries",

@@ -9,6 +9,21 @@ INSERT INTO targets (segment) VALUES (%(segment)s) RETURNING id;
 -- Fills a target's recipient list.
 COPY target_recipients (target_id, position, profile_id, email) FROM STDIN;
 
+-- name: target_list
+-- A target's segment (null for a recipient list) and its list's length: the position
+-- after its last recipient.
+SELECT t.segment,
+       coalesce((SELECT max(r.position) + 1 FROM target_recipients r
+                 WHERE r.target_id = %(target_id)s), 0) AS length
+FROM targets t
+WHERE t.id = %(target_id)s;
+
+-- name: recipients_at
+-- A recipient list's recipients at positions [first, end), in order.
+SELECT profile_id, email FROM target_recipients
+WHERE target_id = %(target_id)s AND position >= %(first)s AND position < %(end)s
+ORDER BY position;
+
 -- name: insert_delivery
 -- Creates a delivery in state DRAFT.
 INSERT INTO deliveries (label, subject, body, links, target_id, feedback_mode,

@@ -500,7 +500,7 @@ class Target(_message.Message):
     """Every profile in this segment (see Profile.segments)."""
     @_builtins.property
     def recipients(self) -> Global___RecipientList:
-        """A list of recipients, at most 100,000."""
+        """A list of recipients, at most 100,000 (AddRecipients adds more)."""
 
     def __init__(
         self,
@@ -1199,6 +1199,67 @@ class CreateDeliveryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateDeliveryResponse: _TypeAlias = CreateDeliveryResponse  # noqa: Y015
+
+@_typing.final
+class AddRecipientsRequest(_message.Message):
+    """The request of AddRecipients."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.int
+    """A DRAFT delivery created with a recipient list (not a segment), and not an
+    occurrence of a recurring delivery.
+    """
+    position: _builtins.int
+    """Where the first of these recipients goes in the list, from 0: the list's
+    length so far (AddRecipientsResponse.length), so that a call repeated
+    after a lost answer is recognised. Past the end: FAILED_PRECONDITION
+    (a call before it is missing); before it: the same recipients as there
+    answer OK and change nothing, others ALREADY_EXISTS.
+    """
+    @_builtins.property
+    def recipients(self) -> Global___RecipientList:
+        """The recipients, 1 to 100,000, in order."""
+
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.int = ...,
+        position: _builtins.int = ...,
+        recipients: Global___RecipientList | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recipients", b"recipients"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_id", b"delivery_id", "position", b"position", "recipients", b"recipients"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddRecipientsRequest: _TypeAlias = AddRecipientsRequest  # noqa: Y015
+
+@_typing.final
+class AddRecipientsResponse(_message.Message):
+    """The response of AddRecipients."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LENGTH_FIELD_NUMBER: _builtins.int
+    length: _builtins.int
+    """The list's length now: the position of the next call."""
+    def __init__(
+        self,
+        *,
+        length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddRecipientsResponse: _TypeAlias = AddRecipientsResponse  # noqa: Y015
 
 @_typing.final
 class PrepareDeliveryRequest(_message.Message):

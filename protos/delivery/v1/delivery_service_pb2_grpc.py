@@ -46,6 +46,11 @@ class DeliveryServiceStub:
                 request_serializer=delivery_dot_v1_dot_delivery__service__pb2.CreateDeliveryRequest.SerializeToString,
                 response_deserializer=delivery_dot_v1_dot_delivery__service__pb2.CreateDeliveryResponse.FromString,
                 _registered_method=True)
+        self.AddRecipients = channel.unary_unary(
+                '/delivery.v1.DeliveryService/AddRecipients',
+                request_serializer=delivery_dot_v1_dot_delivery__service__pb2.AddRecipientsRequest.SerializeToString,
+                response_deserializer=delivery_dot_v1_dot_delivery__service__pb2.AddRecipientsResponse.FromString,
+                _registered_method=True)
         self.PrepareDelivery = channel.unary_unary(
                 '/delivery.v1.DeliveryService/PrepareDelivery',
                 request_serializer=delivery_dot_v1_dot_delivery__service__pb2.PrepareDeliveryRequest.SerializeToString,
@@ -165,6 +170,16 @@ class DeliveryServiceServicer:
 
     def CreateDelivery(self, request, context):
         """Creates a delivery in state DRAFT. Idempotent on request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddRecipients(self, request, context):
+        """Adds recipients to the end of a DRAFT delivery's recipient list, at most
+        100,000 a call: how a list longer than CreateDelivery takes is built.
+        Idempotent: a call repeated with the same position and recipients changes
+        nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -349,6 +364,11 @@ def add_DeliveryServiceServicer_to_server(servicer, server):
                     request_deserializer=delivery_dot_v1_dot_delivery__service__pb2.CreateDeliveryRequest.FromString,
                     response_serializer=delivery_dot_v1_dot_delivery__service__pb2.CreateDeliveryResponse.SerializeToString,
             ),
+            'AddRecipients': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddRecipients,
+                    request_deserializer=delivery_dot_v1_dot_delivery__service__pb2.AddRecipientsRequest.FromString,
+                    response_serializer=delivery_dot_v1_dot_delivery__service__pb2.AddRecipientsResponse.SerializeToString,
+            ),
             'PrepareDelivery': grpc.unary_unary_rpc_method_handler(
                     servicer.PrepareDelivery,
                     request_deserializer=delivery_dot_v1_dot_delivery__service__pb2.PrepareDeliveryRequest.FromString,
@@ -489,6 +509,33 @@ class DeliveryService:
             '/delivery.v1.DeliveryService/CreateDelivery',
             delivery_dot_v1_dot_delivery__service__pb2.CreateDeliveryRequest.SerializeToString,
             delivery_dot_v1_dot_delivery__service__pb2.CreateDeliveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddRecipients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/delivery.v1.DeliveryService/AddRecipients',
+            delivery_dot_v1_dot_delivery__service__pb2.AddRecipientsRequest.SerializeToString,
+            delivery_dot_v1_dot_delivery__service__pb2.AddRecipientsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,12 @@ class DeliveryServiceStub:
     def __new__(cls, channel: _aio.Channel) -> DeliveryServiceAsyncStub: ...
     CreateDelivery: _grpc.UnaryUnaryMultiCallable[_delivery_service_pb2.CreateDeliveryRequest, _delivery_service_pb2.CreateDeliveryResponse]
     """Creates a delivery in state DRAFT. Idempotent on request_id."""
+    AddRecipients: _grpc.UnaryUnaryMultiCallable[_delivery_service_pb2.AddRecipientsRequest, _delivery_service_pb2.AddRecipientsResponse]
+    """Adds recipients to the end of a DRAFT delivery's recipient list, at most
+    100,000 a call: how a list longer than CreateDelivery takes is built.
+    Idempotent: a call repeated with the same position and recipients changes
+    nothing.
+    """
     PrepareDelivery: _grpc.UnaryUnaryMultiCallable[_delivery_service_pb2.PrepareDeliveryRequest, _delivery_service_pb2.PrepareDeliveryResponse]
     """Analyses the target of a DRAFT delivery: resolves recipients, drops
     duplicates, invalid and quarantined addresses, and queues one sending log
@@ -136,6 +142,12 @@ class DeliveryServiceAsyncStub(DeliveryServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateDelivery: _aio.UnaryUnaryMultiCallable[_delivery_service_pb2.CreateDeliveryRequest, _delivery_service_pb2.CreateDeliveryResponse]  # type: ignore[assignment]
     """Creates a delivery in state DRAFT. Idempotent on request_id."""
+    AddRecipients: _aio.UnaryUnaryMultiCallable[_delivery_service_pb2.AddRecipientsRequest, _delivery_service_pb2.AddRecipientsResponse]  # type: ignore[assignment]
+    """Adds recipients to the end of a DRAFT delivery's recipient list, at most
+    100,000 a call: how a list longer than CreateDelivery takes is built.
+    Idempotent: a call repeated with the same position and recipients changes
+    nothing.
+    """
     PrepareDelivery: _aio.UnaryUnaryMultiCallable[_delivery_service_pb2.PrepareDeliveryRequest, _delivery_service_pb2.PrepareDeliveryResponse]  # type: ignore[assignment]
     """Analyses the target of a DRAFT delivery: resolves recipients, drops
     duplicates, invalid and quarantined addresses, and queues one sending log
@@ -233,6 +245,18 @@ class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_delivery_service_pb2.CreateDeliveryResponse, _abc.Awaitable[_delivery_service_pb2.CreateDeliveryResponse]]:
         """Creates a delivery in state DRAFT. Idempotent on request_id."""
+
+    @_abc_1.abstractmethod
+    def AddRecipients(
+        self,
+        request: _delivery_service_pb2.AddRecipientsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_service_pb2.AddRecipientsResponse, _abc.Awaitable[_delivery_service_pb2.AddRecipientsResponse]]:
+        """Adds recipients to the end of a DRAFT delivery's recipient list, at most
+        100,000 a call: how a list longer than CreateDelivery takes is built.
+        Idempotent: a call repeated with the same position and recipients changes
+        nothing.
+        """
 
     @_abc_1.abstractmethod
     def PrepareDelivery(
