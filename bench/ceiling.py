@@ -179,17 +179,19 @@ class PreparationCeiling:
         }
 
 
-def measure_preparation(url: str, delivery_id: int, segment: str) -> PreparationCeiling:
+def measure_preparation(url: str, delivery_id: int) -> PreparationCeiling:
     """Prepares a copy of the DRAFT delivery in plain SQL, timed, before PrepareDelivery
     prepares the delivery itself: both start from the same tables. Its rows go once
     their fingerprint is taken, and VACUUM makes their room reusable, as it was."""
     with psycopg.connect(url, autocommit=True) as conn:
+        target = conn.execute(q("delivery_target"), {"delivery_id": delivery_id}).fetchone()
         copy = conn.execute(q("prepare_ceiling_delivery"), {"delivery_id": delivery_id}).fetchone()
-        assert copy is not None
+        assert target is not None and copy is not None
         ceiling_id = int(copy[0])
         params = {
             "delivery_id": ceiling_id,
-            "segment": segment,
+            "target_id": target[0],
+            "segment": target[1],
             "address_pattern": ADDRESS_PATTERN,
             "long_label_pattern": LONG_LABEL_PATTERN,
             "largest": LARGEST_DOMAINS,
@@ -201,9 +203,21 @@ def measure_preparation(url: str, delivery_id: int, segment: str) -> Preparation
         seconds = time.perf_counter() - started
         assert row is not None
         fingerprint = preparation_fingerprint(conn, ceiling_id)
-        conn.execute(q("forget_preparation_ceiling"), {"delivery_id": ceiling_id})
-        conn.execute(q("vacuum_sending_logs"))
+        forget_delivery(conn, ceiling_id)
     return PreparationCeiling(messages=int(row[0]), seconds=seconds, fingerprint=fingerprint)
+
+
+def forget_delivery(
+    conn: psycopg.Connection[Any], delivery_id: int, *, target: bool = False
+) -> None:
+    """A delivery the benchmark measured the preparation of, gone (with its target, if
+    its own), and VACUUM making its room reusable."""
+    found = conn.execute(q("delivery_target"), {"delivery_id": delivery_id}).fetchone()
+    assert found is not None
+    conn.execute(q("forget_delivery"), {"delivery_id": delivery_id})
+    if target:
+        conn.execute(q("forget_target"), {"target_id": found[0]})
+    conn.execute(q("vacuum_sending_logs"))
 
 
 def preparation_fingerprint(conn: psycopg.Connection[Any], delivery_id: int) -> tuple[Any, ...]:

@@ -511,7 +511,8 @@ FROM deliveries WHERE id = %(delivery_id)s
 RETURNING id;
 
 -- name: prepare_ceiling
--- The preparation ceiling: a segment's analysis into the same rows as PrepareDelivery
+-- The preparation ceiling: a target's analysis (a recipient list's, or a segment's: the
+-- other is empty) into the same rows as PrepareDelivery
 -- (sending logs in target order with their domain's rank, the largest domains and
 -- their messages, the dropped recipients with their reason, the delivery's counts), in
 -- one plain statement: each recipient classified once (address rules, quarantined or
@@ -520,6 +521,7 @@ RETURNING id;
 WITH classified AS MATERIALIZED (
     SELECT c.position, c.profile_id, c.email, lower(split_part(c.email, '@', 2)) AS domain,
            CASE
+               WHEN c.unknown_profile THEN 'UNKNOWN_PROFILE'
                WHEN c.email IS NULL OR c.email = '' THEN 'NO_ADDRESS'
                WHEN c.email !~ %(address_pattern)s
                     OR length(c.email) > 64
@@ -530,8 +532,14 @@ WITH classified AS MATERIALIZED (
                WHEN row_number() OVER (PARTITION BY lower(c.email) ORDER BY c.position) > 1
                    THEN 'DUPLICATE'
            END AS reason
-    FROM (SELECT (row_number() OVER (ORDER BY p.profile_id))::integer - 1 AS position,
-                 p.profile_id, p.email
+    FROM (SELECT r.position, r.profile_id, coalesce(r.email, p.email) AS email,
+                 r.profile_id IS NOT NULL AND p.profile_id IS NULL AS unknown_profile
+          FROM target_recipients r
+          LEFT JOIN profiles p ON p.profile_id = r.profile_id
+          WHERE r.target_id = %(target_id)s
+          UNION ALL
+          SELECT (row_number() OVER (ORDER BY p.profile_id))::integer - 1, p.profile_id,
+                 p.email, false
           FROM profiles p
           WHERE p.segments @> ARRAY[%(segment)s::text]) c
     LEFT JOIN addresses x ON x.address = lower(c.email) AND x.status IN (3, 4)
@@ -597,8 +605,18 @@ SELECT (SELECT count(*) || ':' || md5(string_agg(concat_ws('|', profile_id, emai
        (SELECT concat_ws('|', state, targeted, to_deliver, dropped)
         FROM deliveries WHERE id = %(delivery_id)s);
 
--- name: forget_preparation_ceiling
--- The preparation ceiling's rows go once checked (the delivery's others with it, by
--- their foreign keys): the workloads after it see only the benchmark's deliveries.
+-- name: forget_delivery
+-- A delivery the benchmark measured the preparation of goes once checked, with its
+-- sending logs (its other rows by their foreign keys): the workloads after it see only
+-- the benchmark's deliveries.
 WITH logs AS (DELETE FROM sending_logs WHERE delivery_id = %(delivery_id)s)
 DELETE FROM deliveries WHERE id = %(delivery_id)s;
+
+-- name: forget_target
+-- The recipient list the benchmark made, once its delivery is gone.
+DELETE FROM targets WHERE id = %(target_id)s;
+
+-- name: delivery_target
+-- A delivery's target: its id and segment (null for a recipient list).
+SELECT t.id, t.segment FROM deliveries d JOIN targets t ON t.id = d.target_id
+WHERE d.id = %(delivery_id)s;

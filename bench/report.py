@@ -53,29 +53,35 @@ def figures(messages: int, small: int) -> list[Figure]:
         f"x {abuse.LIST_BODY_BYTES >> 20} MiB"
     )
     return [
-        Figure(
-            "prepare_segment_s",
-            "prepare",
-            f"PrepareDelivery, segment of {big}",
-            "s",
-            5,
-            at_least=False,
-            decimals=2,
-        ),
-        Figure(
-            "prepare_ceiling_s",
-            "prepare",
-            "Preparation ceiling: plain SQL, same rows",
-            "s",
-            decimals=2,
-        ),
-        Figure(
-            "prepare_ceiling_ratio",
-            "prepare",
-            "Preparation ceiling ÷ PrepareDelivery (time)",
-            "",
-            0.5,
-            decimals=2,
+        *(
+            figure
+            for kind in ("segment", "list")
+            for figure in (
+                Figure(
+                    f"prepare_{kind}_s",
+                    "prepare",
+                    f"PrepareDelivery, a {kind} of {big}",
+                    "s",
+                    5,
+                    at_least=False,
+                    decimals=2,
+                ),
+                Figure(
+                    f"prepare_{kind}_ceiling_s",
+                    "prepare",
+                    f"Preparation ceiling, {kind}: plain SQL, same rows",
+                    "s",
+                    decimals=2,
+                ),
+                Figure(
+                    f"prepare_{kind}_ceiling_ratio",
+                    "prepare",
+                    f"Preparation ceiling ÷ PrepareDelivery, {kind} (time)",
+                    "",
+                    0.5,
+                    decimals=2,
+                ),
+            )
         ),
         Figure("relay_messages_per_s", "relay", f"Relay of {big}", "msg/s", 30_000),
         Figure(

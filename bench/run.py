@@ -43,6 +43,7 @@ from rich.console import Console
 from bench import abuse, ceiling, environment
 from bench.environment import CpuMeter
 from bench.profiling import Profiler
+from delivery_service.validation import MAX_RECIPIENTS as RECIPIENTS_PER_CALL
 from mta_stub import presets
 from tools.pair import Pair
 
@@ -263,14 +264,15 @@ class Run:
         self.api = pb_grpc.DeliveryServiceStub(service_channel)
         self.mta = mta_grpc.MtaServiceStub(stub_channel)
         with self.console.status(f"set-up: preparing a delivery of {c.messages:,}..."):
-            self.big = self._created_delivery(BIG_SEGMENT)
-            # Its ceiling first, on the same empty tables the service's preparation has.
-            reference = self._prepare_ceiling(self.big) if "prepare" in c.stages else None
-            prepare_s = self._prepared(self.big, c.messages)
-            if reference is not None:
-                self._compare_preparations(reference, prepare_s)
-            self.small = self._created_delivery(SMALL_SEGMENT)
+            self.big = self._created_delivery(pb.Target(segment=BIG_SEGMENT), BIG_SEGMENT)
+            prepare_s = self._timed_preparation("segment", self.big, c.messages)
+            self.small = self._created_delivery(pb.Target(segment=SMALL_SEGMENT), SMALL_SEGMENT)
             self._prepared(self.small, c.small_messages)
+            if "prepare" in c.stages:
+                listed = self._listed_delivery(c.messages)
+                self._timed_preparation("list", listed, c.messages)
+                with psycopg.connect(self.url, autocommit=True) as conn:
+                    ceiling.forget_delivery(conn, listed, target=True)
             environment.vacuum(self.url, "vacuum_sending_logs")
         info["prepare_s"] = round(prepare_s, 2)
         info["body_bytes"] = len(content(c.body_bytes).body)
@@ -279,30 +281,36 @@ class Run:
             f"{info['profiles_load_s']} s; PrepareDelivery of {c.messages:,} took {prepare_s:.1f} s"
         )
 
-    def _prepare_ceiling(self, delivery_id: int) -> ceiling.PreparationCeiling:
-        with self.console.status("prepare: its ceiling in plain SQL..."):
-            return ceiling.measure_preparation(self.url, delivery_id, BIG_SEGMENT)
-
-    def _compare_preparations(self, got: ceiling.PreparationCeiling, prepare_s: float) -> None:
+    def _timed_preparation(self, kind: str, delivery_id: int, expected: int) -> float:
+        """PrepareDelivery of a DRAFT delivery; with the prepare workload, its ceiling
+        first (on the same tables), then the two compared. How long the service took."""
+        if "prepare" not in self.config.stages:
+            return self._prepared(delivery_id, expected)
+        with self.console.status(f"prepare: the {kind}'s ceiling in plain SQL..."):
+            reference = ceiling.measure_preparation(self.url, delivery_id)
+        prepare_s = self._prepared(delivery_id, expected)
         with psycopg.connect(self.url, autocommit=True) as conn:
-            same_rows = ceiling.preparation_fingerprint(conn, self.big) == got.fingerprint
-        self.result.info["prepare_ceiling"] = got.info(same_rows)
-        self.result.figures["prepare_segment_s"] = prepare_s
-        self.result.figures["prepare_ceiling_s"] = got.seconds
-        self.result.figures["prepare_ceiling_ratio"] = got.seconds / prepare_s
+            same_rows = ceiling.preparation_fingerprint(conn, delivery_id) == reference.fingerprint
+        self.result.info[f"prepare_{kind}_ceiling"] = reference.info(same_rows)
+        self.result.figures[f"prepare_{kind}_s"] = prepare_s
+        self.result.figures[f"prepare_{kind}_ceiling_s"] = reference.seconds
+        self.result.figures[f"prepare_{kind}_ceiling_ratio"] = reference.seconds / prepare_s
         self.console.log(
-            f"prepare: PrepareDelivery of {got.messages:,} in {prepare_s:.2f} s, plain SQL in "
-            f"{got.seconds:.2f} s; same rows as the service: {same_rows}"
+            f"prepare: PrepareDelivery of a {kind} of {reference.messages:,} in "
+            f"{prepare_s:.2f} s, plain SQL in {reference.seconds:.2f} s; same rows: {same_rows}"
         )
         if not same_rows:
-            raise RuntimeError("the preparation ceiling wrote other rows than the service")
+            raise RuntimeError(
+                f"the {kind}'s preparation ceiling wrote other rows than the service"
+            )
+        return prepare_s
 
-    def _created_delivery(self, segment: str) -> int:
+    def _created_delivery(self, target: pb.Target, label: str) -> int:
         created = self.api.CreateDelivery(
             pb.CreateDeliveryRequest(
-                label=f"bench {segment}",
+                label=f"bench {label}",
                 content=content(self.config.body_bytes),
-                target=pb.Target(segment=segment),
+                target=target,
                 validity_period=duration_pb2.Duration(seconds=VALIDITY_SECONDS),
                 feedback_mode=pb.FEEDBACK_MODE_EFS,
             ),
@@ -310,6 +318,25 @@ class Run:
             timeout=60,
         )
         delivery_id: int = created.delivery.id
+        return delivery_id
+
+    def _listed_delivery(self, count: int) -> int:
+        """A delivery to a list of `count` addresses of their own, built by CreateDelivery
+        and AddRecipients, a request's most at a time."""
+        emails = [pb.Recipient(email=f"l{i}@list.example.com") for i in range(count)]
+        per_call = RECIPIENTS_PER_CALL
+        first = pb.RecipientList(recipients=emails[:per_call])
+        delivery_id = self._created_delivery(pb.Target(recipients=first), "list")
+        for position in range(per_call, count, per_call):
+            self.api.AddRecipients(
+                pb.AddRecipientsRequest(
+                    delivery_id=delivery_id,
+                    position=position,
+                    recipients=pb.RecipientList(recipients=emails[position : position + per_call]),
+                ),
+                metadata=self.caller,
+                timeout=60,
+            )
         return delivery_id
 
     def _prepared(self, delivery_id: int, expected: int) -> float:

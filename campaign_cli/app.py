@@ -23,12 +23,11 @@ from campaign_cli import profiles_csv, render
 from campaign_cli.client import Client, credentials
 from campaign_cli.errors import CliError, reported
 from campaign_cli.render import Format
+from delivery_service.validation import MAX_RECIPIENTS as RECIPIENTS_PER_CALL
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 # The most profiles one UpsertProfiles call may carry is 10,000; half keeps calls short.
 IMPORT_CHUNK = 5_000
-# The most recipients the service takes in one request (delivery_service/validation.py).
-RECIPIENTS_PER_CALL = 100_000
 
 
 class _Group(TyperGroup):
