@@ -10,12 +10,15 @@ import datetime as dt
 import random
 from typing import NamedTuple
 
+import pytest
+
 from delivery_service.domain import feedback as fb
 from delivery_service.domain import quarantine as q
 from delivery_service.domain.lifecycle import ApprovalStep
 from delivery_service.domain.requests import NewDelivery, Recipient
 from delivery_service.store import ingest, relay
 from delivery_service.store.connection import Database
+from delivery_service.usecases import addresses as addresses_uc
 from delivery_service.usecases import deliveries
 from tests.conftest import fresh_database
 
@@ -211,3 +214,82 @@ async def test_the_address_table_does_not_depend_on_the_order_feedback_arrives_i
     statuses = {row[1] for row in in_order}
     # The stream reaches every status: the comparison is not between empty tables.
     assert statuses == {int(s) for s in q.AddressStatus}, statuses
+
+
+async def test_the_retention_beside_the_feedback_leaves_the_table_as_the_fold_says(
+    fresh_db_url: str,
+) -> None:
+    """Two deliveries' feedback applied, their event logs pruned; the next two's feedback
+    applied 4 batches at a time while the address histories' retention walks the table
+    in small chunks. Each entry ends as the domain folds every event, or, where the
+    retention forgot a VALID entry (SPEC.md: the same as none) before the later events
+    came, as they fold from no entry: the one thing it forgets is an old released
+    entry's last failure."""
+    db = Database(fresh_db_url, max_size=8)
+    await db.open()
+    try:
+        now = int(dt.datetime.now(dt.UTC).timestamp() * SECOND)
+        events, address_of = await stream(db, seed=11, now=now)
+        first_two = sorted({e.delivery_id for e in events})[:2]
+        old = [e for e in events if e.delivery_id in first_two]
+        new = [e for e in events if e.delivery_id not in first_two]
+        await apply_settled(db, [old[i : i + 50] for i in range(0, len(old), 50)], 1)
+        # No feedback comes any more from before the later deliveries' first event.
+        horizon = min(e.micros for e in new)
+        assert any(e.micros < horizon for e in old)
+        async with db.connection() as conn:
+            await conn.execute(
+                "UPDATE deliveries SET events_pruned_time = now() WHERE id = ANY(%s)",
+                (first_two,),
+            )
+            await conn.execute(
+                "UPDATE deliveries SET confirm_time = timestamptz 'epoch'"
+                " + (%s + 300000000) * interval '1 microsecond' WHERE NOT id = ANY(%s)",
+                (horizon, first_two),
+            )
+
+        pruned = addresses_uc.HistoryPruned()
+        applied = asyncio.Event()
+
+        async def retention() -> None:
+            after = ""
+            while True:
+                round_ = await addresses_uc.prune_history(db, after)
+                pruned.events += round_.events
+                pruned.entries += round_.entries
+                after = round_.after or ""
+                if applied.is_set() and round_.after is None:
+                    return
+                await asyncio.sleep(0)
+
+        async def feedback() -> None:
+            shuffled = new * 2
+            random.Random(3).shuffle(shuffled)
+            await apply_settled(db, [shuffled[i : i + 23] for i in range(0, len(shuffled), 23)], 4)
+            applied.set()
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(addresses_uc, "HISTORY_ENTRIES_PER_CHUNK", 5)
+            patch.setattr(addresses_uc, "HISTORY_ENTRIES_PER_ROUND", 10)
+            await asyncio.gather(retention(), feedback())
+        assert pruned.events > 0 and pruned.entries > 0, pruned
+
+        every_event = {row[0]: row for row in reference(events, address_of)}
+        from_no_entry = {row[0]: row for row in reference(new, address_of)}
+        valid_before = {
+            row[0] for row in reference(old, address_of) if row[1] == q.AddressStatus.VALID
+        }
+        entries = {row[0]: row for row in await table(db, ENTRY)}
+        for address, folded in every_event.items():
+            got = entries.get(address, (address, *INITIAL_ROW))
+            if got != folded:
+                assert address in valid_before and got == from_no_entry[address], (
+                    address, got, folded
+                )  # fmt: skip
+        assert 0 < len(valid_before) < len(every_event)
+    finally:
+        await db.close()
+
+
+# An entry's columns after the address, as ENTRY reads them, for no entry at all.
+INITIAL_ROW = (int(q.INITIAL.status), *vars_of(q.INITIAL)[1:])
