@@ -188,6 +188,13 @@ class Settings(ServerSettings):
         env="DELIVERY_MAX_CONCURRENT_RPCS",
         help="calls in progress at once, streams included; more: RESOURCE_EXHAUSTED",
     )
+    reuse_port: bool = setting(
+        False,
+        env="DELIVERY_REUSE_PORT",
+        help="share the gRPC port with the other processes of the service started with it "
+        "(SO_REUSEPORT; the kernel spreads connections among them): one process per core "
+        "on one database (docs/scaling.md)",
+    )
     max_streams: Count = setting(
         600,
         env="DELIVERY_MAX_STREAMS",

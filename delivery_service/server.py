@@ -74,6 +74,7 @@ class App(serving.Service):
             settings,
             max_receive_bytes=validation.MAX_REQUEST_BYTES,
             then=[AuthorizationInterceptor(self.db, authorization.DELIVERY_SERVICE)],
+            reuse_port=settings.reuse_port,
         )
         pb_grpc.add_DeliveryServiceServicer_to_server(
             DeliveryServicer(self.db, rules), self.server.grpc

@@ -129,7 +129,8 @@ class Server:
     Register the servicers on `grpc`; `services` are their full names, for health
     and reflection. Health says NOT_SERVING until start() is done. `max_receive_bytes` is
     the largest request the server takes (larger: RESOURCE_EXHAUSTED, unread). Without
-    `settings` (a test's own server), plaintext and no caps.
+    `settings` (a test's own server), plaintext and no caps. With `reuse_port`, processes
+    started alike share the port (SO_REUSEPORT).
 
     Raises OSError if a TLS file cannot be read.
     """
@@ -142,6 +143,7 @@ class Server:
         *,
         max_receive_bytes: int = MAX_SEND_BYTES,
         then: Sequence[grpc.aio.ServerInterceptor] = (),
+        reuse_port: bool = False,
     ) -> None:
         self.credentials = server_credentials(settings) if settings else None
         if settings:
@@ -153,8 +155,9 @@ class Server:
                 ("grpc.max_receive_message_length", max_receive_bytes),
                 ("grpc.max_send_message_length", MAX_SEND_BYTES),
                 *KEEPALIVE_OPTIONS,
-                # A second server on a busy port must fail, not share the port with the first.
-                ("grpc.so_reuseport", 0),
+                # A second server on a busy port must fail, not share the port with the
+                # first, unless both are meant to (`reuse_port`: processes of one service).
+                ("grpc.so_reuseport", int(reuse_port)),
             ],
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs if settings else None,
         )

@@ -142,10 +142,15 @@ class Servers:
         """`python -m mta_stub *args`."""
         return self._keep(self.launcher.mta_stub(*args))
 
-    def delivery_service(self, database_url: str, mta_address: str, *args: str) -> ServerProcess:
-        """`python -m delivery_service --stats-interval 1 --finalize-grace 1 *args`."""
+    def delivery_service(
+        self, database_url: str, mta_address: str, *args: str, port: int = 0
+    ) -> ServerProcess:
+        """`python -m delivery_service --stats-interval 1 --finalize-grace 1 *args`, on
+        `port` (0: a free one)."""
         return self._keep(
-            self.launcher.delivery_service(database_url, mta_address, *_DELIVERY_DEFAULTS, *args)
+            self.launcher.delivery_service(
+                database_url, mta_address, *_DELIVERY_DEFAULTS, *args, port=port
+            )
         )
 
     def pair(
