@@ -23,7 +23,7 @@ from bench.sql import q
 from delivery_service import admin
 from tools import embedded_pg
 from tools.pair import Launcher, Pair
-from tools.processes import REPO_ROOT
+from tools.processes import REPO_ROOT, ServerProcess
 
 STARTUP_TIMEOUT_S = 60.0
 # The delivery service drains its stream and its pool on SIGTERM.
@@ -116,6 +116,16 @@ def start_pair(
     launcher = Launcher(log_dir=log_dir, startup_timeout=STARTUP_TIMEOUT_S)
     return launcher.pair(
         database_url, stub_args=[*stub_clock, *stub_args], service_args=service_args
+    )
+
+
+def start_second_service(pair: Pair, database_url: str, log_dir: Path) -> ServerProcess:
+    """A second delivery-service process on the pair's database, MTA and port (both with
+    --reuse-port: the kernel spreads new connections between them). Stop it with
+    `.terminate(STOP_TIMEOUT_S)`."""
+    launcher = Launcher(log_dir=log_dir, startup_timeout=STARTUP_TIMEOUT_S)
+    return launcher.delivery_service(
+        database_url, pair.stub.address, "--reuse-port", port=pair.service.port
     )
 
 

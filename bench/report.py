@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import abuse
+from bench import abuse, kpis_load
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class Figure:
 
 def figures(messages: int, small: int) -> list[Figure]:
     big, little = f"{messages:,}", f"{small:,}"
+    callers = f"GetKpis x {kpis_load.CALLERS} callers"
     streams = abuse.WATCH_STREAMS
     lists = (
         f"{abuse.LIST_CALLERS} x ListDeliveries of {abuse.LIST_DELIVERIES} "
@@ -108,6 +109,53 @@ def figures(messages: int, small: int) -> list[Figure]:
         ),
         Figure("kpis_p50_ms_big", "kpis", f"GetKpis p50, {big} msgs", "ms", None, decimals=2),
         Figure("kpis_p99_ms_big", "kpis", f"GetKpis p99, {big} msgs", "ms", 5, False, decimals=2),
+        *(
+            figure
+            for scope, label in (("one", f"one delivery of {big}"), ("many", "1,000 deliveries"))
+            for figure in (
+                Figure(
+                    f"load_{scope}_direct_per_s",
+                    "load",
+                    f"{callers}: its statement by psycopg, {label}",
+                    "calls/s",
+                ),
+                Figure(
+                    f"load_{scope}_pgbench_per_s",
+                    "load",
+                    f"{callers}: its statement by pgbench, {label}",
+                    "calls/s",
+                ),
+                *(
+                    figure
+                    for processes in (1, 2)
+                    for figure in (
+                        Figure(
+                            f"load_{scope}_{processes}p_per_s",
+                            "load",
+                            f"{callers}, {label}, {processes} process(es)",
+                            "calls/s",
+                        ),
+                        Figure(
+                            f"load_{scope}_{processes}p_p99_ms",
+                            "load",
+                            f"{callers}, {label}, {processes} process(es): p99",
+                            "ms",
+                            20,
+                            at_least=False,
+                            decimals=1,
+                        ),
+                        Figure(
+                            f"load_{scope}_{processes}p_ratio",
+                            "load",
+                            f"{callers}, {label}, {processes} process(es) ÷ psycopg",
+                            "",
+                            0.5,
+                            decimals=2,
+                        ),
+                    )
+                ),
+            )
+        ),
         Figure("stats_s", "stats", f"ComputeStats on {big}", "s", 3, False, decimals=2),
         Figure(
             "abuse_kpis_p99_ms_quiet", "abuse", "Abuse: GetKpis p99, no watchers", "ms", decimals=2

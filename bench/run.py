@@ -7,6 +7,9 @@
     relay       ConfirmSend of the big delivery -> every message acknowledged by the stub
     ingest      the stub releases the feedback it held -> every event committed
     kpis        GetKpis x 10,000 on each delivery
+    load        GetKpis by 64 callers at once, on the big delivery and across 1,000, with
+                one service process then two on one port, against the same statement
+                sent by psycopg and by pgbench at the same concurrency (bench/kpis_load.py)
     stats       ComputeStats on the big delivery
     abuse       GetKpis p99 with 500 WatchDeployment streams open against without them;
                 the service's peak RSS while 4 callers list 80 deliveries of 1 MiB bodies
@@ -40,14 +43,14 @@ from mta.v1 import mta_service_pb2 as mta
 from mta.v1 import mta_service_pb2_grpc as mta_grpc
 from rich.console import Console
 
-from bench import abuse, ceiling, environment
+from bench import abuse, ceiling, environment, kpis_load
 from bench.environment import CpuMeter
 from bench.profiling import Profiler
 from delivery_service.validation import MAX_RECIPIENTS as RECIPIENTS_PER_CALL
 from mta_stub import presets
 from tools.pair import Pair
 
-STAGES = ("prepare", "relay", "ingest", "kpis", "stats", "abuse", "ceiling")
+STAGES = ("prepare", "relay", "ingest", "kpis", "load", "stats", "abuse", "ceiling")
 
 # The seeded mix made a realistic newsletter's: fewer hard and soft bounces, a quarter of
 # delivered messages opened (under a third of those clicked, as in the seeded mix), its
@@ -230,6 +233,8 @@ class Run:
                 self.ingest(measured="ingest" in stages)
             if "kpis" in stages:
                 self.kpis()
+            if "load" in stages:
+                self.load()
             if "stats" in stages:
                 self.stats()
             if "abuse" in stages:
@@ -254,7 +259,7 @@ class Run:
             environment.load_profiles(self.url, SMALL_SEGMENT, c.messages, c.small_messages)
             self.caller = environment.create_caller(self.url)
         info["profiles_load_s"] = round(time.perf_counter() - started, 1)
-        self.pair = environment.start_pair(self.url, c.log_dir)
+        self.pair = environment.start_pair(self.url, c.log_dir, service_args=("--reuse-port",))
         info["service_pid"] = self.pair.service.pid
         info["stub_pid"] = self.pair.stub.pid
         options = [("grpc.max_receive_message_length", 64 << 20)]
@@ -582,6 +587,62 @@ class Run:
                 latencies.append((time.perf_counter_ns() - started) / 1e6)
         latencies.sort()
         return latencies
+
+    # --- GetKpis under many callers --------------------------------------------------
+
+    def load(self) -> None:
+        assert self.pair is not None
+        with self.console.status(f"load: {kpis_load.DELIVERIES:,} deliveries to read..."):
+            many = [self._small_prepared(k) for k in range(kpis_load.DELIVERIES)]
+        scopes = {"one": [self.big], "many": many}
+        info: dict[str, Any] = {"callers": kpis_load.CALLERS, "seconds": kpis_load.SECONDS}
+        for scope, ids in scopes.items():
+            with self.console.status(f"load: {scope}, psycopg and pgbench..."):
+                direct = kpis_load.direct(self.url, ids)
+                tps = kpis_load.pgbench(self.url, ids)
+            info[f"{scope}_direct"] = direct.info()
+            info[f"{scope}_pgbench_tps"] = round(tps, 1)
+            self.result.figures[f"load_{scope}_direct_per_s"] = direct.calls_per_s
+            self.result.figures[f"load_{scope}_pgbench_per_s"] = tps
+            info[f"{scope}_direct_calls_per_s"] = direct.calls_per_s
+        second = None
+        try:
+            for processes in (1, 2):
+                if processes == 2:
+                    second = environment.start_second_service(
+                        self.pair, self.url, self.config.log_dir
+                    )
+                for scope, ids in scopes.items():
+                    with (
+                        self.console.status(f"load: {scope}, {processes} process(es)..."),
+                        self.profiler.record(f"load-{scope}-{processes}p", self._pids()),
+                    ):
+                        got = kpis_load.service(self.pair.service.address, self.caller, ids)
+                    key = f"load_{scope}_{processes}p"
+                    info[key] = got.info()
+                    direct_per_s = info[f"{scope}_direct_calls_per_s"]
+                    self.result.figures[f"{key}_per_s"] = got.calls_per_s
+                    self.result.figures[f"{key}_p99_ms"] = got.percentile_ms(0.99)
+                    self.result.figures[f"{key}_ratio"] = got.calls_per_s / direct_per_s
+                    self.console.log(
+                        f"load: GetKpis x {kpis_load.CALLERS} callers, {scope}, {processes} "
+                        f"process(es): {got.calls_per_s:,.0f}/s, p99 "
+                        f"{got.percentile_ms(0.99):.1f} ms; psycopg {direct_per_s:,.0f}/s, "
+                        f"pgbench {info[f'{scope}_pgbench_tps']:,.0f}/s"
+                    )
+        finally:
+            if second is not None:
+                second.terminate(environment.STOP_TIMEOUT_S)
+        self.result.info["load"] = info
+
+    def _small_prepared(self, k: int) -> int:
+        """A delivery of 10 addresses, prepared: one of the many GetKpis reads in turn."""
+        emails = [pb.Recipient(email=f"r{i}@load{k}.example.com") for i in range(10)]
+        delivery_id = self._created_delivery(
+            pb.Target(recipients=pb.RecipientList(recipients=emails)), f"load {k}"
+        )
+        self._prepared(delivery_id, len(emails))
+        return delivery_id
 
     # --- 5. ComputeStats -------------------------------------------------------------
 
