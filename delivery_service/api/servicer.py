@@ -21,6 +21,7 @@ from delivery_service.proto_enums import STATE_PB
 from delivery_service.store.connection import Database
 from delivery_service.usecases import alerts, deliveries, events, figures, recurring
 from delivery_service.usecases.feed_watch import FeedWatches
+from delivery_service.usecases.shared_reads import SharedReads
 from delivery_service.usecases.watch import Watches
 
 # How often WatchDeployment looks at the counters (cheap, they are O(1) to read), and
@@ -47,6 +48,9 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
             WATCH_INTERVAL,
         )
         observability.FEED_WATCHERS.set_function(lambda: self.feed_watches.watching)
+        # GetKpis of one delivery by callers at once: one read (and one answer built) at a
+        # time, each started after the calls it answers arrived.
+        self.kpis_reads: SharedReads[int, pb.GetKpisResponse] = SharedReads(self._kpis)
 
     @errors.unary
     async def CreateDelivery(
@@ -164,6 +168,9 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
     @errors.unary
     async def GetKpis(self, request: pb.GetKpisRequest, context: Context) -> pb.GetKpisResponse:
         delivery_id = validation.positive_id("delivery_id", request.delivery_id)
+        return await self.kpis_reads.get(delivery_id)
+
+    async def _kpis(self, delivery_id: int) -> pb.GetKpisResponse:
         now = await figures.current(self.db, delivery_id)
         return pb.GetKpisResponse(kpis=convert.kpis_message(figures.kpis_of(now)))
 
