@@ -33,7 +33,7 @@ from google.protobuf import duration_pb2
 
 from bench import environment
 
-WATCH_STREAMS = 500
+WATCH_STREAMS = 1000
 # The streams are spread over this many live deliveries, GetKpis measured on the first.
 WATCHED_DELIVERIES = 5
 WATCH_RECIPIENTS = 100

@@ -172,7 +172,7 @@ def figures(messages: int, small: int) -> list[Figure]:
             "abuse",
             "Abuse: GetKpis p99 with ÷ without watchers",
             "",
-            2.0,
+            1.5,
             at_least=False,
             decimals=2,
         ),

@@ -184,7 +184,7 @@ class Settings(ServerSettings):
         "without --mta-ca); logs a warning",
     )
     max_concurrent_rpcs: Count = setting(
-        1000,
+        2000,
         env="DELIVERY_MAX_CONCURRENT_RPCS",
         help="calls in progress at once, streams included; more: RESOURCE_EXHAUSTED",
     )
@@ -196,7 +196,7 @@ class Settings(ServerSettings):
         "on one database (docs/scaling.md)",
     )
     max_streams: Count = setting(
-        600,
+        1200,
         env="DELIVERY_MAX_STREAMS",
         help="streaming calls (WatchDeployment) open at once; more: RESOURCE_EXHAUSTED",
     )
