@@ -32,8 +32,7 @@ from typing import Any
 import psycopg
 
 from bench.sql import q
-from delivery_service.domain.addresses import ADDRESS_PATTERN, LONG_LABEL_PATTERN
-from delivery_service.domain.kpis import LARGEST_DOMAINS
+from delivery_service import admin
 
 # The aggregates and hash joins over a million rows fit in memory instead of spilling.
 WORK_MEM = "256MB"
@@ -192,9 +191,9 @@ def measure_preparation(url: str, delivery_id: int) -> PreparationCeiling:
             "delivery_id": ceiling_id,
             "target_id": target[0],
             "segment": target[1],
-            "address_pattern": ADDRESS_PATTERN,
-            "long_label_pattern": LONG_LABEL_PATTERN,
-            "largest": LARGEST_DOMAINS,
+            "address_pattern": admin.ADDRESS_PATTERN,
+            "long_label_pattern": admin.LONG_LABEL_PATTERN,
+            "largest": admin.LARGEST_DOMAINS,
         }
         started = time.perf_counter()
         with conn.transaction():

@@ -28,7 +28,7 @@ import psycopg
 from delivery.v1 import delivery_service_pb2 as pb
 from delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 
-from delivery_service.store.connection import QUERIES
+from delivery_service import admin
 from tools import embedded_pg
 
 CALLERS = 64
@@ -111,7 +111,7 @@ async def _direct(url: str, ids: Sequence[int], seconds: float) -> Load:
         await psycopg.AsyncConnection.connect(url, autocommit=True) for _ in range(CALLERS)
     ]
     try:
-        statement = QUERIES["delivery_figures"]
+        statement = admin.statement("delivery_figures")
 
         async def call(k: int, delivery_id: int) -> None:
             cursor = await connections[k].execute(statement, {"id": delivery_id}, prepare=True)
@@ -137,7 +137,7 @@ def pgbench(url: str, ids: Sequence[int], seconds: float = SECONDS) -> float:
     low, high = min(ids), max(ids)
     if high - low + 1 != len(ids):
         raise ValueError("pgbench draws from a range: the deliveries' ids must be consecutive")
-    statement = QUERIES["delivery_figures"].decode().replace("%(id)s", ":id")
+    statement = admin.statement("delivery_figures").replace("%(id)s", ":id")
     with tempfile.TemporaryDirectory() as folder:
         script = Path(folder) / "kpis.sql"
         script.write_text(f"\\set id random({low}, {high})\n{statement};\n")

@@ -46,7 +46,7 @@ from rich.console import Console
 from bench import abuse, ceiling, environment, kpis_load
 from bench.environment import CpuMeter
 from bench.profiling import Profiler
-from delivery_service.validation import MAX_RECIPIENTS as RECIPIENTS_PER_CALL
+from delivery_service import admin
 from mta_stub import presets
 from tools.pair import Pair
 
@@ -329,7 +329,7 @@ class Run:
         """A delivery to a list of `count` addresses of their own, built by CreateDelivery
         and AddRecipients, a request's most at a time."""
         emails = [pb.Recipient(email=f"l{i}@list.example.com") for i in range(count)]
-        per_call = RECIPIENTS_PER_CALL
+        per_call = admin.RECIPIENTS_PER_REQUEST
         first = pb.RecipientList(recipients=emails[:per_call])
         delivery_id = self._created_delivery(pb.Target(recipients=first), "list")
         for position in range(per_call, count, per_call):

@@ -23,7 +23,7 @@ from campaign_cli import profiles_csv, render
 from campaign_cli.client import Client, credentials
 from campaign_cli.errors import CliError, reported
 from campaign_cli.render import Format
-from delivery_service.validation import MAX_RECIPIENTS as RECIPIENTS_PER_CALL
+from delivery_service import admin
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 # The most profiles one UpsertProfiles call may carry is 10,000; half keeps calls short.
@@ -403,7 +403,9 @@ def create_delivery(
         pb.Target(segment=segment)
         if segment is not None
         else pb.Target(
-            recipients=pb.RecipientList(recipients=listed_recipients[:RECIPIENTS_PER_CALL])
+            recipients=pb.RecipientList(
+                recipients=listed_recipients[: admin.RECIPIENTS_PER_REQUEST]
+            )
         )
     )
     request = pb.CreateDeliveryRequest(
@@ -423,11 +425,13 @@ def create_delivery(
     response = client.create_delivery(request)
     # A longer list: the rest a call at a time, each at its position, so that running
     # the command again (with --request-id) repeats calls the service recognises.
-    for position in range(RECIPIENTS_PER_CALL, len(listed_recipients), RECIPIENTS_PER_CALL):
+    for position in range(
+        admin.RECIPIENTS_PER_REQUEST, len(listed_recipients), admin.RECIPIENTS_PER_REQUEST
+    ):
         client.add_recipients(
             response.delivery.id,
             position,
-            listed_recipients[position : position + RECIPIENTS_PER_CALL],
+            listed_recipients[position : position + admin.RECIPIENTS_PER_REQUEST],
         )
     _show(ctx, response, render.delivery_table(response.delivery))
 

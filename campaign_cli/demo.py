@@ -30,7 +30,7 @@ from campaign_cli import operators, render
 from campaign_cli.app import DEFAULT_ADDRESS, make_console, parse_duration, show_deployment
 from campaign_cli.client import Client, set_mta_scenario
 from campaign_cli.errors import CliError, reported
-from delivery_service import admin, validation
+from delivery_service import admin
 from mta_stub import presets
 
 DEFAULT_MTA_ADDRESS = "127.0.0.1:50052"
@@ -40,7 +40,7 @@ MIX = presets.SEEDED_MIX
 DUPLICATES = 10
 INVALID = 5
 # The most recipients the service takes in one request, less those the demo adds.
-MAX_RECIPIENTS = validation.MAX_RECIPIENTS - DUPLICATES - INVALID
+MAX_RECIPIENTS = admin.RECIPIENTS_PER_REQUEST - DUPLICATES - INVALID
 
 demo = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

@@ -10,12 +10,28 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+from delivery_service import validation
+from delivery_service.domain import addresses, kpis
 from delivery_service.domain.roles import Role
 from delivery_service.store import connection, distribution, migrations
 from delivery_service.usecases import operators
 
 # The role names an operator can hold, as the CLI offers them.
 ROLES: tuple[str, ...] = tuple(str(r) for r in Role)
+# The most recipients one CreateDelivery or AddRecipients takes: the CLI splits a longer
+# list by it.
+RECIPIENTS_PER_REQUEST = validation.MAX_RECIPIENTS
+# Preparation's rules, for the benchmark's plain-SQL reference of it: the two address
+# patterns (domain.addresses) and how many domains the breakdown ranks.
+ADDRESS_PATTERN = addresses.ADDRESS_PATTERN
+LONG_LABEL_PATTERN = addresses.LONG_LABEL_PATTERN
+LARGEST_DOMAINS = kpis.LARGEST_DOMAINS
+
+
+def statement(name: str) -> str:
+    """The SQL of one of the service's named queries, its placeholders `%(name)s`: the
+    benchmark sends GetKpis' own statement to the database directly as its reference."""
+    return connection.QUERIES[name].decode()
 
 
 class AdminError(Exception):

@@ -31,6 +31,11 @@ ADMIN_SURFACE = {
     "revoke_operator": ["database_url", "name", "*", "timeout"],
     "NotCitus": None,
     "distribute": ["database_url"],
+    "RECIPIENTS_PER_REQUEST": None,
+    "ADDRESS_PATTERN": None,
+    "LONG_LABEL_PATTERN": None,
+    "LARGEST_DOMAINS": None,
+    "statement": ["name"],
 }
 
 

@@ -306,7 +306,7 @@ def test_transport_defaults_and_variables(monkeypatch: pytest.MonkeyPatch) -> No
         "",
         True,
     )
-    assert (service.max_concurrent_rpcs, service.max_streams) == (1000, 600)
+    assert (service.max_concurrent_rpcs, service.max_streams) == (2000, 1200)
     assert (stub.max_concurrent_rpcs, stub.max_streams) == (200, 32)
     monkeypatch.setenv("MTA_TLS_CERT", "stub.pem")
     monkeypatch.setenv("MTA_TLS_KEY", "stub.key")
