@@ -17,6 +17,7 @@ from delivery_service.store import addresses as store_addresses
 from delivery_service.store import counters, deliveries, logs, preparation, profiles
 from delivery_service.store.connection import AlreadyExists, Conflict, Conn, Database
 from delivery_service.store.records import Delivery, SendingLog
+from delivery_service.usecases import retention
 from delivery_service.usecases.idempotency import create_once
 
 log = logging.getLogger(__name__)
@@ -186,15 +187,13 @@ async def prune_sending_logs(db: Database, beyond_validity: dt.timedelta) -> int
     now = clock.now()
     async with db.connection() as conn:
         due = await logs.past_retention(conn, now, beyond_validity, LOGS_PRUNED_PER_ROUND)
-    pruned = 0
-    for delivery_id in due:
-        async with db.transaction() as conn:
-            # The counters' lock: ComputeStats, which recounts from the logs, waits.
-            await counters.lock_exclusive(conn, delivery_id)
-            pruned += await logs.prune(conn, delivery_id, now, LOGS_PRUNED_PER_ROUND - pruned)
-        if pruned >= LOGS_PRUNED_PER_ROUND:
-            break
-    return pruned
+
+    async def prune(conn: Conn, delivery_id: int, left: int) -> int:
+        # The counters' lock: ComputeStats, which recounts from the logs, waits.
+        await counters.lock_exclusive(conn, delivery_id)
+        return await logs.prune(conn, delivery_id, now, left)
+
+    return await retention.prune_deliveries(db, due, prune, LOGS_PRUNED_PER_ROUND)
 
 
 async def history(

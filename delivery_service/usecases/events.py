@@ -12,6 +12,7 @@ from delivery_service.store import deliveries as delivery_store
 from delivery_service.store import events as store
 from delivery_service.store import logs
 from delivery_service.store.connection import Conn, Database, NotFound, OutOfRange
+from delivery_service.usecases import retention
 
 
 async def read(
@@ -96,13 +97,11 @@ async def prune_event_log(db: Database, beyond_validity: dt.timedelta) -> int:
     now = clock.now()
     async with db.connection() as conn:
         due = await store.past_retention(conn, now, beyond_validity, PRUNED_PER_ROUND)
-    pruned = 0
-    for delivery_id in due:
-        async with db.transaction() as conn:
-            pruned += await store.prune_event_log(conn, delivery_id, now, PRUNED_PER_ROUND - pruned)
-        if pruned >= PRUNED_PER_ROUND:
-            break
-    return pruned
+
+    async def prune(conn: Conn, delivery_id: int, left: int) -> int:
+        return await store.prune_event_log(conn, delivery_id, now, left)
+
+    return await retention.prune_deliveries(db, due, prune, PRUNED_PER_ROUND)
 
 
 async def timeline(db: Database, delivery_id: int, message_id: int) -> list[store.FeedEvent]:
