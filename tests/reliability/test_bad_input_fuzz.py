@@ -58,6 +58,7 @@ STUBS: dict[str, Any] = {
 # "Service/Method" -> its request.
 DELIVERY_RPCS: dict[str, type[Message]] = {
     "DeliveryService/CreateDelivery": pb.CreateDeliveryRequest,
+    "DeliveryService/AddRecipients": pb.AddRecipientsRequest,
     "DeliveryService/PrepareDelivery": pb.PrepareDeliveryRequest,
     "DeliveryService/ApproveDelivery": pb.ApproveDeliveryRequest,
     "DeliveryService/ConfirmSend": pb.ConfirmSendRequest,
